@@ -1,0 +1,30 @@
+// The library's entry point: onnxruntime calls RegisterCustomOps when the library is registered
+// with SessionOptions (onnx_snn.session does that).
+#include "custom_op.h"
+#include "mbe_neuron.h"
+
+#define ONNX_SNN_STRING_(x) #x
+#define ONNX_SNN_STRING(x) ONNX_SNN_STRING_(x)
+
+namespace {
+
+// onnxruntime keeps pointers to the domain and the ops for the life of the process.
+struct Library {
+  Ort::CustomOpDomain domain{"onnx_snn"};
+  onnx_snn::CustomOp<onnx_snn::MBENeuronKernel> mbe_neuron;
+
+  Library() { domain.Add(&mbe_neuron); }
+};
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (api == nullptr)
+    return api_base->GetApi(1)->CreateStatus(ORT_FAIL, "onnx_snn: this onnxruntime is older than the C API version " ONNX_SNN_STRING(
+                                                           ORT_API_VERSION) " the library was built for");
+  Ort::InitApi(api);
+  static Library* library = new Library();  // never destroyed: onnxruntime may outlive static teardown
+  return api->AddCustomOpDomain(options, library->domain);
+}

@@ -1,0 +1,50 @@
+"""The 1-D functions MBE neurons are fitted to, with the domain each preset covers.
+
+Used only to fit neurons and to measure their error: no spiking op evaluates these.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    fn: Callable[[np.ndarray], np.ndarray]  # float64 in, float64 out
+    domain: tuple[float, float]
+    signed: bool = False  # ternary spikes (identity encoders of signed values)
+
+
+TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target("identity", lambda x: x, (-1.0, 1.0), signed=True),
+        Target("gelu", lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))), (-8.0, 8.0)),
+        Target("silu", lambda x: x / (1.0 + np.exp(-x)), (-8.0, 8.0)),
+        Target("tanh", np.tanh, (-4.0, 4.0)),
+        Target("sigmoid", lambda x: 1.0 / (1.0 + np.exp(-x)), (-8.0, 8.0)),
+        Target("exp2", np.exp2, (0.0, 1.0)),  # the fractional part in Softmax: [0, 1)
+        Target("reciprocal", lambda x: 1.0 / x, (0.5, 1.0)),  # a mantissa in [0.5, 1)
+        Target("rsqrt", lambda x: 1.0 / np.sqrt(x), (0.5, 2.0)),  # a mantissa after the parity fix
+    )
+}
+
+
+def uniform_grid(domain: tuple[float, float], points: int) -> np.ndarray:
+    """points uniform samples of the domain (cell midpoints: inside a half-open interval too)."""
+    lo, hi = domain
+    return lo + (hi - lo) * (np.arange(points) + 0.5) / points
+
+
+def target(name: str) -> Target:
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise ValueError(f"unknown function {name!r}; known: {', '.join(TARGETS)}") from None

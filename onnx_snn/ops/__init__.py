@@ -1,0 +1,34 @@
+"""The custom ops of the onnx_snn domain: one module per op, each with its ONNX function body.
+
+attach_functions() gives a model the function of every custom op it uses, so the model also runs
+in runtimes that lack the custom-op library (they inline the functions)."""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper as oh
+
+from onnx_snn.ops import mbe_neuron
+from onnx_snn.ops.common import DOMAIN, DOMAIN_VERSION, IR_VERSION, MIN_OPSET
+
+FUNCTIONS = {mbe_neuron.OP_TYPE: mbe_neuron.function}
+
+__all__ = ["DOMAIN", "DOMAIN_VERSION", "IR_VERSION", "attach_functions", "mbe_neuron"]
+
+
+def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Add (or replace) the functions of the custom ops the model uses, at the model's opset, and
+    import the onnx_snn domain. Modifies and returns `model`."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or opset < MIN_OPSET:
+        raise ValueError(f"the model's opset {opset} is below {MIN_OPSET}, the oldest the spiking ops support")
+    used = {node.op_type for node in model.graph.node if node.domain == DOMAIN}
+    unknown = used - FUNCTIONS.keys()
+    if unknown:
+        raise ValueError(f"unknown {DOMAIN} ops: {', '.join(sorted(unknown))}")
+    kept = [f for f in model.functions if f.domain != DOMAIN]
+    del model.functions[:]
+    model.functions.extend(kept + [FUNCTIONS[op](opset) for op in sorted(used)])
+    if used and not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(oh.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    return model

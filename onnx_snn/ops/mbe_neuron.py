@@ -1,0 +1,149 @@
+"""MBENeuron (domain onnx_snn, version 1): one MBE neuron applied to every element of a tensor.
+
+    inputs:  x       float32, any shape
+    outputs: y       float32, x's shape: the decoded spike trains
+             spikes  int32, x's shape, optional: spikes fired per element (all bases and steps)
+    attributes: the neuron's slot tables (onnx_snn.mbe.neuron.SlotTables.attributes):
+             timesteps (int), input_scale, input_offset (floats, one per basis),
+             threshold, reset, weight (floats, bases x timesteps, row-major), bias (float),
+             signed (int: 1 = ternary spikes on |x|)
+
+Three implementations, kept bit-identical by tests: the C++ kernel (custom_ops/src/mbe_neuron.h),
+the ONNX function below (standard ops only, so the model runs anywhere) and the numpy reference
+(onnx_snn.mbe.neuron.simulate). The function runs the steps with a Loop over T and sums the bases
+with a Loop over N, in the reference's order.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import TensorProto
+from onnx import helper as oh
+
+from onnx_snn.mbe.neuron import SlotTables
+from onnx_snn.ops.common import DOMAIN, attr_ref
+
+OP_TYPE = "MBENeuron"
+ATTRIBUTES = ("timesteps", "input_scale", "input_offset", "threshold", "reset", "weight", "bias", "signed")
+
+
+def make_node(tables: SlotTables, x: str, y: str, spikes: str | None = None, name: str | None = None) -> onnx.NodeProto:
+    # the unused spike output keeps an empty name: onnxruntime's function inliner wants every output
+    return oh.make_node(OP_TYPE, [x], [y, spikes or ""], name=name, domain=DOMAIN, **tables.attributes())
+
+
+def _step_body() -> onnx.GraphProto:
+    """One time step for all bases at once: u, acc, count are [M, N]; threshold etc. [N, T]."""
+    nodes = [
+        oh.make_node("Gather", ["threshold", "t"], ["threshold_t"], axis=1),
+        oh.make_node("Gather", ["reset", "t"], ["reset_t"], axis=1),
+        oh.make_node("Gather", ["weight", "t"], ["weight_t"], axis=1),
+        oh.make_node("GreaterOrEqual", ["u_in", "threshold_t"], ["s"]),
+        oh.make_node("Sub", ["u_in", "reset_t"], ["u_reset"]),
+        oh.make_node("Where", ["s", "u_reset", "u_in"], ["u_out"]),
+        oh.make_node("Where", ["s", "weight_t", "zero"], ["gain"]),
+        oh.make_node("Add", ["acc_in", "gain"], ["acc_out"]),
+        oh.make_node("Cast", ["s"], ["s_int"], to=TensorProto.INT32),
+        oh.make_node("Add", ["count_in", "s_int"], ["count_out"]),
+        oh.make_node("Identity", ["cond_in"], ["cond_out"]),
+    ]
+    return oh.make_graph(
+        nodes,
+        "mbe_step",
+        [
+            oh.make_tensor_value_info("t", TensorProto.INT64, []),
+            oh.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            oh.make_tensor_value_info("u_in", TensorProto.FLOAT, ["M", "N"]),
+            oh.make_tensor_value_info("acc_in", TensorProto.FLOAT, ["M", "N"]),
+            oh.make_tensor_value_info("count_in", TensorProto.INT32, ["M", "N"]),
+        ],
+        [
+            oh.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            oh.make_tensor_value_info("u_out", TensorProto.FLOAT, ["M", "N"]),
+            oh.make_tensor_value_info("acc_out", TensorProto.FLOAT, ["M", "N"]),
+            oh.make_tensor_value_info("count_out", TensorProto.INT32, ["M", "N"]),
+        ],
+    )
+
+
+def _basis_sum_body() -> onnx.GraphProto:
+    """y = y + acc[:, n]: the bases summed one after another, as the kernel does."""
+    return oh.make_graph(
+        [
+            oh.make_node("Gather", ["acc_signed", "n"], ["acc_n"], axis=1),
+            oh.make_node("Add", ["y_in", "acc_n"], ["y_out"]),
+            oh.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "mbe_basis_sum",
+        [
+            oh.make_tensor_value_info("n", TensorProto.INT64, []),
+            oh.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            oh.make_tensor_value_info("y_in", TensorProto.FLOAT, ["M"]),
+        ],
+        [
+            oh.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            oh.make_tensor_value_info("y_out", TensorProto.FLOAT, ["M"]),
+        ],
+    )
+
+
+def function(opset: int) -> onnx.FunctionProto:
+    """The op as an ONNX function of standard ops at the model's opset (14 or newer)."""
+    nodes = [
+        # the attributes as tensors
+        attr_ref("Constant", "input_scale", "value_floats", "scale"),
+        attr_ref("Constant", "input_offset", "value_floats", "offset"),
+        attr_ref("Constant", "timesteps", "value_int", "steps"),
+        attr_ref("Constant", "bias", "value_float", "bias"),
+        attr_ref("Constant", "signed", "value_int", "signed_int"),
+        oh.make_node("Cast", ["signed_int"], ["signed"], to=TensorProto.BOOL),
+        oh.make_node("Constant", [], ["minus_one"], value_ints=[-1]),
+        oh.make_node("Constant", [], ["zero_axis"], value_ints=[0]),
+        oh.make_node("Unsqueeze", ["steps", "zero_axis"], ["steps_1d"]),
+        oh.make_node("Concat", ["minus_one", "steps_1d"], ["table_shape"], axis=0),
+        attr_ref("Constant", "threshold", "value_floats", "threshold_flat"),
+        attr_ref("Constant", "reset", "value_floats", "reset_flat"),
+        attr_ref("Constant", "weight", "value_floats", "weight_flat"),
+        oh.make_node("Reshape", ["threshold_flat", "table_shape"], ["threshold"]),
+        oh.make_node("Reshape", ["reset_flat", "table_shape"], ["reset"]),
+        oh.make_node("Reshape", ["weight_flat", "table_shape"], ["weight"]),
+        oh.make_node("Constant", [], ["zero"], value_float=0.0),
+        # an explicit loop condition: onnx.reference runs no iteration when it is left out
+        oh.make_node("Constant", [], ["keep_going"], value=oh.make_tensor("", TensorProto.BOOL, [], [True])),
+        # u[0] per element (flattened to M) and basis: [M, N]
+        oh.make_node("Reshape", ["x", "minus_one"], ["x_flat"]),
+        oh.make_node("Unsqueeze", ["x_flat", "minus_one"], ["x_col"]),
+        oh.make_node("Mul", ["x_col", "scale"], ["scaled"]),
+        oh.make_node("Add", ["scaled", "offset"], ["u0"]),
+        oh.make_node("Less", ["u0", "zero"], ["below_zero"]),
+        oh.make_node("And", ["signed", "below_zero"], ["negative"]),
+        oh.make_node("Abs", ["u0"], ["u0_abs"]),
+        oh.make_node("Where", ["signed", "u0_abs", "u0"], ["u_start"]),
+        oh.make_node("Shape", ["u0"], ["u_shape"]),
+        oh.make_node("ConstantOfShape", ["u_shape"], ["acc_start"], value=oh.make_tensor("", TensorProto.FLOAT, [1], [0.0])),
+        oh.make_node("ConstantOfShape", ["u_shape"], ["count_start"], value=oh.make_tensor("", TensorProto.INT32, [1], [0])),
+        oh.make_node("Loop", ["steps", "keep_going", "u_start", "acc_start", "count_start"], ["u_end", "acc", "count"], body=_step_body()),
+        # read-out: bias, then the bases in order
+        oh.make_node("Neg", ["acc"], ["acc_neg"]),
+        oh.make_node("Where", ["negative", "acc_neg", "acc"], ["acc_signed"]),
+        oh.make_node("Shape", ["scale"], ["bases_1d"]),
+        oh.make_node("Squeeze", ["bases_1d", "zero_axis"], ["bases"]),
+        oh.make_node("Shape", ["x_flat"], ["elements"]),
+        oh.make_node("Expand", ["bias", "elements"], ["y_start"]),
+        oh.make_node("Loop", ["bases", "keep_going", "y_start"], ["y_sum"], body=_basis_sum_body()),
+        oh.make_node("IsNaN", ["x_flat"], ["x_nan"]),
+        oh.make_node("Where", ["x_nan", "x_flat", "y_sum"], ["y_flat"]),
+        oh.make_node("ReduceSum", ["count", "minus_one"], ["spikes_flat"], keepdims=0),
+        oh.make_node("Shape", ["x"], ["x_shape"]),
+        oh.make_node("Reshape", ["y_flat", "x_shape"], ["y"], allowzero=1),
+        oh.make_node("Reshape", ["spikes_flat", "x_shape"], ["spikes"], allowzero=1),
+    ]
+    return oh.make_function(
+        DOMAIN,
+        OP_TYPE,
+        ["x"],
+        ["y", "spikes"],
+        nodes,
+        [oh.make_opsetid("", opset)],
+        attributes=list(ATTRIBUTES),
+    )

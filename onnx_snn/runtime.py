@@ -1,0 +1,45 @@
+"""onnxruntime sessions with the onnx_snn custom-op library registered."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+_LIBRARY_NAMES = {"linux": "libonnx_snn_ops.so", "darwin": "libonnx_snn_ops.dylib", "win32": "onnx_snn_ops.dll"}
+
+
+def get_library_path() -> str:
+    """Path of the custom-op shared library, built into the package by `pip install`."""
+    name = _LIBRARY_NAMES.get(sys.platform, _LIBRARY_NAMES["linux"])
+    path = Path(__file__).resolve().parent / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: the onnx_snn custom-op library is missing; install the package with `pip install .` "
+            "(the build compiles it), or run without it: every model also carries its ops as ONNX functions"
+        )
+    return str(path)
+
+
+def session(
+    model: str | os.PathLike | bytes | onnx.ModelProto,
+    *,
+    sess_options: ort.SessionOptions | None = None,
+    providers: list | None = None,
+    **session_kwargs,
+) -> ort.InferenceSession:
+    """An InferenceSession with the custom-op library registered (on `sess_options` when given).
+
+    `model` is a path, serialized bytes or a ModelProto; other arguments go to InferenceSession."""
+    options = sess_options if sess_options is not None else ort.SessionOptions()
+    options.register_custom_ops_library(get_library_path())
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    elif not isinstance(model, bytes):
+        model = os.fspath(model)
+    return ort.InferenceSession(
+        model, sess_options=options, providers=providers or ["CPUExecutionProvider"], **session_kwargs
+    )

@@ -1,0 +1,201 @@
+"""MBENeuron: C++ kernel == ONNX function (onnxruntime without the library, and inlined) ==
+onnx.reference == numpy reference, bit for bit, and the kernel's validation and threading."""
+
+import concurrent.futures
+
+import numpy as np
+import onnx
+import onnx.inliner
+import onnxruntime as ort
+import pytest
+from helpers import EDGE_VALUES, probe_inputs, random_neuron
+from onnx import TensorProto
+from onnx import helper as oh
+from onnx.reference import ReferenceEvaluator
+
+import onnx_snn
+from onnx_snn.mbe.neuron import simulate, spike_trains
+from onnx_snn.ops import mbe_neuron
+from onnx_snn.ops.common import IR_VERSION, single_node_model
+
+
+def neuron_graph(params, shape=("n",), opset=17):
+    node = mbe_neuron.make_node(params.tables, "x", "y", "spikes", name="neuron")
+    return single_node_model(
+        node,
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, list(shape)),
+         oh.make_tensor_value_info("spikes", TensorProto.INT32, list(shape))],
+        opset=opset,
+    )
+
+
+def run_all_ways(model, x):
+    """Outputs of every implementation: name -> (y, spikes)."""
+    feeds = {"x": x}
+    plain = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    inlined = onnx.inliner.inline_local_functions(model)
+    return {
+        "kernel": onnx_snn.session(model).run(None, feeds),
+        "function": plain.run(None, feeds),
+        "inlined": ort.InferenceSession(inlined.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds),
+        "onnx.reference": ReferenceEvaluator(model).run(None, feeds),
+    }
+
+
+def assert_bit_identical(actual, expected, what):
+    a, e = np.asarray(actual), np.asarray(expected)
+    assert a.dtype == e.dtype and a.shape == e.shape, what
+    # compare bits: NaN == NaN and -0.0 != +0.0
+    assert np.array_equal(a.view(np.uint32 if a.dtype == np.float32 else a.dtype), e.view(
+        np.uint32 if e.dtype == np.float32 else e.dtype)), f"{what}: {np.sum(a != e)} elements differ"
+
+
+def test_no_custom_op_computes_without_the_library_registered():
+    model = neuron_graph(random_neuron(0))
+    assert all(n.domain == "" for f in model.functions for n in f.node)
+    onnx.checker.check_model(model, full_check=True)
+    inlined = onnx.inliner.inline_local_functions(model)
+    assert not inlined.functions and all(n.domain == "" for n in inlined.graph.node)
+    assert model.ir_version == IR_VERSION
+
+
+@pytest.mark.parametrize("opset", [14, 17, 21])
+def test_every_implementation_is_bit_identical(any_neuron, opset):
+    model = neuron_graph(any_neuron, opset=opset)
+    x = probe_inputs(any_neuron)
+    y_ref, spikes_ref = simulate(any_neuron.tables, x)
+    for name, (y, spikes) in run_all_ways(model, x).items():
+        assert_bit_identical(y, y_ref, f"{name} y")
+        assert_bit_identical(spikes, spikes_ref, f"{name} spikes")
+
+
+def test_presets_bit_identical_across_and_beyond_their_domain():
+    from onnx_snn.mbe.presets import presets
+
+    for params in presets():
+        if params.timesteps != 16 or params.bases not in (4, 8):
+            continue
+        model = neuron_graph(params)
+        x = probe_inputs(params, count=2000)
+        y_ref, spikes_ref = simulate(params.tables, x)
+        y, spikes = onnx_snn.session(model).run(None, {"x": x})
+        assert_bit_identical(y, y_ref, f"{params.function} kernel y")
+        assert_bit_identical(spikes, spikes_ref, f"{params.function} kernel spikes")
+        y, spikes = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+        assert_bit_identical(y, y_ref, f"{params.function} function y")
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (3, 0, 2), (1,), (2, 3, 4), (7, 300)])
+def test_any_shape_including_empty_and_scalar(shape):
+    params = random_neuron(5, 3, 8, signed=True)
+    model = neuron_graph(params, shape=[f"d{i}" for i in range(len(shape))])
+    x = np.random.default_rng(1).normal(0, 2, shape).astype(np.float32)
+    y_ref, spikes_ref = simulate(params.tables, x)
+    for name, (y, spikes) in run_all_ways(model, x).items():
+        assert_bit_identical(y, y_ref, f"{name} y {shape}")
+        assert_bit_identical(spikes, spikes_ref, f"{name} spikes {shape}")
+
+
+def test_edge_values_have_defined_outputs():
+    params = random_neuron(3, 4, 16)
+    y, spikes = onnx_snn.session(neuron_graph(params)).run(None, {"x": EDGE_VALUES})
+    assert np.isnan(y[np.isnan(EDGE_VALUES)]).all()
+    assert np.isfinite(y[~np.isnan(EDGE_VALUES)]).all()  # infinities saturate, never NaN
+    t = params.tables
+    rising = t.input_scale > 0  # +inf fires every slot of the bases it drives upwards, -inf of the others
+    inf_index = np.flatnonzero(EDGE_VALUES == np.inf)[0]
+    assert spikes[inf_index] == rising.sum() * t.timesteps
+    assert y[inf_index] == np.float32(t.bias + t.weight[rising].sum(dtype=np.float64)) or np.isclose(
+        y[inf_index], t.bias + t.weight[rising].sum(), rtol=1e-6)
+
+
+def test_the_kernel_reads_out_the_spikes_it_fires():
+    """The output is the bias plus the weights of the slots that fired, whatever the weights: the
+    kernel simulates spikes and never evaluates a target function."""
+    rng = np.random.default_rng(7)
+    params = random_neuron(7, 4, 16)
+    x = rng.uniform(-4, 4, 5000).astype(np.float32)
+    y, counts = onnx_snn.session(neuron_graph(params)).run(None, {"x": x})
+    spikes, negative = spike_trains(params.tables, x)
+    expected = params.tables.bias + (spikes * params.tables.weight.astype(np.float64)).sum(axis=(1, 2))
+    np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(counts, spikes.sum(axis=(1, 2)))
+    # one-hot weights read out single slots: the output is exactly that slot's spike
+    for n, t in [(0, 0), (2, 5), (3, 15)]:
+        weight = np.zeros((4, 16))
+        weight[n, t] = 1.0
+        probe = type(params).from_dict({**params.to_dict(), "weight": weight.tolist(), "bias": 0.0})
+        y, _ = onnx_snn.session(neuron_graph(probe)).run(None, {"x": x})
+        np.testing.assert_array_equal(y, spikes[:, n, t].astype(np.float32))
+
+
+def test_large_tensor_on_the_thread_pool_matches_reference():
+    params = random_neuron(2, 4, 16, signed=True)
+    x = np.random.default_rng(3).normal(0, 3, (1 << 20) + 17).astype(np.float32)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    y, spikes = onnx_snn.session(neuron_graph(params), sess_options=options).run(None, {"x": x})
+    y_ref, spikes_ref = simulate(params.tables, x)
+    assert_bit_identical(y, y_ref, "y")
+    assert_bit_identical(spikes, spikes_ref, "spikes")
+
+
+def test_concurrent_runs_on_one_session_are_identical():
+    params = random_neuron(4, 8, 16)
+    sess = onnx_snn.session(neuron_graph(params))
+    x = np.random.default_rng(4).normal(0, 3, 200_000).astype(np.float32)
+    expected = sess.run(None, {"x": x})
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: sess.run(None, {"x": x}), range(32)))
+    for y, spikes in results:
+        assert_bit_identical(y, expected[0], "y")
+        assert_bit_identical(spikes, expected[1], "spikes")
+
+
+@pytest.mark.parametrize("omitted", ["empty name", "left out"])
+def test_spike_output_is_optional(omitted):
+    params = random_neuron(1, 3, 8)
+    model = neuron_graph(params)
+    if omitted == "empty name":
+        model.graph.node[0].output[1] = ""
+    else:
+        del model.graph.node[0].output[1]
+    del model.graph.output[1]
+    x = probe_inputs(params)
+    (y,) = onnx_snn.session(model).run(None, {"x": x})
+    assert_bit_identical(y, simulate(params.tables, x)[0], "y")
+    if omitted == "empty name":  # what make_node writes: the function runs too
+        (y,) = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
+        assert_bit_identical(y, simulate(params.tables, x)[0], "function y")
+
+
+def _with_attribute(model, name, value):
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    node = model.graph.node[0]
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend(kept)
+    if value is not None:
+        node.attribute.append(oh.make_attribute(name, value, attr_type=onnx.AttributeProto.FLOATS if value == [] else None))
+    return model
+
+
+BAD_ATTRIBUTES = [
+    ("timesteps", 0), ("timesteps", -3), ("timesteps", 1 << 62), ("timesteps", None), ("timesteps", 1.5),
+    ("input_scale", None), ("input_scale", []), ("input_scale", [1.0, float("inf"), 1.0]), ("input_scale", [0.0, 1.0, 1.0]),
+    ("input_offset", [0.0]), ("input_offset", [float("nan")] * 3), ("input_offset", None),
+    ("threshold", [1.0] * 23), ("threshold", [1.0] * 23 + [-1.0]), ("threshold", [1.0] * 23 + [float("nan")]),
+    ("threshold", None), ("threshold", [1, 2, 3]),
+    ("reset", [1.0] * 25), ("reset", [float("inf")] * 24), ("reset", None),
+    ("weight", []), ("weight", [float("-inf")] * 24), ("weight", None),
+    ("bias", float("nan")), ("bias", float("inf")), ("bias", None), ("bias", [1.0, 2.0]),
+    ("signed", 2), ("signed", -1), ("signed", None),
+]
+
+
+@pytest.mark.parametrize("name, value", BAD_ATTRIBUTES, ids=[f"{n}={v!r}" for n, v in BAD_ATTRIBUTES])
+def test_invalid_attributes_fail_at_session_creation_naming_the_attribute(name, value):
+    model = _with_attribute(neuron_graph(random_neuron(1, 3, 8)), name, value)
+    with pytest.raises(Exception, match=f"MBENeuron node 'neuron': attribute '{name}'"):
+        onnx_snn.session(model)
