@@ -11,6 +11,8 @@ from typing import Callable
 
 import numpy as np
 
+from onnx_snn.mbe.neuron import MBEParameters, simulate
+
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
@@ -48,3 +50,11 @@ def target(name: str) -> Target:
         return TARGETS[name]
     except KeyError:
         raise ValueError(f"unknown function {name!r}; known: {', '.join(TARGETS)}") from None
+
+
+def mse(params: MBEParameters, points: int = 10_000) -> float:
+    """Mean squared error of the neuron against its function on `points` uniform samples of its
+    domain, measured by simulating its float32 tables."""
+    x = uniform_grid(params.domain, points).astype(np.float32)
+    y, _ = simulate(params.tables, x)
+    return float(np.mean((y.astype(np.float64) - target(params.function).fn(x.astype(np.float64))) ** 2))
