@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -35,10 +36,34 @@ def _neurons(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from onnx_snn import model_io
+    from onnx_snn.convert import convert_with_report
+
+    if os.path.abspath(args.output) == os.path.abspath(args.input):
+        raise UsageError(f"{args.output}: the output would overwrite the input model; choose another path")
+    model, report = convert_with_report(args.input, timesteps=args.timesteps, calibration=args.calibration,
+                                        hybrid=args.hybrid, progress=not args.json and sys.stderr.isatty(),
+                                        check=not args.no_check)
+    if args.inline:
+        model = inline(model)
+    source_dir = os.path.dirname(os.path.abspath(args.input))
+    model_io.save(model, args.output, source_dir)
+    print(report.to_json() if args.json else report.format() + f"\nwritten: {args.output}")
+    return 0
+
+
+def inline(model):
+    """Every function inlined: a model of standard ONNX ops only."""
+    import onnx.inliner
+
+    return onnx.inliner.inline_local_functions(model)
+
+
 def _demo(args: argparse.Namespace) -> int:
-    print("onnx-snn demo: exporting, converting and comparing all-MiniLM-L6-v2 arrives with conversion "
-          "(`onnx-snn convert`); until then, `onnx-snn neurons` lists the spiking neurons.", file=sys.stderr)
-    return 1
+    from onnx_snn import demo
+
+    return demo.run(args.form, tuple(args.timesteps))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,14 +72,45 @@ def build_parser() -> argparse.ArgumentParser:
     neurons = commands.add_parser("neurons", help="list the shipped MBE neuron presets with their fit error")
     neurons.add_argument("--json", action="store_true", help="print JSON")
     neurons.set_defaults(run=_neurons)
-    demo = commands.add_parser("demo", help="export, convert and compare a real model")
+    convert = commands.add_parser("convert", help="convert an ONNX Transformer into a spiking model")
+    convert.add_argument("input", metavar="IN.onnx")
+    convert.add_argument("-o", "--output", required=True, metavar="OUT.onnx")
+    convert.add_argument("--timesteps", "-T", type=int, default=16, help="time steps T of every neuron (default 16)")
+    convert.add_argument("--calibration", metavar="FILE.npz",
+                         help="calibration inputs (arrays named like the model's inputs); default: synthesised")
+    convert.add_argument("--hybrid", action="store_true", help="convert only the nonlinear ops (no encoders on linear layers)")
+    convert.add_argument("--inline", action="store_true", help="inline the spiking ops' functions: standard ONNX only")
+    convert.add_argument("--no-check", action="store_true", help="skip running both models to compare their outputs")
+    convert.add_argument("--json", action="store_true", help="print the report as JSON")
+    convert.set_defaults(run=_convert)
+    demo = commands.add_parser("demo", help="export all-MiniLM-L6-v2, convert it and compare embeddings on real sentences")
+    demo.add_argument("--form", default="legacy17", choices=("legacy14", "legacy17", "dynamo"), help="export form")
+    demo.add_argument("--timesteps", type=int, nargs="+", default=[16, 12, 8])
     demo.set_defaults(run=_demo)
     return parser
 
 
+class UsageError(ValueError):
+    pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.run(args)
+    """Run a command. A user's mistake (a bad file, bad data) is one line on stderr and exit status 1
+    (2 for usage), never a traceback."""
+    from onnx_snn.calibrate import CalibrationError
+    from onnx_snn.convert import ConversionError
+    from onnx_snn.model_io import ModelError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except UsageError as e:
+        print(f"onnx-snn: {e}", file=sys.stderr)
+        return 2
+    except (ModelError, ConversionError, CalibrationError) as e:
+        print(f"onnx-snn: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,122 @@
+"""The conversion pipeline: load -> normalise -> find sites -> calibrate -> rewrite -> attach
+functions -> check -> (save)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnx_snn import calibrate as cal
+from onnx_snn import model_io, ops
+from onnx_snn.graph import Graph
+from onnx_snn.neurons import DEFAULT_BASES, NeuronChoice
+from onnx_snn.report import LINEAR_OPS, Report, count_sites, left_nonlinear, linear_macs, spike_driven_macs
+from onnx_snn.rewrite import build_sites, find_sites
+from onnx_snn.rules import rule_set
+
+MAX_OPSET = 21
+
+
+class ConversionError(ValueError):
+    """The model cannot be converted; the message says why (and names the file)."""
+
+
+def convert(model: str | os.PathLike | onnx.ModelProto, *, timesteps: int = 16, calibration: cal.CalibrationData = None,
+            **options) -> onnx.ModelProto:
+    """The spiking version of `model` (a path or a ModelProto, never modified).
+
+    calibration: a dict of input arrays, a list of them (batches), a path to an .npz file, or None
+    (inputs synthesised from the model's input signature). Options: hybrid (bool: convert only
+    the nonlinear ops), bases (dict: bases per neuron function), progress (bool), check (bool)."""
+    return convert_with_report(model, timesteps=timesteps, calibration=calibration, **options)[0]
+
+
+def convert_with_report(
+    model: str | os.PathLike | onnx.ModelProto,
+    *,
+    timesteps: int = 16,
+    calibration: cal.CalibrationData = None,
+    hybrid: bool = False,
+    bases: dict[str, int] | None = None,
+    progress: bool = False,
+    check: bool = True,
+) -> tuple[onnx.ModelProto, Report]:
+    where = os.fspath(model) if not isinstance(model, onnx.ModelProto) else "model"
+    spiking, model_dir = model_io.load(model)
+    original = onnx.ModelProto.FromString(spiking.SerializeToString())
+    validate(spiking, model_dir, where)
+    batches, synthesized = cal.load_batches(spiking, calibration)
+
+    graph = Graph(spiking)
+    sites, near_misses = find_sites(graph, rule_set(hybrid))
+    probes = [p for site in sites for p in site.probes]
+    linear_tensors = [name for node in graph.graph.node if node.op_type in LINEAR_OPS
+                      for name in (*node.input, node.output[0]) if name]
+    calibration_result = cal.calibrate(original, model_dir, probes, batches, shape_tensors=linear_tensors,
+                                       synthesized=synthesized, progress=progress)
+    macs_by_layer = linear_macs(graph, calibration_result.shapes)
+    neurons = NeuronChoice(timesteps, calibration_result.ranges, {**DEFAULT_BASES, **(bases or {})})
+    encoders = build_sites(graph, sites, neurons)
+    ops.attach_functions(spiking)
+    spiking.ir_version = min(spiking.ir_version or ops.IR_VERSION, ops.IR_VERSION)
+    onnx.checker.check_model(spiking, full_check=True)
+
+    replaced, by_kind = count_sites(sites)
+    total, driven = spike_driven_macs(graph, macs_by_layer)
+    report = Report(
+        model=where, timesteps=timesteps, hybrid=hybrid, replaced=replaced, replaced_by_kind=by_kind,
+        encoders=encoders, left=left_nonlinear(graph, near_misses), macs_total=total, macs_spike_driven=driven,
+        calibration={"batches": calibration_result.batches, "synthesized": synthesized,
+                     "statistic": cal.STATISTIC},
+        warnings=sorted(set(neurons.warnings)),
+    )
+    if check:
+        report.check = compare(original, spiking, model_dir, batches[0])
+    return spiking, report
+
+
+def validate(model: onnx.ModelProto, model_dir: str | None, where: str) -> None:
+    """Refuse what cannot be converted, with the reason."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or not ops.common.MIN_OPSET <= opset <= MAX_OPSET:
+        raise ConversionError(f"{where}: opset {opset} is not supported (opsets {ops.common.MIN_OPSET} to {MAX_OPSET}); "
+                              "re-export the model, or convert it with onnx.version_converter")
+    if any(o.domain == ops.DOMAIN for o in model.opset_import):
+        raise ConversionError(f"{where}: already a spiking model (it uses the {ops.DOMAIN} domain)")
+    model_io.check_external_data(model, model_dir, where)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ConversionError(f"{where}: not a valid ONNX model ({first})") from None
+
+
+def compare(original: onnx.ModelProto, spiking: onnx.ModelProto, model_dir: str | None,
+            feeds: dict[str, np.ndarray]) -> dict:
+    """Both models on the same inputs (onnx-simplifier's model check): per output, the cosine
+    similarity and the largest absolute difference."""
+    from onnx_snn.runtime import session
+
+    def options() -> ort.SessionOptions:
+        o = ort.SessionOptions()
+        o.log_severity_level = 3
+        if model_dir is not None:
+            o.add_session_config_entry("session.model_external_initializers_file_folder_path", model_dir)
+        return o
+
+    expected = ort.InferenceSession(original.SerializeToString(), options(), providers=["CPUExecutionProvider"])
+    actual = session(spiking, sess_options=options())
+    names = [o.name for o in original.graph.output]
+    result = {}
+    for name, a, b in zip(names, expected.run(names, feeds), actual.run(names, feeds)):
+        a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+        if not np.issubdtype(a.dtype, np.floating) or a.size == 0:
+            continue
+        denominator = np.linalg.norm(a) * np.linalg.norm(b)
+        result[name] = {"cosine": float(a @ b / denominator) if denominator else 1.0,
+                        "max_abs_error": float(np.max(np.abs(a - b)))}
+    return result

@@ -1,0 +1,178 @@
+"""A small index over an ONNX graph for pattern matching and surgery.
+
+Rules walk parents by op type and input index and read constants (initializers or Constant nodes,
+never external weights), as onnxruntime's transformers fusions do. Surgery is recorded and applied
+once: matched nodes are removed, replacements inserted, and the node list sorted topologically
+with a stable order, so every node a rule did not touch stays byte-identical and weights are never
+loaded or copied.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from typing import Iterable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+# constants larger than this are weights, not the scalars and axes rules compare
+_SMALL_CONSTANT = 1024
+
+
+class Graph:
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.graph = model.graph
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        self.position: dict[int, int] = {}
+        for i, node in enumerate(self.graph.node):
+            self.position[id(node)] = i
+            for name in node.output:
+                if name:
+                    self.producer[name] = node
+            for name in node.input:
+                if name:
+                    self.consumers[name].append(node)
+        self.initializers = {t.name: t for t in self.graph.initializer}
+        self.graph_inputs = {v.name for v in self.graph.input}
+        self.graph_outputs = {v.name for v in self.graph.output}
+        self._names = set(self.producer) | set(self.initializers) | self.graph_inputs
+        self._removed: set[int] = set()
+        self._added: list[onnx.NodeProto] = []
+
+    # -- reading ----------------------------------------------------------------------------------
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of a small constant tensor (initializer or Constant node), else None."""
+        tensor = self.initializers.get(name)
+        if tensor is None:
+            node = self.producer.get(name)
+            if node is None or node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+                return None
+            for attr in node.attribute:
+                if attr.name == "value":
+                    tensor = attr.t
+                elif attr.name in ("value_float", "value_int"):
+                    return np.array(onnx.helper.get_attribute_value(attr))
+                elif attr.name in ("value_floats", "value_ints"):
+                    return np.array(onnx.helper.get_attribute_value(attr))
+            if tensor is None:
+                return None
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or np.prod(tensor.dims, dtype=np.int64) > _SMALL_CONSTANT:
+            return None
+        return numpy_helper.to_array(tensor)
+
+    def is_constant(self, name: str) -> bool:
+        """True for weights and constants: initializers (not overridable inputs) and Constant outputs."""
+        if name in self.initializers:
+            return name not in self.graph_inputs
+        node = self.producer.get(name)
+        return node is not None and node.op_type == "Constant"
+
+    def scalar(self, name: str) -> float | None:
+        value = self.constant(name)
+        if value is None or value.size != 1:
+            return None
+        return float(value.reshape(()))
+
+    def parent(self, node: onnx.NodeProto, index: int, op_type: str | None = None) -> onnx.NodeProto | None:
+        if index >= len(node.input) or not node.input[index]:
+            return None
+        parent = self.producer.get(node.input[index])
+        if parent is None or (op_type is not None and parent.op_type != op_type):
+            return None
+        return parent
+
+    def only_consumer(self, name: str) -> onnx.NodeProto | None:
+        """The single node reading `name`, if no other node and no graph output does."""
+        users = self.consumers.get(name, [])
+        if len(users) != 1 or name in self.graph_outputs:
+            return None
+        return users[0]
+
+    def inner_values_private(self, nodes: Iterable[onnx.NodeProto], output: str) -> str | None:
+        """None if every value the nodes produce, but `output`, is read only inside them; else the
+        name of a value also used elsewhere (then the pattern cannot be removed)."""
+        inside = {id(n) for n in nodes}
+        for node in nodes:
+            for name in node.output:
+                if name == output or not name:
+                    continue
+                if name in self.graph_outputs or any(id(c) not in inside for c in self.consumers.get(name, [])):
+                    return name
+        return None
+
+    def attribute(self, node: onnx.NodeProto, name: str, default=None):
+        for attr in node.attribute:
+            if attr.name == name:
+                return onnx.helper.get_attribute_value(attr)
+        return default
+
+    def fresh_name(self, base: str) -> str:
+        name, i = base, 0
+        while name in self._names:
+            i += 1
+            name = f"{base}_{i}"
+        self._names.add(name)
+        return name
+
+    def removed(self, node: onnx.NodeProto) -> bool:
+        return id(node) in self._removed
+
+    # -- surgery ----------------------------------------------------------------------------------
+    def replace(self, nodes: list[onnx.NodeProto], new_nodes: Iterable[onnx.NodeProto]) -> None:
+        """Remove `nodes`; `new_nodes` take the place of the last of them."""
+        self._removed.update(id(n) for n in nodes)
+        self.add(new_nodes, before=max(nodes, key=self.position_of))
+
+    def add(self, new_nodes: Iterable[onnx.NodeProto], *, before: onnx.NodeProto) -> None:
+        """Insert `new_nodes` at the place of node `before` (ahead of it)."""
+        place = self.position_of(before)
+        for node in new_nodes:
+            self._added.append((place, node))
+            self._names.update(node.output)
+
+    def position_of(self, node: onnx.NodeProto) -> int:
+        return self.position[id(node)]
+
+    def rewire(self, node: onnx.NodeProto, old: str, new: str) -> None:
+        """Make `node` read `new` where it read `old` (the node keeps its place and everything else)."""
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+
+    def apply(self) -> None:
+        """Write the recorded surgery into the graph, sorted topologically in a stable order: kept
+        nodes keep their relative order, new nodes sit where they were placed."""
+        keyed = [((i, 1), n) for i, n in enumerate(self.graph.node) if id(n) not in self._removed]
+        keyed += [((place, 0), n) for place, n in self._added]
+        keyed.sort(key=lambda item: item[0])
+        nodes = [n for _, n in keyed]
+        produced_by = {name for node in nodes for name in node.output if name}
+        # values produced by no node here (inputs, initializers, outer scopes) are available
+        missing = [0] * len(nodes)
+        waiting: dict[str, list[int]] = defaultdict(list)
+        for i, node in enumerate(nodes):
+            for name in set(node.input):
+                if name in produced_by:
+                    waiting[name].append(i)
+                    missing[i] += 1
+        ready = [i for i, count in enumerate(missing) if count == 0]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            i = heapq.heappop(ready)
+            order.append(nodes[i])
+            for name in nodes[i].output:
+                for j in waiting.pop(name, []):
+                    missing[j] -= 1
+                    if missing[j] == 0:
+                        heapq.heappush(ready, j)
+        if len(order) != len(nodes):
+            raise ValueError("the rewritten graph has a cycle")
+        del self.graph.node[:]
+        self.graph.node.extend(order)
+        self.__init__(self.model)

@@ -1,0 +1,106 @@
+"""Loading and saving models: the input is never modified, an output is written whole or not at all,
+and weights stored as external data are streamed file to file, never held in memory."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+
+_CHUNK = 16 << 20
+
+
+class ModelError(ValueError):
+    """A model that cannot be read or written; the message names the file."""
+
+
+def load(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """(a private copy of the model, the folder its external data is relative to, or None)."""
+    if isinstance(model, onnx.ModelProto):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return copy, None
+    path = Path(model)
+    if path.is_dir():
+        raise ModelError(f"{path}: is a directory, not an ONNX model")
+    if not path.is_file():
+        raise ModelError(f"{path}: no such file")
+    try:
+        loaded = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's errors name no file: name it
+        raise ModelError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    if not loaded.graph.node and not loaded.graph.output:
+        raise ModelError(f"{path}: not an ONNX model (no graph)")
+    return loaded, str(path.resolve().parent)
+
+
+def _external(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def has_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+def check_external_data(model: onnx.ModelProto, model_dir: str | None, where: str) -> None:
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = _external(tensor).get("location", "")
+            if model_dir is None or not (Path(model_dir) / location).is_file():
+                raise ModelError(f"{where}: external data file {location!r} of weight {tensor.name!r} is missing")
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike, source_dir: str | None) -> None:
+    """Write `model` to `path` atomically. Weights that were external stay external, in
+    `<name>.data` beside it, copied in chunks from the source files (relative to `source_dir`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"{path}: is a directory")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ModelError(f"{path}: folder {folder} does not exist")
+    tmp_files: list[str] = []
+    try:
+        external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+        data_name = path.name + ".data"
+        moves = []
+        if external:
+            fd, data_tmp = tempfile.mkstemp(prefix=f".{data_name}.", dir=folder)
+            tmp_files.append(data_tmp)
+            with os.fdopen(fd, "wb") as out:
+                for tensor in external:
+                    info = _external(tensor)
+                    offset, length = int(info.get("offset", 0)), info.get("length")
+                    with open(Path(source_dir or ".") / info["location"], "rb") as src:
+                        src.seek(offset)
+                        remaining = int(length) if length is not None else None
+                        start = out.tell()
+                        while remaining is None or remaining > 0:
+                            chunk = src.read(_CHUNK if remaining is None else min(_CHUNK, remaining))
+                            if not chunk:
+                                break
+                            out.write(chunk)
+                            if remaining is not None:
+                                remaining -= len(chunk)
+                        written = out.tell() - start
+                        pad = -out.tell() % 4096  # page-aligned, as onnx's own writer does
+                        out.write(b"\0" * pad)
+                    del tensor.external_data[:]
+                    onnx.helper.set_external_data(tensor, data_name, offset=start, length=written)
+            moves.append((data_tmp, folder / data_name))
+        fd, model_tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+        tmp_files.append(model_tmp)
+        with os.fdopen(fd, "wb") as out:
+            out.write(model.SerializeToString())
+        moves.append((model_tmp, path))
+        for src, dst in moves:
+            os.chmod(src, 0o644)
+            os.replace(src, dst)
+    except OSError as e:
+        raise ModelError(f"{path}: cannot write ({e.strerror or e})") from None
+    finally:
+        for name in tmp_files:
+            if os.path.exists(name):
+                os.unlink(name)

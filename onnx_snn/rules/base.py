@@ -1,0 +1,133 @@
+"""What a rewrite rule is: an anchor op, a pattern walked from it, checks, and a replacement.
+
+A rule's match() returns a Site (the pattern was found and may be replaced), a NearMiss (it looked
+like the pattern but a check failed: the report says why), or None (not this pattern at all).
+Sites say which tensors calibration must measure (`probes`); their `build` runs later, with the
+calibrated neurons, and returns the new nodes. Encoder rules ask for identity encoders on the
+activation inputs of linear layers and products (`encode`); the rewriter shares one encoder per
+tensor among all the layers it feeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Protocol
+
+import onnx
+
+from onnx_snn.graph import Graph
+
+if TYPE_CHECKING:
+    from onnx_snn.mbe.neuron import SlotTables
+
+# Relative tolerance for constants in patterns (exporters print 1/sqrt(2), sqrt(2/pi), 0.044715)
+CONSTANT_RTOL = 1e-4
+
+
+class Neurons(Protocol):
+    """Gives a rule the neurons for the calibrated ranges of its probes."""
+
+    def for_tensor(self, function: str, tensor: str) -> "SlotTables": ...
+
+    def fixed(self, function: str) -> "SlotTables": ...
+
+
+@dataclass
+class Site:
+    rule: str
+    kind: str  # what the report groups by: gelu, silu, sigmoid, tanh, softmax, layernorm, rmsnorm, product, linear
+    anchor: onnx.NodeProto
+    nodes: list[onnx.NodeProto] = field(default_factory=list)  # removed by the replacement
+    probes: list = field(default_factory=list)  # Probes (onnx_snn.calibrate) of the ranges the replacement needs
+    build: Callable[[Graph, Neurons], list[onnx.NodeProto]] | None = None
+    spike_output: str | None = None  # the output that will be an MBE neuron's (spike-decoded) value
+    encode: list[tuple[str, onnx.NodeProto]] = field(default_factory=list)  # (tensor, consumer) pairs
+
+
+@dataclass
+class NearMiss:
+    rule: str
+    node: str
+    op_type: str
+    reason: str
+
+
+@dataclass
+class MatchContext:
+    graph: Graph
+    spike_encoded: set[str]  # tensors that carry MBE neuron outputs once the earlier sites are built
+
+
+class Rule(Protocol):
+    name: str
+    anchors: tuple[str, ...]  # op types the pattern is anchored on
+
+    def match(self, ctx: MatchContext, node: onnx.NodeProto) -> Site | NearMiss | None: ...
+
+
+def near(value: float | None, expected: float, rtol: float = CONSTANT_RTOL) -> bool:
+    return value is not None and abs(value - expected) <= rtol * abs(expected)
+
+
+def other_input(node: onnx.NodeProto, name: str) -> str | None:
+    """The other operand of a binary node, given one of them."""
+    if len(node.input) != 2:
+        return None
+    if node.input[0] == name:
+        return node.input[1]
+    if node.input[1] == name:
+        return node.input[0]
+    return None
+
+
+def node_name(node: onnx.NodeProto) -> str:
+    return node.name or (node.output[0] if node.output else node.op_type)
+
+
+def elementwise_site(rule: str, kind: str, function: str, anchor: onnx.NodeProto, nodes: list[onnx.NodeProto],
+                     x: str, y: str) -> Site:
+    """A pattern computing y = function(x) elementwise, replaced by one MBENeuron fitted to the
+    calibrated range of x."""
+    from onnx_snn.calibrate import Probe
+    from onnx_snn.ops import mbe_neuron
+
+    probe = Probe(x)  # calibration reads probe.tensor: a bare name is not a Probe
+
+    def build(graph: Graph, neurons: Neurons) -> list[onnx.NodeProto]:
+        name = graph.fresh_name(f"{node_name(anchor)}/spiking_{function}")
+        return [mbe_neuron.make_node(neurons.for_tensor(function, probe), x, y, name=name)]
+
+    return Site(rule, kind, anchor, nodes, [probe], build, spike_output=y)
+
+
+def private_or_near_miss(rule: str, ctx: MatchContext, anchor: onnx.NodeProto, nodes: list[onnx.NodeProto],
+                         output: str) -> NearMiss | None:
+    """A NearMiss if a value inside the pattern is also used outside it (it cannot be removed)."""
+    shared = ctx.graph.inner_values_private(nodes, output)
+    if shared is None:
+        return None
+    return NearMiss(rule, node_name(anchor), anchor.op_type, f"inner value {shared!r} is also used outside the pattern")
+
+
+def reduce_axes(ctx: MatchContext, node: onnx.NodeProto) -> list[int] | None:
+    """A Reduce* node's axes: the attribute before opset 18, the second input from 18 on."""
+    axes = ctx.graph.attribute(node, "axes")
+    if axes is None and len(node.input) > 1 and node.input[1]:
+        value = ctx.graph.constant(node.input[1])
+        axes = None if value is None else value.reshape(-1).tolist()
+    return None if axes is None else [int(a) for a in axes]
+
+
+def through_casts(ctx: MatchContext, name: str, casts: list[onnx.NodeProto]) -> str:
+    """Follow float32 Casts forward from `name` (each the value's only reader); the Casts passed are
+    appended to `casts`. Exporters insert them around normalisations."""
+    while True:
+        user = ctx.graph.only_consumer(name)
+        if user is None or user.op_type != "Cast" or ctx.graph.attribute(user, "to") != onnx.TensorProto.FLOAT:
+            return name
+        casts.append(user)
+        name = user.output[0]
+
+
+def consumers_of(ctx: MatchContext, name: str, op_type: str) -> list[onnx.NodeProto]:
+    return [n for n in ctx.graph.consumers.get(name, []) if n.op_type == op_type]

@@ -1,0 +1,94 @@
+"""RMSNorm (Llama family) -> SpikingRMSNorm: the written-out form
+    v = ReduceMean(x^2) (Pow 2 or x * x); r = 1 / Sqrt(v + eps) (Reciprocal, or a Div of 1);
+    y = x * r (or x / Sqrt(v + eps)); y = y * gamma   (float32 Casts anywhere along the chain)
+and the SimplifiedLayerNormalization op."""
+
+from __future__ import annotations
+
+import onnx
+
+from onnx_snn.calibrate import Probe
+from onnx_snn.rules.base import (MatchContext, NearMiss, Site, consumers_of, near, node_name, other_input,
+                                 private_or_near_miss, reduce_axes, through_casts)
+from onnx_snn.rules.layernorm_decomposed import trailing_axis
+
+NAME = "rmsnorm"
+
+
+def rmsnorm_site(anchor: onnx.NodeProto, nodes: list[onnx.NodeProto], x: str, gamma: str, y: str, axis: int,
+                 epsilon: float) -> Site:
+    probe = Probe(x)
+
+    def build(graph, neurons):
+        from onnx_snn.ops import spiking_rmsnorm
+
+        return [spiking_rmsnorm.make_node(
+            input=neurons.for_tensor("identity", probe), rsqrt=neurons.fixed("rsqrt"), x=x, gamma=gamma, y=y,
+            axis=axis, epsilon=epsilon, name=graph.fresh_name(f"{node_name(anchor)}/spiking"))]
+
+    return Site(NAME, "rmsnorm", anchor, nodes, [probe], build)
+
+
+class RMSNorm:
+    name = NAME
+    anchors = ("Pow", "Mul", "SimplifiedLayerNormalization")
+
+    def match(self, ctx: MatchContext, node: onnx.NodeProto) -> Site | NearMiss | None:
+        g = ctx.graph
+        if node.op_type == "SimplifiedLayerNormalization":
+            if any(n and (g.consumers.get(n) or n in g.graph_outputs) for n in node.output[1:]):
+                return NearMiss(NAME, node_name(node), node.op_type, "its InvStdDev output is used")
+            return rmsnorm_site(node, [node], node.input[0], node.input[1], node.output[0],
+                                g.attribute(node, "axis", -1), g.attribute(node, "epsilon", 1e-5))
+        if node.op_type == "Pow":
+            if not near(g.scalar(node.input[1]), 2.0):
+                return None
+        elif list(node.input) != [node.input[0]] * 2:
+            return None
+        x = node.input[0]
+        nodes = [node]
+        mean = g.only_consumer(through_casts(ctx, node.output[0], nodes))
+        if mean is None or mean.op_type != "ReduceMean":
+            return None
+        if any(n.op_type == "Sub" for n in g.consumers.get(x, [])) and g.producer.get(x) is not None and \
+                g.producer[x].op_type == "Sub":
+            return None  # a LayerNorm's centred square: the LayerNorm rule's
+
+        def miss(reason: str) -> NearMiss:
+            return NearMiss(NAME, node_name(node), node.op_type, reason)
+
+        axis = trailing_axis(reduce_axes(ctx, mean))
+        if axis is None or g.attribute(mean, "keepdims", 1) != 1:
+            return miss("the mean square is not taken over the trailing axes with keepdims")
+        nodes.append(mean)
+        variance = through_casts(ctx, mean.output[0], nodes)
+        add = g.only_consumer(variance)
+        epsilon = g.scalar(other_input(add, variance) or "") if add is not None and add.op_type == "Add" else None
+        if epsilon is None or not 0 <= epsilon < 1e-1:
+            return miss("no small constant epsilon is added to the mean square")
+        nodes.append(add)
+        sqrt = g.only_consumer(add.output[0])
+        if sqrt is None or sqrt.op_type != "Sqrt":
+            return miss("mean square + eps has no Sqrt")
+        nodes.append(sqrt)
+        root = through_casts(ctx, sqrt.output[0], nodes)
+        inverse = g.only_consumer(root)
+        if inverse is not None and inverse.op_type == "Div" and inverse.input[1] == root and inverse.input[0] == x:
+            norm = inverse  # x / sqrt(...)
+        else:
+            if inverse is None or not (inverse.op_type == "Reciprocal" or (
+                    inverse.op_type == "Div" and inverse.input[1] == root and near(g.scalar(inverse.input[0]), 1.0))):
+                return miss("the root mean square is not inverted")
+            nodes.append(inverse)
+            norm = g.only_consumer(through_casts(ctx, inverse.output[0], nodes))
+            if norm is None or norm.op_type != "Mul" or x not in norm.input:
+                return miss("x is not multiplied by the inverse root mean square")
+        nodes.append(norm)
+        normalised = through_casts(ctx, norm.output[0], nodes)
+        scale = g.only_consumer(normalised)
+        gamma = other_input(scale, normalised) if scale is not None and scale.op_type == "Mul" else None
+        if gamma is None or not g.is_constant(gamma):
+            return miss("the normalised value is not scaled by a constant gamma")
+        nodes.append(scale)
+        return private_or_near_miss(NAME, ctx, node, nodes, scale.output[0]) or rmsnorm_site(
+            node, nodes, x, gamma, scale.output[0], axis, float(epsilon))
