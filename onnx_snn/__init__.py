@@ -3,8 +3,9 @@
 Every nonlinear op becomes spiking Multi-basis Exponential Decay (MBE) neurons (Wang et al.,
 arXiv 2508.07710) that run as onnxruntime custom ops, and as ONNX functions anywhere else."""
 
+from onnx_snn.convert import convert
 from onnx_snn.neuron_model import neuron_model
 from onnx_snn.runtime import get_library_path, session
 
-__all__ = ["get_library_path", "neuron_model", "session"]
+__all__ = ["convert", "get_library_path", "neuron_model", "session"]
 __version__ = "0.1.0"

@@ -175,4 +175,20 @@ class Graph:
             raise ValueError("the rewritten graph has a cycle")
         del self.graph.node[:]
         self.graph.node.extend(order)
+        self._drop_unused_initializers()
         self.__init__(self.model)
+
+    def _drop_unused_initializers(self) -> None:
+        """Constants only the removed nodes read (a GELU's sqrt(2), a LayerNorm's epsilon) go too."""
+        used = set(self.graph_outputs) | self.graph_inputs
+        stack = [self.graph]
+        while stack:
+            graph = stack.pop()
+            for node in graph.node:
+                used.update(node.input)
+                for attr in node.attribute:
+                    stack.extend([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs))
+        kept = [t for t in self.graph.initializer if t.name in used]
+        if len(kept) != len(self.graph.initializer):
+            del self.graph.initializer[:]
+            self.graph.initializer.extend(kept)

@@ -1,0 +1,79 @@
+"""The onnx-snn command line: listings, and one-line errors that lose nothing."""
+
+import json
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+from onnx import helper as oh
+
+from onnx_snn.mbe.presets import presets
+
+
+def cli(*args):
+    """The command as users run it (from a folder where the source tree does not shadow the package)."""
+    return subprocess.run([sys.executable, "-m", "onnx_snn.cli", *args], capture_output=True, text=True,
+                          cwd=tempfile.gettempdir())
+
+
+def test_neurons_json_lists_every_preset_with_its_measured_error():
+    run = cli("neurons", "--json")
+    assert run.returncode == 0, run.stderr
+    rows = json.loads(run.stdout)["presets"]
+    assert len(rows) == len(presets()) >= 8 * 4 * 3
+    gelu = next(r for r in rows if r["function"] == "gelu" and r["bases"] == 4 and r["timesteps"] == 16)
+    assert 0 < gelu["mse"] <= 2.3e-4
+    assert {r["function"] for r in rows} >= {"identity", "gelu", "silu", "tanh", "sigmoid", "exp2", "reciprocal", "rsqrt"}
+
+
+def test_neurons_table():
+    run = cli("neurons")
+    assert run.returncode == 0 and "gelu" in run.stdout and "MSE" in run.stdout
+
+
+def small_model(path, opset=17):
+    graph = oh.make_graph(
+        [oh.make_node("MatMul", ["x", "w"], ["h"]), oh.make_node("Gelu", ["h"], ["y"]) if opset >= 20 else
+         oh.make_node("Tanh", ["h"], ["y"])],
+        "small", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3])],
+        [onnx.numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32), "w")])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_convert_writes_model_and_report(tmp_path):
+    out = tmp_path / "out.onnx"
+    run = cli("convert", str(small_model(tmp_path / "in.onnx")), "-o", str(out), "--json")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["replaced_by_kind"] == {"linear": 1, "tanh": 1}
+    assert report["spike_driven_mac_share"] == 1.0
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+
+
+@pytest.mark.parametrize("case", ["missing", "directory", "empty", "garbage", "output_is_input", "bad_calibration"])
+def test_bad_input_is_one_line_on_stderr_and_loses_nothing(tmp_path, case):
+    good = small_model(tmp_path / "model.onnx")
+    out = tmp_path / "out.onnx"
+    args = {"missing": [str(tmp_path / "nope.onnx")], "directory": [str(tmp_path)],
+            "empty": [str(tmp_path / "empty.onnx")], "garbage": [str(tmp_path / "garbage.onnx")],
+            "output_is_input": [str(good)], "bad_calibration": [str(good), "--calibration", str(tmp_path / "c.npz")]}[case]
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    (tmp_path / "garbage.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
+    np.savez(tmp_path / "c.npz", wrong_name=np.zeros((1, 4), np.float32))
+    before = good.read_bytes()
+    target = good if case == "output_is_input" else out
+    run = cli("convert", *args, "-o", str(target))
+    assert run.returncode == (2 if case == "output_is_input" else 1)
+    assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
+    assert run.stderr.startswith("onnx-snn: ")
+    assert good.read_bytes() == before
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temporary left behind
