@@ -1,6 +1,7 @@
 #include "neuron.h"
 
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 
 namespace onnx_snn {
@@ -19,6 +20,16 @@ bool AllFinite(const std::vector<float>& values) {
   for (float v : values)
     if (!std::isfinite(v)) return false;
   return true;
+}
+
+// v where s, +0 elsewhere, by masking bits: the compiler vectorises it (a select on floats it
+// does not, under the default floating-point trapping rules)
+inline float IfSpike(bool s, float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits &= 0u - static_cast<uint32_t>(s);
+  std::memcpy(&v, &bits, sizeof bits);
+  return v;
 }
 
 template <bool kSigned, bool kCount>
@@ -50,10 +61,10 @@ void RunBlock(const NeuronTables& n, const float* x, float* y, int32_t* spikes, 
       const float th = threshold[t], r = reset[t], w = weight[t];
       for (size_t i = 0; i < count; ++i) {
         const bool s = u[i] >= th;
-        const float reduced = u[i] - r;
-        u[i] = s ? reduced : u[i];
-        acc[i] = acc[i] + (s ? w : 0.0f);
-        if (kCount) fired[i] += s ? 1 : 0;
+        // u - 0 == u and acc + 0 == acc exactly, so masking r and w is the reference's select
+        u[i] = u[i] - IfSpike(s, r);
+        acc[i] = acc[i] + IfSpike(s, w);
+        if (kCount) fired[i] += s;
       }
     }
     for (size_t i = 0; i < count; ++i) {
