@@ -4,7 +4,6 @@ functions -> check -> (save)."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import onnx

@@ -55,6 +55,6 @@ def target(name: str) -> Target:
 def mse(params: MBEParameters, points: int = 10_000) -> float:
     """Mean squared error of the neuron against its function on `points` uniform samples of its
     domain, measured by simulating its float32 tables."""
-    x = uniform_grid(params.domain, points).astype(np.float32)
-    y, _ = simulate(params.tables, x)
-    return float(np.mean((y.astype(np.float64) - target(params.function).fn(x.astype(np.float64))) ** 2))
+    x = uniform_grid(params.domain, points)
+    y, _ = simulate(params.tables, x)  # the neuron reads x in float32
+    return float(np.mean((y.astype(np.float64) - target(params.function).fn(x)) ** 2))

@@ -8,8 +8,8 @@ from __future__ import annotations
 import onnx
 
 from onnx_snn.calibrate import Probe
-from onnx_snn.rules.base import (MatchContext, NearMiss, Site, consumers_of, near, node_name, other_input,
-                                 private_or_near_miss, reduce_axes, through_casts)
+from onnx_snn.rules.base import (MatchContext, NearMiss, Site, consumers_of, is_weight, near, node_name,
+                                 other_input, private_or_near_miss, reduce_axes, through_casts)
 from onnx_snn.rules.layernorm_decomposed import trailing_axis
 
 NAME = "rmsnorm"
@@ -50,9 +50,12 @@ class RMSNorm:
         mean = g.only_consumer(through_casts(ctx, node.output[0], nodes))
         if mean is None or mean.op_type != "ReduceMean":
             return None
-        if any(n.op_type == "Sub" for n in g.consumers.get(x, [])) and g.producer.get(x) is not None and \
-                g.producer[x].op_type == "Sub":
-            return None  # a LayerNorm's centred square: the LayerNorm rule's
+        centred = g.producer.get(x)
+        while centred is not None and centred.op_type == "Cast":
+            centred = g.producer.get(centred.input[0])
+        average = g.parent(centred, 1, "ReduceMean") if centred is not None and centred.op_type == "Sub" else None
+        if average is not None and average.input[0] == centred.input[0]:
+            return None  # x - mean(x) squared: a LayerNorm's, the LayerNorm rule's (or its near miss)
 
         def miss(reason: str) -> NearMiss:
             return NearMiss(NAME, node_name(node), node.op_type, reason)
@@ -87,7 +90,7 @@ class RMSNorm:
         normalised = through_casts(ctx, norm.output[0], nodes)
         scale = g.only_consumer(normalised)
         gamma = other_input(scale, normalised) if scale is not None and scale.op_type == "Mul" else None
-        if gamma is None or not g.is_constant(gamma):
+        if gamma is None or not is_weight(g, gamma):
             return miss("the normalised value is not scaled by a constant gamma")
         nodes.append(scale)
         return private_or_near_miss(NAME, ctx, node, nodes, scale.output[0]) or rmsnorm_site(

@@ -1,0 +1,114 @@
+"""Fitting MBE neurons (onnx_snn.mbe.fit) and the shipped presets: fast checks (a few seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnx_snn.mbe.fit import fit, mse
+from onnx_snn.mbe.functions import TARGETS, uniform_grid
+from onnx_snn.mbe.neuron import MBEParameters, simulate, spike_trains
+
+PRESETS = Path(__file__).resolve().parents[1] / "onnx_snn" / "mbe" / "presets.json"
+
+# (function, bases) -> the paper's Table X MSE at T = 16, the bar the shipped presets must meet
+BARS = {
+    ("gelu", 4): 2.3e-4,
+    ("gelu", 8): 1.0e-4,
+    ("exp2", 8): 5.3e-5,
+    ("reciprocal", 8): 4.4e-5,
+    ("rsqrt", 8): 4.9e-5,
+}
+
+
+def _independent_mse(p: MBEParameters, points: int = 10_000) -> float:
+    """The error recomputed here, from the float32 tables via simulate(), not via fit.mse."""
+    x = uniform_grid(p.domain, points)
+    y, _ = simulate(p.tables, x)
+    return float(np.mean((y.astype(np.float64) - TARGETS[p.function].fn(x)) ** 2))
+
+
+@pytest.fixture(scope="module")
+def presets() -> list[MBEParameters]:
+    data = json.loads(PRESETS.read_text())
+    assert data["format"] == 1
+    return [MBEParameters.from_dict(d) for d in data["presets"]]
+
+
+def _find(presets, function: str, bases: int, timesteps: int) -> MBEParameters:
+    found = [
+        p for p in presets
+        if p.function == function and p.bases == bases and p.timesteps == timesteps
+        and tuple(p.domain) == TARGETS[function].domain
+    ]
+    assert len(found) == 1, (function, bases, timesteps)
+    return found[0]
+
+
+def test_fit_is_deterministic_and_reports_the_simulated_error():
+    a = fit("exp2", bases=2, timesteps=8, seed=3)
+    b = fit("exp2", bases=2, timesteps=8, seed=3)
+    assert a == b  # same seed, same neuron (every field, bit for bit)
+    a.tables.check()
+    assert a.bases == 2 and a.timesteps == 8 and a.domain == (0.0, 1.0)
+    assert mse(a) == _independent_mse(a)
+    assert mse(a) < 1e-3  # 16 slots on a gentle curve: far from a constant's 0.08
+
+
+def test_fit_takes_a_custom_domain():
+    p = fit("tanh", bases=1, timesteps=8, domain=(0.0, 2.0))
+    assert p.domain == (0.0, 2.0)
+    assert mse(p) == _independent_mse(p)
+    assert mse(p) < 1e-2
+
+
+def test_presets_cover_every_target_and_are_valid(presets):
+    for function in TARGETS:
+        for n in (1, 2, 4, 8):
+            for t in (8, 12, 16):
+                p = _find(presets, function, n, t)
+                p.tables.check()
+                assert p.signed == TARGETS[function].signed
+
+
+@pytest.mark.parametrize("function,bases", sorted(BARS))
+def test_presets_meet_the_papers_table_x(presets, function, bases):
+    p = _find(presets, function, bases, 16)
+    assert _independent_mse(p) <= BARS[function, bases]
+
+
+def test_more_bases_do_not_hurt(presets):
+    # the growth 1 -> 2 -> 4 -> 8 bases starts each fit from the smaller one
+    for function in ("gelu", "exp2", "reciprocal", "rsqrt"):
+        errors = [_independent_mse(_find(presets, function, n, 16), 4000) for n in (1, 2, 4, 8)]
+        assert errors[-1] <= errors[0], (function, errors)
+
+
+@pytest.mark.parametrize("function,bases,timesteps", [("gelu", 4, 16), ("identity", 2, 8), ("rsqrt", 8, 12)])
+def test_output_is_bias_plus_weights_of_fired_slots(presets, function, bases, timesteps):
+    p = _find(presets, function, bases, timesteps)
+    tables = p.tables
+    lo, hi = p.domain
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(lo, hi, 500), uniform_grid(p.domain, 257), [lo, hi, 0.0]]).astype(np.float32)
+    spikes, negative = spike_trains(tables, x)  # [P, N, T], [P, N]
+    sign = np.where(negative, -1.0, 1.0)[..., None]
+    w = tables.weight.astype(np.float64)
+    expected = float(tables.bias) + np.sum(spikes * sign * w, axis=(-2, -1))
+    y, count = simulate(tables, x)
+    np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5 * max(1.0, np.abs(w).sum()))
+    assert np.array_equal(count, spikes.sum(axis=(-2, -1)))
+    # the same sum in float32, accumulated in the kernel's order, is bit-identical
+    acc = np.zeros(spikes.shape[:-1], np.float32)
+    for t in range(tables.timesteps):
+        acc = acc + np.where(spikes[..., t], tables.weight[:, t], np.float32(0))
+    acc = np.where(negative, -acc, acc)
+    y32 = np.full(len(x), tables.bias, np.float32)
+    for n in range(tables.bases):
+        y32 = y32 + acc[:, n]
+    assert np.array_equal(y, y32)
+    if p.signed:
+        assert negative.any()  # the identity encodes negative inputs with negative spikes
