@@ -1,12 +1,16 @@
-"""Choosing each spiking op's neurons: the shipped preset for the function, fitted to the range
-calibration measured (identity encoders are scaled to it; the others are fitted on a fixed domain)."""
+"""Choosing each spiking op's neurons for the ranges calibration measured: identity encoders are
+the identity preset scaled to the range; activation neurons are the presets fitted on a fixed
+domain, beyond which they saturate, plus a ramp basis for x > domain where f(x) = x (GELU, SiLU)."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from onnx_snn.calibrate import Probe, Range
-from onnx_snn.mbe.neuron import SlotTables
+from onnx_snn.mbe.functions import target
+from onnx_snn.mbe.neuron import MBEParameters, SlotTables
 from onnx_snn.mbe.presets import preset
 
 # bases per function: the paper's N=4 for the activations, N=8 for the Softmax/LayerNorm neurons
@@ -39,9 +43,22 @@ class NeuronChoice:
             reach = max(measured.magnitude * RANGE_MARGIN, 1e-6)
             return params.scaled(params.domain[1] / reach, reach / params.domain[1]).tables
         lo, hi = params.domain
-        if measured.lo < lo or measured.hi > hi:
+        if measured.hi > hi and target(function).linear_above:
+            # f(x) = x above the domain, where the preset saturates at f(hi): one more basis adds
+            # x - hi there (a binary search of it, exact to T bits)
+            reach = (measured.hi - hi) * RANGE_MARGIN
+            params = params.combined(ramp(hi, reach, self.timesteps))
+        elif measured.hi > hi or measured.lo < lo:
             self.warnings.append(
                 f"{probe.tensor}: calibrated range [{measured.lo:.3g}, {measured.hi:.3g}] exceeds the {function} "
                 f"neuron's domain [{lo:g}, {hi:g}]; values beyond it saturate"
             )
         return params.tables
+
+
+def ramp(start: float, reach: float, timesteps: int) -> MBEParameters:
+    """One basis decoding max(0, x - start) on [start, start + reach), T-bit exact: the paper's
+    binary-search basis (dt / tau = ln 2, threshold = reset = intensity)."""
+    basis = MBEParameters.from_paper("ramp", (start, start + reach), alpha=reach / 2, dt=math.log(2), tau_vth=[1.0],
+                                     tau_r=[1.0], tau_d=[1.0], w=[1.0], timesteps=timesteps)
+    return dataclasses.replace(basis, input_offset=(-start,))

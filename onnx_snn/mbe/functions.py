@@ -22,14 +22,15 @@ class Target:
     fn: Callable[[np.ndarray], np.ndarray]  # float64 in, float64 out
     domain: tuple[float, float]
     signed: bool = False  # ternary spikes (identity encoders of signed values)
+    linear_above: bool = False  # f(x) = x beyond the domain's upper end (to float32 precision)
 
 
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
         Target("identity", lambda x: x, (-1.0, 1.0), signed=True),
-        Target("gelu", lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))), (-8.0, 8.0)),
-        Target("silu", lambda x: x / (1.0 + np.exp(-x)), (-8.0, 8.0)),
+        Target("gelu", lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))), (-8.0, 8.0), linear_above=True),
+        Target("silu", lambda x: x / (1.0 + np.exp(-x)), (-8.0, 8.0), linear_above=True),
         Target("tanh", np.tanh, (-4.0, 4.0)),
         Target("sigmoid", lambda x: 1.0 / (1.0 + np.exp(-x)), (-8.0, 8.0)),
         Target("exp2", np.exp2, (0.0, 1.0)),  # the fractional part in Softmax: [0, 1)

@@ -256,6 +256,25 @@ class MBEParameters:
             bias=self.bias * output_scale,
         )
 
+    def combined(self, other: "MBEParameters") -> "MBEParameters":
+        """One neuron with the bases of both (same T and sign treatment): it decodes the sum of
+        their outputs, on this neuron's domain."""
+        if other.timesteps != self.timesteps or other.signed != self.signed:
+            raise ValueError("combined neurons need the same timesteps and sign treatment")
+        return MBEParameters(
+            function=self.function,
+            domain=self.domain,
+            signed=self.signed,
+            input_scale=self.input_scale + other.input_scale,
+            input_offset=self.input_offset + other.input_offset,
+            threshold0=self.threshold0 + other.threshold0,
+            threshold_decay=self.threshold_decay + other.threshold_decay,
+            reset0=self.reset0 + other.reset0,
+            reset_decay=self.reset_decay + other.reset_decay,
+            weight=self.weight + other.weight,
+            bias=self.bias + other.bias,
+        )
+
     def to_dict(self) -> dict:
         return {
             "function": self.function,

@@ -1,0 +1,46 @@
+"""Choosing neurons for calibrated ranges (onnx_snn/neurons.py)."""
+
+import numpy as np
+import pytest
+
+from onnx_snn.calibrate import Probe, Range
+from onnx_snn.mbe.functions import target
+from onnx_snn.mbe.neuron import simulate
+from onnx_snn.neurons import NeuronChoice, ramp
+
+
+def test_ramp_is_a_binary_search_of_x_minus_start():
+    basis = ramp(8.0, 16.0, 16).tables
+    x = np.linspace(-5, 30, 7001).astype(np.float32)
+    y, spikes = simulate(basis, x)
+    expected = np.clip(x - 8.0, 0, 16.0)
+    assert np.max(np.abs(y - expected)) <= 16.0 * 2.0 ** -15  # T-bit truncation, saturating at the top
+    assert np.all(spikes[x <= 8.0] == 0)
+
+
+def test_identity_encoder_covers_the_calibrated_magnitude():
+    choice = NeuronChoice(16, {Probe("h"): Range(-3.0, 40.0)})
+    tables = choice.for_tensor("identity", "h")
+    x = np.linspace(-44, 44, 10001).astype(np.float32)
+    y, _ = simulate(tables, x)
+    assert np.max(np.abs(y - x)) < 44 * 2.0 ** -14
+
+
+@pytest.mark.parametrize("function", ["gelu", "silu"])
+def test_activation_beyond_its_domain_continues_as_x(function):
+    choice = NeuronChoice(16, {Probe("h"): Range(-20.0, 30.0)})
+    tables = choice.for_tensor(function, "h")
+    assert tables.bases == choice.bases[function] + 1  # the preset and one ramp basis
+    x = np.linspace(-20, 30, 20001)
+    y, _ = simulate(tables, x)
+    error = np.abs(y - target(function).fn(x))
+    inside = np.abs(x) <= 8
+    assert np.sqrt(np.mean(error[inside] ** 2)) < 0.01
+    assert np.max(error[~inside]) < 0.02
+    assert not choice.warnings
+
+
+def test_saturating_function_beyond_its_domain_is_reported():
+    choice = NeuronChoice(16, {Probe("h"): Range(-12.0, 3.0)})
+    choice.for_tensor("tanh", "h")
+    assert any("exceeds the tanh neuron's domain" in w for w in choice.warnings)
