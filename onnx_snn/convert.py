@@ -62,7 +62,7 @@ def convert_with_report(
     encoders = build_sites(graph, sites, neurons)
     ops.attach_functions(spiking)
     spiking.ir_version = min(spiking.ir_version or ops.IR_VERSION, ops.IR_VERSION)
-    onnx.checker.check_model(spiking, full_check=True)
+    model_io.check(spiking, full_check=True)
 
     replaced, by_kind = count_sites(sites)
     total, driven = spike_driven_macs(graph, macs_by_layer)
@@ -88,7 +88,7 @@ def validate(model: onnx.ModelProto, model_dir: str | None, where: str) -> None:
         raise ConversionError(f"{where}: already a spiking model (it uses the {ops.DOMAIN} domain)")
     model_io.check_external_data(model, model_dir, where)
     try:
-        onnx.checker.check_model(model)
+        model_io.check(model)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0]
         raise ConversionError(f"{where}: not a valid ONNX model ({first})") from None

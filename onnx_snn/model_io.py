@@ -52,6 +52,25 @@ def check_external_data(model: onnx.ModelProto, model_dir: str | None, where: st
                 raise ModelError(f"{where}: external data file {location!r} of weight {tensor.name!r} is missing")
 
 
+def check(model: onnx.ModelProto, *, full_check: bool = False) -> None:
+    """onnx.checker on the model. Weights stored as external data are checked as what they are to
+    the graph (typed, shaped values): they are passed to the checker as graph inputs, so it does
+    not look for the data files relative to the working folder, and no data is read."""
+    external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        checked = onnx.ModelProto()
+        checked.CopyFrom(model)
+        names = {t.name for t in external}
+        kept = [t for t in checked.graph.initializer if t.name not in names]
+        del checked.graph.initializer[:]
+        checked.graph.initializer.extend(kept)
+        inputs = {v.name for v in checked.graph.input}
+        checked.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                                   for t in external if t.name not in inputs)
+        model = checked
+    onnx.checker.check_model(model, full_check=full_check)
+
+
 def save(model: onnx.ModelProto, path: str | os.PathLike, source_dir: str | None) -> None:
     """Write `model` to `path` atomically. Weights that were external stay external, in
     `<name>.data` beside it, copied in chunks from the source files (relative to `source_dir`)."""
@@ -88,7 +107,8 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, source_dir: str | None
                         pad = -out.tell() % 4096  # page-aligned, as onnx's own writer does
                         out.write(b"\0" * pad)
                     del tensor.external_data[:]
-                    onnx.helper.set_external_data(tensor, data_name, offset=start, length=written)
+                    for key, value in (("location", data_name), ("offset", str(start)), ("length", str(written))):
+                        tensor.external_data.add(key=key, value=value)
             moves.append((data_tmp, folder / data_name))
         fd, model_tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
         tmp_files.append(model_tmp)
