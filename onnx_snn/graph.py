@@ -34,7 +34,7 @@ class Graph:
             for name in node.output:
                 if name:
                     self.producer[name] = node
-            for name in node.input:
+            for name in dict.fromkeys(node.input):  # Mul(x, x) reads x once
                 if name:
                     self.consumers[name].append(node)
         self.initializers = {t.name: t for t in self.graph.initializer}
@@ -173,22 +173,26 @@ class Graph:
                         heapq.heappush(ready, j)
         if len(order) != len(nodes):
             raise ValueError("the rewritten graph has a cycle")
+        used = self._used_names(order)
+        # constants only the removed nodes read (a GELU's sqrt(2), a LayerNorm's epsilon) go too
+        order = [n for n in order if not (n.op_type == "Constant" and n.domain in ("", "ai.onnx")
+                                          and not any(o in used for o in n.output))]
         del self.graph.node[:]
         self.graph.node.extend(order)
-        self._drop_unused_initializers()
-        self.__init__(self.model)
-
-    def _drop_unused_initializers(self) -> None:
-        """Constants only the removed nodes read (a GELU's sqrt(2), a LayerNorm's epsilon) go too."""
-        used = set(self.graph_outputs) | self.graph_inputs
-        stack = [self.graph]
-        while stack:
-            graph = stack.pop()
-            for node in graph.node:
-                used.update(node.input)
-                for attr in node.attribute:
-                    stack.extend([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs))
-        kept = [t for t in self.graph.initializer if t.name in used]
+        kept = [t for t in self.graph.initializer if t.name in used or t.name in self.graph_inputs]
         if len(kept) != len(self.graph.initializer):
             del self.graph.initializer[:]
             self.graph.initializer.extend(kept)
+        self.__init__(self.model)
+
+    def _used_names(self, nodes: list[onnx.NodeProto]) -> set[str]:
+        """Every value read by the nodes (and their subgraphs) or by the graph's outputs."""
+        used = set(self.graph_outputs)
+        stack = list(nodes)
+        while stack:
+            node = stack.pop()
+            used.update(node.input)
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                    stack.extend(sub.node)
+        return used

@@ -17,8 +17,9 @@ from onnx_snn.rules.linear_input import activation_inputs
 
 # ops that compute a nonlinear function of their input (what a spiking model must not leave)
 NONLINEAR_OPS = {
-    "Erf", "Gelu", "FastGelu", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "LayerNormalization",
-    "SimplifiedLayerNormalization", "SkipLayerNormalization", "Sqrt", "Reciprocal", "Exp", "Log", "Pow", "Sin",
+    "Erf", "Gelu", "FastGelu", "BiasGelu", "QuickGelu", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
+    "LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
+    "Sqrt", "Reciprocal", "Exp", "Log", "Pow", "Sin",
     "Cos", "Relu", "LeakyRelu", "Elu", "Selu", "Softplus", "HardSigmoid", "HardSwish", "Mish", "Div",
     "ReduceMean", "ReduceL2",
 }
