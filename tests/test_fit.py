@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onnx_snn.mbe.fit import fit, mse
+from onnx_snn.mbe.fit import fit, mse, saturates
 from onnx_snn.mbe.functions import TARGETS, uniform_grid
 from onnx_snn.mbe.neuron import MBEParameters, simulate, spike_trains
 
@@ -112,3 +112,35 @@ def test_output_is_bias_plus_weights_of_fired_slots(presets, function, bases, ti
     assert np.array_equal(y, y32)
     if p.signed:
         assert negative.any()  # the identity encodes negative inputs with negative spikes
+
+
+# Functions whose shipped presets were fitted with every basis saturated at the domain's edges
+# (fit.py, _Problem.schedule): beyond the domain the output is exactly the output at the edge.
+# fit() saturates every function now; the shipped identity, exp2, reciprocal and rsqrt presets
+# predate that and have not been regenerated yet.
+SATURATED = ("gelu", "silu", "tanh", "sigmoid")
+
+
+@pytest.mark.parametrize("function", SATURATED)
+def test_presets_are_constant_beyond_the_domain(presets, function):
+    # the converter relies on it: GELU/SiLU inputs beyond [-8, 8] get a separate ramp basis added
+    for n in (1, 2, 4, 8):
+        for t in (8, 12, 16):
+            p = _find(presets, function, n, t)
+            lo, hi = p.domain
+            for edge, xs in ((hi, np.linspace(hi, hi + 30, 3001)), (lo, np.linspace(lo - 30, lo, 3001))):
+                xs = np.concatenate([xs, [edge, 2 * edge, 1e30 * edge, np.inf * edge]]).astype(np.float32)
+                y, count = simulate(p.tables, xs)
+                y_edge, count_edge = simulate(p.tables, np.float32([edge]))
+                assert np.array_equal(y, np.full_like(y, y_edge[0])), (function, n, t, edge)
+                assert np.array_equal(count, np.full_like(count, count_edge[0])), (function, n, t, edge)
+            assert saturates(p)
+
+
+def test_fit_saturates_on_a_custom_domain():
+    # an unsigned neuron (bases of both polarities) and a signed one (|u| encoded, ternary spikes)
+    for function, bases, domain in (("gelu", 2, (-3.0, 5.0)), ("identity", 2, (-2.0, 2.0))):
+        p = fit(function, bases=bases, timesteps=8, domain=domain)
+        assert saturates(p)
+        y, _ = simulate(p.tables, np.float32([domain[0] - 7.0, domain[0], domain[1], domain[1] + 7.0]))
+        assert y[0] == y[1] and y[2] == y[3]

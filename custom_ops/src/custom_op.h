@@ -6,6 +6,7 @@
 #include <exception>
 #include <iterator>
 #include <string>
+#include <type_traits>
 
 #include "onnxruntime_cxx_api.h"
 
@@ -15,6 +16,8 @@ namespace onnx_snn {
 //   static constexpr const char* kName;
 //   static constexpr ONNXTensorElementDataType kInputs[], kOutputs[];
 //   static constexpr size_t kRequiredOutputs;      // the outputs after these are optional
+//   static constexpr size_t kRequiredInputs;       // optional member: the inputs after these are
+//                                                  // optional (default: every input is required)
 //   explicit Kernel(const Ort::ConstKernelInfo&);   // reads and validates the attributes (may throw)
 //   void Compute(Ort::KernelContext&) const;        // safe to call from several threads at once
 template <typename Kernel>
@@ -32,11 +35,23 @@ struct GuardedKernel : Kernel {
   }
 };
 
+template <typename Kernel, typename = void>
+struct RequiredInputs {
+  static constexpr size_t value = std::size(Kernel::kInputs);
+};
+template <typename Kernel>
+struct RequiredInputs<Kernel, std::void_t<decltype(Kernel::kRequiredInputs)>> {
+  static constexpr size_t value = Kernel::kRequiredInputs;
+};
+
 template <typename Kernel>
 struct CustomOp : Ort::CustomOpBase<CustomOp<Kernel>, GuardedKernel<Kernel>, true> {
   const char* GetName() const { return Kernel::kName; }
   size_t GetInputTypeCount() const { return std::size(Kernel::kInputs); }
   ONNXTensorElementDataType GetInputType(size_t i) const { return Kernel::kInputs[i]; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
+    return i < RequiredInputs<Kernel>::value ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
   size_t GetOutputTypeCount() const { return std::size(Kernel::kOutputs); }
   ONNXTensorElementDataType GetOutputType(size_t i) const { return Kernel::kOutputs[i]; }
   OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const {

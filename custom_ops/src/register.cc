@@ -2,6 +2,9 @@
 // with SessionOptions (onnx_snn.session does that).
 #include "custom_op.h"
 #include "mbe_neuron.h"
+#include "spiking_layernorm.h"
+#include "spiking_rmsnorm.h"
+#include "spiking_softmax.h"
 
 #define ONNX_SNN_STRING_(x) #x
 #define ONNX_SNN_STRING(x) ONNX_SNN_STRING_(x)
@@ -12,8 +15,16 @@ namespace {
 struct Library {
   Ort::CustomOpDomain domain{"onnx_snn"};
   onnx_snn::CustomOp<onnx_snn::MBENeuronKernel> mbe_neuron;
+  onnx_snn::CustomOp<onnx_snn::SpikingSoftmaxKernel> spiking_softmax;
+  onnx_snn::CustomOp<onnx_snn::SpikingLayerNormKernel> spiking_layernorm;
+  onnx_snn::CustomOp<onnx_snn::SpikingRMSNormKernel> spiking_rmsnorm;
 
-  Library() { domain.Add(&mbe_neuron); }
+  Library() {
+    domain.Add(&mbe_neuron);
+    domain.Add(&spiking_softmax);
+    domain.Add(&spiking_layernorm);
+    domain.Add(&spiking_rmsnorm);
+  }
 };
 
 }  // namespace

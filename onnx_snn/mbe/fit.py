@@ -22,6 +22,14 @@ encodes x in [x0, x0 + width) (polarity +1) or (x0 - width, x0] (polarity -1) an
 other side of x0 -- a "hinge". Searched: x0, log width, threshold decay, log(reset0 / threshold0),
 reset decay. The polarity is chosen at initialisation (a continuous search cannot flip it).
 
+Saturation beyond the domain: every basis's active range (the inputs whose spike pattern is neither
+every slot nor none) is projected into the fitted domain (``_Problem.schedule``), so beyond the
+domain each basis is saturated -- all slots of a basis driven upwards fire, none of one driven
+downwards, and vice versa on the other side -- and the neuron's output there is exactly its output at
+the domain's edge (checked on the float32 tables by ``saturates``). A converter can then extend a
+function beyond the domain with separate bases (e.g. a ramp for GELU/SiLU above 8) without the
+preset's output still moving there.
+
 Run ``python -m onnx_snn.mbe.fit --out onnx_snn/mbe/presets.json`` to regenerate the presets.
 """
 
@@ -48,6 +56,7 @@ LN2 = math.log(2.0)
 DECAY_BOUNDS = (-0.5, 2.5)
 LOG_RHO_BOUNDS = (-10.0, 3.0)  # reset0 / threshold0 in [4.5e-5, 20]
 THRESHOLD0 = 0.5  # fixed: see the module docstring (scale invariance)
+SATURATION_MARGIN = 1e-5  # see _Problem.schedule
 EVAL_POINTS = 10_000  # the error is always measured on this many uniform points
 PRESET_BASES = (1, 2, 4, 8)
 PRESET_TIMESTEPS = (8, 12, 16)
@@ -72,7 +81,7 @@ def _effort(function: str, bases: int, timesteps: int) -> _Effort:
         return _Effort(points=2000, restarts=1, cycles=2, fev=150, hops=0, polish=0)
     hard = function in ("gelu", "exp2", "reciprocal", "rsqrt")
     if bases <= 2:
-        return _Effort(points=2000, restarts=8, cycles=3, fev=200, hops=0, polish=0)
+        return _Effort(points=2000, restarts=12, cycles=3, fev=200, hops=0, polish=0)
     if timesteps == 16 and hard:
         return _Effort(points=3000, restarts=4, cycles=5, fev=400, hops=6, polish=1)
     return _Effort(points=2000, restarts=3, cycles=4, fev=300, hops=3, polish=1)
@@ -89,15 +98,50 @@ class _Problem:
         self.timesteps = timesteps
         self.width = self.domain[1] - self.domain[0]
 
+    def reach(self, k_th: float, rho: float, k_r: float) -> tuple[float, float]:
+        """(a, b): a basis with these schedules is silent for u < a and fires every slot for u >= b,
+        whatever it does in between. Computed from the float32-rounded schedules the tables store."""
+        steps = range(self.timesteps)  # math.exp, as neuron.py expands the tables
+        th = np.float32([THRESHOLD0 * math.exp(-t * k_th) for t in steps]).astype(np.float64)
+        r = np.float32([THRESHOLD0 * rho * math.exp(-t * k_r) for t in steps]).astype(np.float64)
+        # all fire iff u - (r[0] + ... + r[t-1]) >= th[t] for every t
+        return float(th.min()), float(np.max(th + np.concatenate([[0.0], np.cumsum(r[:-1])])))
+
     def schedule(self, theta: np.ndarray, polarity: int) -> tuple[float, ...]:
         """(input_scale, input_offset, threshold0, threshold_decay, reset0, reset_decay); clipping
-        keeps every candidate inside the bounds (Nelder-Mead itself is unbounded)."""
+        keeps every candidate inside the bounds (Nelder-Mead itself is unbounded).
+
+        Saturation: every basis's active range (the inputs whose spike pattern is neither all
+        slots nor none) is projected into the domain, with a margin, so that beyond the domain on
+        either side each basis's pattern is constant: the neuron's output beyond the domain is
+        exactly its output at the domain's edge. An unsigned basis keeps its onset (the hinge) and
+        has its saturation end capped at the domain's far edge; a signed basis (|u| is encoded)
+        keeps its centre x0 inside the domain and saturates on both sides."""
         lo, hi = self.domain
         x0 = float(np.clip(theta[0], lo - 2 * self.width, hi + 2 * self.width))
         width = math.exp(float(np.clip(theta[1], math.log(1e-3 * self.width), math.log(100 * self.width))))
         k_th = float(np.clip(theta[2], *DECAY_BOUNDS))
         rho = math.exp(float(np.clip(theta[3], *LOG_RHO_BOUNDS)))
         k_r = float(np.clip(theta[4], *DECAY_BOUNDS))
+        a, b = self.reach(k_th, rho, k_r)
+        # margins: relative in u (float32 rounding along the T soft resets) and absolute in x
+        # (float32 rounding of scale * x + offset), so the float32 tables saturate at the edges
+        a_m, b_m = a * (1 - SATURATION_MARGIN), b * (1 + SATURATION_MARGIN)
+        m = SATURATION_MARGIN * (abs(lo) + abs(hi) + self.width)
+        shortest = 1e-3 * self.width
+        if self.signed:  # active on (x0 - width*b, x0 + width*b): both ends inside the domain
+            x0 = float(np.clip(x0, lo + m + shortest, hi - m - shortest))
+            width = min(width, (min(x0 - lo, hi - x0) - m) / b_m)
+        elif polarity > 0:  # silent below onset s = x0 + width*a, all fire from e = x0 + width*b
+            s = float(np.clip(x0 + width * a, lo + m, hi - m - shortest))
+            e = float(np.clip(x0 + width * b, s + shortest, hi - m))
+            width = (e - s) / (b_m - a_m)
+            x0 = s - width * a_m
+        else:  # mirrored: silent above onset s = x0 - width*a, all fire below e = x0 - width*b
+            s = float(np.clip(x0 - width * a, lo + m + shortest, hi - m))
+            e = float(np.clip(x0 - width * b, lo + m, s - shortest))
+            width = (s - e) / (b_m - a_m)
+            x0 = s + width * a_m
         return (polarity / width, -polarity * x0 / width, THRESHOLD0, k_th, THRESHOLD0 * rho, k_r)
 
     def params(self, thetas: list[np.ndarray], polarities: list[int], weight=None, bias: float = 0.0) -> MBEParameters:
@@ -237,7 +281,10 @@ def _grow(problem: _Problem, bases: int, previous, effort: _Effort, rng: np.rand
     search = _Search(problem, effort.points, rng)
     best = None
     for restart in range(effort.restarts):
-        if previous is None:
+        # Small neurons are cheap: every other restart starts from scratch rather than from the
+        # smaller neuron, whose basis may sit in a poor local minimum for this size.
+        fresh = previous is None or (bases <= 2 and restart % 2 == 1)
+        if fresh:
             if restart == 0:
                 thetas, pols = _spread_bases(problem, bases)
             else:
@@ -279,6 +326,19 @@ def _grow(problem: _Problem, bases: int, previous, effort: _Effort, rng: np.rand
     return thetas, pols
 
 
+def saturates(params: MBEParameters) -> bool:
+    """Whether every basis's spike pattern (and sign) at each edge of the domain is the one it has
+    at the matching infinity, simulated on the float32 tables. Float32 rounding is monotone, so the
+    pattern is then constant all the way out, and the neuron's output beyond the domain is exactly
+    its output at the edge."""
+    lo, hi = params.domain
+    spikes, negative = spike_trains(params.tables, np.float32([lo, -np.inf, hi, np.inf]))
+    return bool(
+        np.array_equal(spikes[0], spikes[1]) and np.array_equal(negative[0], negative[1])
+        and np.array_equal(spikes[2], spikes[3]) and np.array_equal(negative[2], negative[3])
+    )
+
+
 def _solve(problem: _Problem, thetas, polarities) -> MBEParameters:
     """The exact least-squares slot weights and bias on the 10,000-point grid (as the paper's
     fit used 10,000 uniform samples), rounded to float32 as the tables store them."""
@@ -292,7 +352,10 @@ def _solve(problem: _Problem, thetas, polarities) -> MBEParameters:
     weight = tuple(
         tuple(float(np.float32(v)) for v in sol[n * t : (n + 1) * t]) for n in range(len(thetas))
     )
-    return problem.params(thetas, polarities, weight, float(np.float32(sol[-1])))
+    params = problem.params(thetas, polarities, weight, float(np.float32(sol[-1])))
+    if not saturates(params):  # the margins of _Problem.schedule are meant to make this impossible
+        raise RuntimeError(f"{params.function} N={params.bases} T={t}: a basis does not saturate at the domain's edges")
+    return params
 
 
 def _stage_rng(function: str, domain, timesteps: int, bases: int, seed: int) -> np.random.Generator:
@@ -335,11 +398,22 @@ def fit(function: str, *, bases: int, timesteps: int, domain: tuple[float, float
     return _fit_stages(function, timesteps, dom, seed, [bases])[bases]
 
 
+def _key(d: dict) -> tuple:
+    """(function, timesteps, bases, domain) of a preset's JSON entry."""
+    return d["function"], len(d["weight"][0]), len(d["input_scale"]), tuple(d["domain"])
+
+
 def generate(out: str, functions=None, bases_list=PRESET_BASES, timesteps_list=PRESET_TIMESTEPS, seed: int = 0) -> list[MBEParameters]:
-    """Fit every preset, print one line each, and write the presets JSON atomically."""
+    """Fit the presets of `functions` (default: every target), print one line each, and write the
+    presets JSON atomically. Entries already in `out` that were not refitted (other functions,
+    bases or timesteps) are kept as they are, so regenerating a few functions leaves the rest of
+    the file untouched; entries stay ordered by function (TARGETS order), timesteps, bases."""
+    functions = list(functions or TARGETS)
+    for function in functions:
+        target(function)  # a clear error for an unknown name before any work
     presets = []
     start = time.time()
-    for function in functions or list(TARGETS):
+    for function in functions:
         for t in timesteps_list:
             t0 = time.time()
             fitted = _fit_stages(function, t, target(function).domain, seed, bases_list)
@@ -350,12 +424,21 @@ def generate(out: str, functions=None, bases_list=PRESET_BASES, timesteps_list=P
                     f"  ({time.time() - t0:.0f}s, total {time.time() - start:.0f}s)",
                     flush=True,
                 )
+    entries = [p.to_dict() for p in presets]
+    if os.path.exists(out):
+        with open(out) as f:
+            kept = [d for d in json.load(f)["presets"] if _key(d) not in {_key(e) for e in entries}]
+        order = {name: i for i, name in enumerate(TARGETS)}
+        entries = sorted(
+            kept + entries,
+            key=lambda d: (order.get(d["function"], len(order)),) + _key(d)[1:],
+        )
     tmp = out + ".tmp"
     with open(tmp, "w") as f:
-        json.dump({"format": 1, "presets": [p.to_dict() for p in presets]}, f, indent=1)
+        json.dump({"format": 1, "presets": entries}, f, indent=1)
         f.write("\n")
     os.replace(tmp, out)
-    print(f"wrote {len(presets)} presets to {out} in {time.time() - start:.0f}s", flush=True)
+    print(f"wrote {len(entries)} presets ({len(presets)} fitted) to {out} in {time.time() - start:.0f}s", flush=True)
     return presets
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import onnx
 
 from onnx_snn.calibrate import Probe
-from onnx_snn.rules.base import MatchContext, NearMiss, Site
+from onnx_snn.rules.base import MatchContext, NearMiss, Site, is_weight
 
 NAME = "activation-product"
 
@@ -17,7 +17,7 @@ class ActivationProduct:
     anchors = ("MatMul",)
 
     def match(self, ctx: MatchContext, node: onnx.NodeProto) -> Site | NearMiss | None:
-        if node.domain not in ("", "ai.onnx") or any(ctx.graph.is_constant(name) for name in node.input):
+        if node.domain not in ("", "ai.onnx") or any(is_weight(ctx.graph, name) for name in node.input):
             return None
         operands = [name for name in node.input if name not in ctx.spike_encoded]
         return Site(NAME, "product", node, probes=[Probe(n) for n in operands],

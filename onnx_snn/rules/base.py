@@ -129,5 +129,16 @@ def through_casts(ctx: MatchContext, name: str, casts: list[onnx.NodeProto]) -> 
         name = user.output[0]
 
 
+def is_weight(graph: Graph, name: str) -> bool:
+    """A constant (initializer or Constant output), also through Identity nodes: torch's exporter
+    keeps one copy of identical weights and writes the others as Identity of it."""
+    while not graph.is_constant(name):
+        node = graph.producer.get(name)
+        if node is None or node.op_type != "Identity":
+            return False
+        name = node.input[0]
+    return True
+
+
 def consumers_of(ctx: MatchContext, name: str, op_type: str) -> list[onnx.NodeProto]:
     return [n for n in ctx.graph.consumers.get(name, []) if n.op_type == op_type]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import onnx
 
-from onnx_snn.rules.base import (MatchContext, NearMiss, Site, consumers_of, near, node_name, other_input,
-                                 private_or_near_miss, reduce_axes, through_casts)
+from onnx_snn.rules.base import (MatchContext, NearMiss, Site, consumers_of, is_weight, near, node_name,
+                                 other_input, private_or_near_miss, reduce_axes, through_casts)
 from onnx_snn.rules.layernorm import layernorm_site
 
 NAME = "layernorm-decomposed"
@@ -50,6 +50,7 @@ class LayerNormDecomposed:
         casted = [c for c in consumers_of(ctx, d, "Cast") if g.attribute(c, "to") == onnx.TensorProto.FLOAT]
         for cast in casted:  # d may reach the square through a Cast
             squares += [n for n in consumers_of(ctx, cast.output[0], "Pow") if near(g.scalar(n.input[1]), 2.0)]
+        squares = list({id(n): n for n in squares}.values())  # Mul(d, d) is listed once per operand
         if len(squares) != 1:
             return miss("x - mean is not squared (Pow 2 or d * d) exactly once")
         square = squares[0]
@@ -89,14 +90,14 @@ class LayerNormDecomposed:
         normalised = through_casts(ctx, norm.output[0], nodes)
         scale = g.only_consumer(normalised)
         gamma = other_input(scale, normalised) if scale is not None and scale.op_type == "Mul" else None
-        if gamma is None or not g.is_constant(gamma):
+        if gamma is None or not is_weight(g, gamma):
             return miss("the normalised value is not scaled by a constant gamma")
         nodes.append(scale)
         last, beta = scale, None
         shift = g.only_consumer(scale.output[0])
         if shift is not None and shift.op_type == "Add":
             candidate = other_input(shift, scale.output[0])
-            if candidate is not None and g.is_constant(candidate):
+            if candidate is not None and is_weight(g, candidate):
                 beta, last = candidate, shift
                 nodes.append(shift)
         nodes = list({id(n): n for n in nodes}.values())

@@ -8,7 +8,7 @@ from __future__ import annotations
 import onnx
 
 from onnx_snn.calibrate import Probe
-from onnx_snn.rules.base import MatchContext, NearMiss, Site
+from onnx_snn.rules.base import MatchContext, NearMiss, Site, is_weight
 
 NAME = "linear-input"
 
@@ -16,7 +16,7 @@ NAME = "linear-input"
 def activation_inputs(graph, node: onnx.NodeProto) -> list[str]:
     """The inputs of a MatMul/Gemm/Conv that are computed (not weights or biases)."""
     candidates = node.input[:1] if node.op_type == "Conv" else node.input[:2]
-    return [name for name in candidates if name and not graph.is_constant(name)]
+    return [name for name in candidates if name and not is_weight(graph, name)]
 
 
 class LinearInput:

@@ -1,0 +1,119 @@
+"""SpikingLayerNorm (domain onnx_snn, version 1): layer normalisation from spiking neurons
+(PAPER.md, "The Transformer operations": accumulated mean, spiking variance, exponent-parity
+1/sqrt neuron, spiking product, affine gamma and beta).
+
+    inputs:  x       float32, rank >= 1; normalised over dims axis..rank-1 (N values per row),
+                     like LayerNormalization
+             gamma   float32, N values (any shape, read row-major; typically x.shape[axis:])
+             beta    float32, optional: N values with gamma's shape, or [N] when gamma is 1-D (it is
+                     the bias of a Gemm in the function body, so at most 2-D and broadcastable to
+                     gamma's shape flattened to 2-D)
+    outputs: y       float32, x's shape
+             spikes  int64 [3], optional: spikes fired over the whole tensor by the input encoder,
+                     the centred encoder and the rsqrt neuron, in that order
+    attributes: axis (int, in [-rank, rank)), epsilon (float, finite, >= 0): make_node writes both
+                     (the function body needs them written: the inliners ignore defaults)
+             input_*     signed identity encoder of x        (the 8 slot-table attributes of
+             centered_*  signed identity encoder of x - mean   MBENeuron with the prefix)
+             rsqrt_*     the neuron for 1/sqrt(m) on [0.5, 2]
+
+Per row of N values, in float32, one rounding per operation, in this order:
+    xh = input_enc(x); mu = sum(xh) / N              the fixed-order halving sum (onnx_snn.ops.blocks)
+    d = xh - mu; dh = centered_enc(d)
+    var = sum(dh * dh) / N                           the spiking product, then the mean (the paper
+                                                     folds 1/N into the product's weights: the same
+                                                     value up to one rounding)
+    v = var + epsilon
+    (m, E) = frexp(v); if E is odd: m = 2m, E = E-1   m in [0.5, 2), E even
+    rs = rsqrt_neuron(m) * 2^(-E/2)
+    y = (dh * rs) * gamma + (beta + 0)               beta + 0 turns a -0.0 into +0.0; no beta: + 0
+NaN in a row makes the row NaN; infinities saturate the input encoder (its output stays finite);
+empty tensors give empty outputs and zero spikes.
+
+Three implementations, kept bit-identical by tests: the C++ kernel (custom_ops/src/spiking_layernorm.h),
+the ONNX function below (standard ops; the neurons run through the MBENeuron function) and the numpy
+`reference` (onnx_snn.mbe.neuron.simulate for every neuron).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+from onnx import helper as oh
+
+from onnx_snn.mbe.neuron import SlotTables
+from onnx_snn.ops import blocks, mbe_neuron
+from onnx_snn.ops.common import DOMAIN
+
+OP_TYPE = "SpikingLayerNorm"
+NEURONS = ("input", "centered", "rsqrt")  # the embedded neurons, in the order of the spike output
+ATTRIBUTES = ("axis", "epsilon", *(a for n in NEURONS for a in blocks.neuron_attribute_names(n + "_")))
+CALLS = (mbe_neuron.OP_TYPE,)  # the functions this op's function calls
+DEFAULT_EPSILON = 1e-5
+
+
+def make_node(input: SlotTables, centered: SlotTables, rsqrt: SlotTables, x: str, gamma: str, beta: str | None,
+              y: str, *, axis: int = -1, epsilon: float = DEFAULT_EPSILON, spikes: str | None = None,
+              name: str | None = None) -> onnx.NodeProto:
+    # an absent beta and an unused spike output keep empty names: the inliners want every slot
+    return oh.make_node(OP_TYPE, [x, gamma, beta or ""], [y, spikes or ""], name=name, domain=DOMAIN,
+                        axis=int(axis), epsilon=float(epsilon),
+                        **blocks.neuron_attributes("input_", input),
+                        **blocks.neuron_attributes("centered_", centered),
+                        **blocks.neuron_attributes("rsqrt_", rsqrt))
+
+
+def function(opset: int) -> onnx.FunctionProto:
+    """The op as an ONNX function of standard ops (and MBENeuron calls) at the model's opset (>= 14)."""
+    b = blocks.Body()
+    axis = b.attribute("axis", "value_int")
+    epsilon = b.attribute("epsilon", "value_float")
+    shape, before, dim, after = b.axis_view("x", axis)
+    n = b.op("Mul", dim, after)
+    x3 = b.op("Reshape", "x", b.op("Concat", before, n, b.ints(1), axis=0), allowzero=1)  # [rows, N, 1]
+    count = b.op("Cast", n, to=TensorProto.FLOAT)
+    xh, input_spikes = b.neuron("input_", x3)
+    mu = b.op("Div", b.tree_sum(xh), count)
+    dh, centered_spikes = b.neuron("centered_", b.op("Sub", xh, mu))
+    var = b.op("Div", b.tree_sum(b.op("Mul", dh, dh)), count)
+    rs, rsqrt_spikes = b.rsqrt_scale("rsqrt_", b.op("Add", var, epsilon))
+    affine_shape = b.op("Concat", b.ints(1), n, b.ints(1), axis=0)
+    scaled = b.op("Mul", b.op("Mul", dh, rs), b.op("Reshape", "gamma", affine_shape, allowzero=1))
+    # beta is optional: only an optional input of a standard op may take it. Gemm(A, B, beta) with
+    # A = 0 [M, 0], B = 0 [0, K] is exactly 0 + beta ([M, K]: gamma's shape flattened to 2-D), or 0
+    # without beta, at every opset
+    gamma_shape = b.op("Concat", b.ints(1), b.op("Shape", "gamma"), axis=0)
+    k = b.op("Slice", gamma_shape, b.ints(-1), b.ints(blocks.INT64_MAX))
+    m = b.op("ReduceProd", b.op("Slice", gamma_shape, b.ints(0), b.ints(-1)), keepdims=1)
+    zero = oh.make_tensor("", TensorProto.FLOAT, [1], [0.0])
+    a = b.op("ConstantOfShape", b.op("Concat", m, b.ints(0), axis=0), value=zero)
+    z = b.op("ConstantOfShape", b.op("Concat", b.ints(0), k, axis=0), value=zero)
+    bias = b.op("Add", b.op("Gemm", a, z, "beta"), b.const(0.0))
+    y3 = b.op("Add", scaled, b.op("Reshape", bias, affine_shape, allowzero=1))
+    b.op("Reshape", y3, shape, allowzero=1, out="y")
+    b.op("Concat", input_spikes, centered_spikes, rsqrt_spikes, axis=0, out="spikes")
+    return b.function(OP_TYPE, ["x", "gamma", "beta"], ["y", "spikes"], list(ATTRIBUTES), opset)
+
+
+def reference(input: SlotTables, centered: SlotTables, rsqrt: SlotTables, x: np.ndarray, gamma: np.ndarray,
+              beta: np.ndarray | None = None, axis: int = -1, epsilon: float = DEFAULT_EPSILON
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The numpy reference: (y float32, spikes int64 [3])."""
+    x = np.asarray(x, np.float32)
+    x3, n = blocks.normalised_view(x, axis)
+    gamma = np.asarray(gamma, np.float32)
+    if gamma.size != n:
+        raise ValueError(f"gamma has {gamma.size} values for {n} normalised values")
+    if beta is not None and np.size(beta) != n:
+        raise ValueError(f"beta has {np.size(beta)} values for {n} normalised values")
+    bias = np.zeros(n, np.float32) if beta is None else np.asarray(beta, np.float32).reshape(n) + np.float32(0)
+    count = np.float32(n)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        xh, input_spikes = blocks.run_neuron(input, x3)
+        mu = blocks.tree_sum(xh, 1) / count
+        dh, centered_spikes = blocks.run_neuron(centered, xh - mu)
+        var = blocks.tree_sum(dh * dh, 1) / count
+        rs, rsqrt_spikes = blocks.rsqrt_scale(rsqrt, var + np.float32(epsilon))
+        y = (dh * rs) * gamma.reshape(1, n, 1) + bias.reshape(1, n, 1)
+    return y.astype(np.float32).reshape(x.shape), np.array([input_spikes, centered_spikes, rsqrt_spikes], np.int64)

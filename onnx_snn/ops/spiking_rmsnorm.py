@@ -1,0 +1,88 @@
+"""SpikingRMSNorm (domain onnx_snn, version 1): RMS normalisation (Llama family) from spiking neurons,
+with SpikingLayerNorm's building blocks (the paper does not treat RMSNorm; the same blocks apply).
+
+    inputs:  x       float32, rank >= 1; normalised over dims axis..rank-1 (N values per row)
+             gamma   float32, N values (any shape, read row-major; typically x.shape[axis:])
+    outputs: y       float32, x's shape
+             spikes  int64 [2], optional: spikes fired over the whole tensor by the input encoder
+                     and the rsqrt neuron, in that order
+    attributes: axis (int, in [-rank, rank)), epsilon (float, finite, >= 0): make_node writes both
+                     (the function body needs them written: the inliners ignore defaults)
+             input_*  signed identity encoder of x     (the 8 slot-table attributes of MBENeuron
+             rsqrt_*  the neuron for 1/sqrt(m) on [0.5, 2]  with the prefix)
+
+Per row of N values, in float32, one rounding per operation, in this order:
+    xh = input_enc(x)
+    v = sum(xh * xh) / N + epsilon                   the spiking product; the fixed-order halving sum
+    (m, E) = frexp(v); if E is odd: m = 2m, E = E-1   m in [0.5, 2), E even
+    rs = rsqrt_neuron(m) * 2^(-E/2)
+    y = (xh * rs) * gamma
+NaN in a row makes the row NaN; infinities saturate the input encoder (its output stays finite);
+empty tensors give empty outputs and zero spikes.
+
+Three implementations, kept bit-identical by tests: the C++ kernel (custom_ops/src/spiking_rmsnorm.h),
+the ONNX function below (standard ops; the neurons run through the MBENeuron function) and the numpy
+`reference` (onnx_snn.mbe.neuron.simulate for every neuron).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto
+from onnx import helper as oh
+
+from onnx_snn.mbe.neuron import SlotTables
+from onnx_snn.ops import blocks, mbe_neuron
+from onnx_snn.ops.common import DOMAIN
+
+OP_TYPE = "SpikingRMSNorm"
+NEURONS = ("input", "rsqrt")  # the embedded neurons, in the order of the spike output
+ATTRIBUTES = ("axis", "epsilon", *(a for n in NEURONS for a in blocks.neuron_attribute_names(n + "_")))
+CALLS = (mbe_neuron.OP_TYPE,)  # the functions this op's function calls
+DEFAULT_EPSILON = 1e-5
+
+
+def make_node(input: SlotTables, rsqrt: SlotTables, x: str, gamma: str, y: str, *, axis: int = -1,
+              epsilon: float = DEFAULT_EPSILON, spikes: str | None = None, name: str | None = None
+              ) -> onnx.NodeProto:
+    # the unused spike output keeps an empty name: onnxruntime's function inliner wants every output
+    return oh.make_node(OP_TYPE, [x, gamma], [y, spikes or ""], name=name, domain=DOMAIN,
+                        axis=int(axis), epsilon=float(epsilon),
+                        **blocks.neuron_attributes("input_", input),
+                        **blocks.neuron_attributes("rsqrt_", rsqrt))
+
+
+def function(opset: int) -> onnx.FunctionProto:
+    """The op as an ONNX function of standard ops (and MBENeuron calls) at the model's opset (>= 14)."""
+    b = blocks.Body()
+    axis = b.attribute("axis", "value_int")
+    epsilon = b.attribute("epsilon", "value_float")
+    shape, before, dim, after = b.axis_view("x", axis)
+    n = b.op("Mul", dim, after)
+    x3 = b.op("Reshape", "x", b.op("Concat", before, n, b.ints(1), axis=0), allowzero=1)  # [rows, N, 1]
+    count = b.op("Cast", n, to=TensorProto.FLOAT)
+    xh, input_spikes = b.neuron("input_", x3)
+    mean_square = b.op("Div", b.tree_sum(b.op("Mul", xh, xh)), count)
+    rs, rsqrt_spikes = b.rsqrt_scale("rsqrt_", b.op("Add", mean_square, epsilon))
+    gamma = b.op("Reshape", "gamma", b.op("Concat", b.ints(1), n, b.ints(1), axis=0), allowzero=1)
+    y3 = b.op("Mul", b.op("Mul", xh, rs), gamma)
+    b.op("Reshape", y3, shape, allowzero=1, out="y")
+    b.op("Concat", input_spikes, rsqrt_spikes, axis=0, out="spikes")
+    return b.function(OP_TYPE, ["x", "gamma"], ["y", "spikes"], list(ATTRIBUTES), opset)
+
+
+def reference(input: SlotTables, rsqrt: SlotTables, x: np.ndarray, gamma: np.ndarray, axis: int = -1,
+              epsilon: float = DEFAULT_EPSILON) -> tuple[np.ndarray, np.ndarray]:
+    """The numpy reference: (y float32, spikes int64 [2])."""
+    x = np.asarray(x, np.float32)
+    x3, n = blocks.normalised_view(x, axis)
+    gamma = np.asarray(gamma, np.float32)
+    if gamma.size != n:
+        raise ValueError(f"gamma has {gamma.size} values for {n} normalised values")
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        xh, input_spikes = blocks.run_neuron(input, x3)
+        mean_square = blocks.tree_sum(xh * xh, 1) / np.float32(n)
+        rs, rsqrt_spikes = blocks.rsqrt_scale(rsqrt, mean_square + np.float32(epsilon))
+        y = (xh * rs) * gamma.reshape(1, n, 1)
+    return y.astype(np.float32).reshape(x.shape), np.array([input_spikes, rsqrt_spikes], np.int64)

@@ -1,0 +1,186 @@
+"""gelu-erf: x * 0.5 * (1 + erf(x / sqrt(2))) in every arrangement the rule's docstring promises,
+the near misses it must refuse (with a reason), and the conversion end to end."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from onnx import helper as oh
+from rule_kit import (assert_elementwise_conversion, const, convert, export, graph_model, init, near_misses_of,
+                      op_types, rules_found, search, sites_of)
+
+RULE = "gelu-erf"
+
+
+class Gelu(torch.nn.Module):
+    def forward(self, x):
+        return torch.nn.functional.gelu(x)
+
+
+class BertIntermediate(torch.nn.Module):
+    """transformers' BertIntermediate: Linear then GELUActivation (torch's exact gelu)."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers.activations import GELUActivation
+
+        self.dense = torch.nn.Linear(8, 16)
+        self.act = GELUActivation()
+
+    def forward(self, x):
+        return self.act(self.dense(x))
+
+
+def gelu_erf_graph(scale="div", half="last", swap=False, constants="initializer", sqrt2=math.sqrt(2), one=1.0,
+                   half_value=0.5, also_output=None):
+    """y = gelu(x0) written out with Erf.
+
+    scale: "div" (x / sqrt2) or "mul" (x * (1/sqrt2)); half: where the 0.5 goes: "last"
+    ((x * (1 + erf)) * 0.5), "first" ((x * 0.5) * (1 + erf)) or "middle" (((1 + erf) * 0.5) * x);
+    swap: every binary op with its operands the other way round; constants: "initializer" or
+    "node" (Constant nodes); also_output: an inner value that is also a graph output."""
+    nodes, inits = [], []
+
+    def c(name, value):
+        if constants == "node":
+            nodes.append(const(name, value))
+        else:
+            inits.append(init(name, value))
+        return name
+
+    def binary(op, a, b, out):
+        nodes.append(oh.make_node(op, [b, a] if swap and op != "Div" else [a, b], [out]))
+        return out
+
+    if scale == "div":
+        scaled = binary("Div", "x0", c("sqrt2", sqrt2), "scaled")
+    else:
+        scaled = binary("Mul", "x0", c("inv_sqrt2", 1 / sqrt2), "scaled")
+    nodes.append(oh.make_node("Erf", [scaled], ["erf"]))
+    add = binary("Add", "erf", c("one", one), "one_plus_erf")
+    c("half", half_value)
+    if half == "last":
+        binary("Mul", binary("Mul", "x0", add, "x_times"), "half", "y")
+    elif half == "first":
+        binary("Mul", binary("Mul", "x0", "half", "half_x"), add, "y")
+    else:
+        binary("Mul", binary("Mul", add, "half", "half_times"), "x0", "y")
+    outputs = ["y"] + ([also_output] if also_output else [])
+    return graph_model(nodes, {"x0": ["batch", 8]}, outputs, inits)
+
+
+# ---- the forms the rule promises -----------------------------------------------------------------
+
+@pytest.mark.parametrize("opset", [14, 17])
+def test_torch_gelu_export_is_one_site(opset):
+    model = export(Gelu(), torch.randn(2, 8), opset=opset)
+    sites = sites_of(model, RULE)
+    assert len(sites) == 1
+    assert op_types(sites[0]) == ["Add", "Div", "Erf", "Mul", "Mul"]
+    assert sites[0].probes[0].tensor == "x0"
+    assert sites[0].spike_output == "y"
+
+
+def test_bert_intermediate_gelu_after_linear_is_one_site():
+    model = export(BertIntermediate(), torch.randn(2, 3, 8), opset=14)
+    counts = rules_found(model)
+    assert counts[RULE] == 1
+    (site,) = sites_of(model, RULE)
+    dense_output = next(n for n in model.graph.node if n.op_type == "Add").output[0]
+    assert site.probes[0].tensor == dense_output  # x is the Linear's output, not the graph input
+    assert counts["linear-input"] == 1  # the Linear's own input gets an encoder
+
+
+@pytest.mark.parametrize("constants", ["initializer", "node"])
+@pytest.mark.parametrize("swap", [False, True], ids=["operands-as-written", "operands-swapped"])
+@pytest.mark.parametrize("half", ["last", "first", "middle"])
+@pytest.mark.parametrize("scale", ["div", "mul"], ids=["div-sqrt2", "mul-inv-sqrt2"])
+def test_written_out_forms_are_one_site(scale, half, swap, constants):
+    model = gelu_erf_graph(scale=scale, half=half, swap=swap, constants=constants)
+    sites = sites_of(model, RULE)
+    assert len(sites) == 1
+    assert len(sites[0].nodes) == 5
+    assert sites[0].probes[0].tensor == "x0" and sites[0].spike_output == "y"
+    assert near_misses_of(model, RULE) == []
+
+
+def test_two_gelus_are_two_sites():
+    class TwoGelus(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.gelu(torch.nn.functional.gelu(x) * 2.0)
+
+    assert len(sites_of(export(TwoGelus(), torch.randn(2, 8)), RULE)) == 2
+
+
+# ---- near misses: not rewritten, and the report says why ------------------------------------------
+
+@pytest.mark.parametrize("form, reason", [
+    (dict(scale="div", sqrt2=1.5), "divided by 1.5, not sqrt(2)"),
+    (dict(scale="mul", sqrt2=1.5), "not 1/sqrt(2)"),
+    (dict(one=2.0), "not followed by Add 1"),
+    (dict(half="last", half_value=0.4), "not multiplied by 0.5"),
+    (dict(half="first", half_value=0.4), "neither x, 0.5 nor x * 0.5"),
+    (dict(half="middle", half_value=0.4), "neither x, 0.5 nor x * 0.5"),
+    (dict(also_output="erf"), "not followed by Add 1 (alone)"),
+    (dict(also_output="scaled"), "inner value 'scaled' is also used outside the pattern"),
+    (dict(half="first", also_output="half_x"), "inner value 'half_x' is also used outside the pattern"),
+], ids=["div-by-1.5", "mul-by-1/1.5", "add-2", "half-last-0.4", "half-first-0.4", "half-middle-0.4",
+        "erf-output-used", "scaled-input-used", "half-x-used"])
+def test_near_miss_is_not_rewritten_and_says_why(form, reason):
+    model = gelu_erf_graph(**form)
+    sites, misses = search(model)
+    assert not [s for s in sites if s.rule == RULE]
+    assert [(m.rule, m.op_type) for m in misses] == [(RULE, "Erf")]
+    assert reason in misses[0].reason
+
+
+def test_torch_gelu_export_with_sqrt2_perturbed_is_a_near_miss():
+    model = export(Gelu(), torch.randn(2, 8))
+    divisor = next(n for n in model.graph.node if n.op_type == "Div").input[1]
+    constant = next(n for n in model.graph.node if divisor in n.output)
+    constant.attribute[0].t.CopyFrom(init("value", 1.5))
+    assert sites_of(model, RULE) == []
+    (miss,) = near_misses_of(model, RULE)
+    assert "not sqrt(2)" in miss.reason
+
+
+def test_erf_of_its_own_input_is_not_a_gelu_and_no_near_miss():
+    model = graph_model([oh.make_node("Erf", ["x0"], ["y"])], {"x0": ["batch", 8]}, ["y"])
+    assert search(model) == ([], [])
+
+
+def test_near_miss_names_the_erf_node():
+    (miss,) = search(gelu_erf_graph(one=2.0))[1]
+    assert (miss.rule, miss.node, miss.op_type) == (RULE, "erf", "Erf")
+
+
+@pytest.mark.parametrize("value", ["one_plus_erf", "x_times"])
+def test_inner_value_read_twice_is_a_near_miss(value):
+    """The walk forward stops at a value with two readers: a near miss, whose reason names the step
+    that failed rather than the sharing."""
+    sites, misses = search(gelu_erf_graph(also_output=value))
+    assert sites == []
+    assert [(m.rule, m.op_type) for m in misses] == [(RULE, "Erf")] and misses[0].reason
+
+
+# ---- end to end ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("opset", [14, 17])
+def test_torch_gelu_converts_to_the_gelu_neuron(opset):
+    assert_elementwise_conversion(export(Gelu(), torch.randn(2, 8), opset=opset), "gelu", RULE, nodes_left=1)
+
+
+def test_swapped_mul_form_with_constant_nodes_converts_to_the_gelu_neuron():
+    model = gelu_erf_graph(scale="mul", half="first", swap=True, constants="node")
+    assert_elementwise_conversion(model, "gelu", RULE, nodes_left=1)
+
+
+def test_near_miss_converts_to_an_unchanged_model_whose_report_says_why():
+    model = gelu_erf_graph(scale="div", sqrt2=1.5)
+    x = np.linspace(-4, 4, 64, dtype=np.float32).reshape(8, 8)
+    spiking, report = convert(model, {"x0": x})
+    assert report.replaced == {}
+    assert [(e["op_type"], e["reason"]) for e in report.left] == [
+        ("Erf", "near miss: Erf's input is divided by 1.5, not sqrt(2)")]
+    assert [n.op_type for n in spiking.graph.node] == [n.op_type for n in model.graph.node]

@@ -1,0 +1,265 @@
+"""layernorm-decomposed: LayerNorm written out, as torch's legacy exporter writes nn.LayerNorm
+before opset 17 (and as hand-written LayerNorm modules are exported at any opset):
+    mean = ReduceMean(x); d = x - mean; var = ReduceMean(d^2) (Pow 2 or d * d);
+    y = d / Sqrt(var + eps) (or d * Reciprocal(...)); y = y * gamma [+ beta]
+ReduceMean axes as an attribute (before opset 18) or an input (from 18); float32 Casts along the
+chain. -> SpikingLayerNorm, checked end to end against its reference and the original."""
+
+import numpy as np
+import pytest
+import torch
+from rule_kit import (HIDDEN, Builder, assert_composite_conversion, export, gamma_beta, near_misses_of, rules_found,
+                      search, sites_of, weights)
+
+from onnx_snn.calibrate import Probe
+
+RULE = "layernorm-decomposed"
+
+
+class HandWrittenLayerNorm(torch.nn.Module):
+    """The LayerNorm many repositories write by hand (e.g. ConvNeXt's channels-last LayerNorm)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.rand(HIDDEN) + 0.5)
+        self.bias = torch.nn.Parameter(torch.rand(HIDDEN))
+
+    def forward(self, x):
+        u = x.mean(-1, keepdim=True)
+        s = (x - u).pow(2).mean(-1, keepdim=True)
+        return self.weight * ((x - u) / torch.sqrt(s + 1e-6)) + self.bias
+
+
+def layernorm_graph(opset=17, axes=(-1,), var_axes=None, keepdims=1, axes_as="initializer", square="pow",
+                    divide="div", casts=(), epsilon=1e-5, gamma="initializer", beta="initializer", swap=False,
+                    constants="initializer", also_output=None, square_twice=False):
+    """LayerNorm of x0 [batch, 3, 8] written out. casts: the values followed by a float32 Cast, of
+    "x", "d", "square", "var", "std", "norm"; square_twice: d * d also computed for another output."""
+    b = Builder(constants)
+    x = b.cast("x0") if "x" in casts else "x0"
+    mean = b.reduce_mean(x, "mean", axes, keepdims, opset, axes_as)
+    d = b.op("Sub", [x, mean], "d")
+    centred = b.cast(d) if "d" in casts else d
+    if square == "pow":
+        sq = b.op("Pow", [centred, b.constant("two", 2.0)], "square")
+    else:
+        sq = b.op("Mul", [centred, centred], "square")
+    sq = b.cast(sq) if "square" in casts else sq
+    if square_twice:
+        also_output = b.op("Mul", [d, d], "square_again")
+    var = b.reduce_mean(sq, "var", var_axes or axes, keepdims, opset, axes_as)
+    var = b.cast(var) if "var" in casts else var
+    eps = b.constant("epsilon", epsilon)
+    std = b.op("Sqrt", [b.op("Add", [eps, var] if swap else [var, eps], "var_eps")], "std")
+    std = b.cast(std) if "std" in casts else std
+    if divide == "div":
+        norm = b.op("Div", [centred, std], "norm")
+    else:
+        inverse = b.op("Reciprocal", [std], "inverse_std")
+        norm = b.op("Mul", [inverse, centred] if swap else [centred, inverse], "norm")
+    norm = b.cast(norm) if "norm" in casts else norm
+    shape = (3, HIDDEN) if len(axes) == 2 else (HIDDEN,)
+    y = gamma_beta(b, norm, gamma, beta, swap, shape)
+    inputs = {"x0": ["batch", 3, HIDDEN]} | ({"gamma_in": [HIDDEN]} if gamma == "input" else {})
+    outputs = {y: ["batch", 3, HIDDEN]} | ({also_output: ["batch", 3, None]} if also_output else {})
+    return b.model(inputs, outputs, opset=opset)
+
+
+def the_site(model):
+    (site,) = sites_of(model, RULE)
+    return site
+
+
+# ---- the forms the rule promises -----------------------------------------------------------------
+
+@pytest.mark.parametrize("bias", [True, False], ids=["with-bias", "without-bias"])
+def test_torch_layernorm_export_before_opset_17_is_one_site(bias):
+    model = export(torch.nn.LayerNorm(HIDDEN, bias=bias), torch.randn(2, 3, HIDDEN), opset=14)
+    assert rules_found(model) == {RULE: 1}
+    site = the_site(model)
+    assert len(site.nodes) == (9 if bias else 8) and site.kind == "layernorm"
+    assert site.probes == [Probe("x0"), Probe("x0", centered_axis=-1)]
+
+
+def test_torch_layernorm_over_two_axes_is_one_site_on_axis_minus_2():
+    model = export(torch.nn.LayerNorm([3, HIDDEN]), torch.randn(2, 3, HIDDEN), opset=14)
+    assert the_site(model).probes == [Probe("x0"), Probe("x0", centered_axis=-2)]
+
+
+@pytest.mark.parametrize("opset", [14, 18], ids=["axes-attribute", "axes-input-opset-18"])
+def test_hand_written_layernorm_export_is_one_site(opset):
+    model = export(HandWrittenLayerNorm(), torch.randn(2, 3, HIDDEN), opset=opset)
+    assert rules_found(model) == {RULE: 1}
+    assert len(the_site(model).nodes) == 9
+
+
+def test_bert_layer_with_fresh_weights_has_both_layernorms():
+    """A freshly initialised BertLayer has identical LayerNorm weights (ones) and biases (zeros): the
+    legacy exporter keeps one initializer and writes the other LayerNorm's as an Identity of it."""
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    config = BertConfig(hidden_size=HIDDEN, num_attention_heads=2, intermediate_size=16)
+    config._attn_implementation = "eager"
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = BertLayer(config)
+
+        def forward(self, x):
+            return self.layer(x)[0]
+
+    model = export(Layer(), torch.randn(2, 3, HIDDEN), opset=14)
+    assert any(n.op_type == "Identity" for n in model.graph.node)
+    sites, misses = search(model)
+    assert len([s for s in sites if s.rule == RULE]) == 2
+    assert misses == []
+
+
+@pytest.mark.parametrize("constants", ["initializer", "node"])
+@pytest.mark.parametrize("swap", [False, True], ids=["operands-as-written", "operands-swapped"])
+@pytest.mark.parametrize("divide", ["div", "reciprocal"])
+@pytest.mark.parametrize("square", ["pow", "mul"], ids=["pow-2", "d-times-d"])
+def test_written_out_forms_are_one_site(square, divide, swap, constants):
+    model = layernorm_graph(square=square, divide=divide, swap=swap, constants=constants)
+    assert rules_found(model) == {RULE: 1}
+    site = the_site(model)
+    assert len(site.nodes) == (10 if divide == "reciprocal" else 9)
+    assert site.probes == [Probe("x0"), Probe("x0", centered_axis=-1)]
+
+
+@pytest.mark.parametrize("axes_as", ["initializer", "constant-node"])
+def test_opset_18_axes_as_input_is_one_site(axes_as):
+    assert rules_found(layernorm_graph(opset=18, axes_as=axes_as)) == {RULE: 1}
+
+
+def test_two_trailing_axes_are_one_site_on_axis_minus_2():
+    site = the_site(layernorm_graph(axes=(-2, -1)))
+    assert site.probes[1] == Probe("x0", centered_axis=-2)
+
+
+@pytest.mark.parametrize("casts", [("x",), ("d",), ("square",), ("var",), ("std",), ("norm",),
+                                   ("d", "square", "var", "std", "norm")],
+                         ids=["x", "d", "square", "var", "std", "norm", "all"])
+def test_float32_casts_along_the_chain_are_part_of_the_site(casts):
+    model = layernorm_graph(casts=casts)
+    assert rules_found(model) == {RULE: 1}
+    site = the_site(model)
+    removed = {n.output[0] for n in site.nodes}
+    assert all(f"{name}_f32" in removed for name in ("d", "square", "var", "std", "norm") if name in casts)
+    assert site.probes[0] == Probe("x0_f32" if "x" in casts else "x0")
+
+
+@pytest.mark.parametrize("gamma, beta", [("initializer", "none"), ("identity", "initializer")],
+                         ids=["no-beta", "gamma-an-identity-of-a-weight"])
+def test_affine_variants_are_one_site(gamma, beta):
+    model = layernorm_graph(gamma=gamma, beta=beta)
+    assert rules_found(model) == {RULE: 1}
+    assert the_site(model).nodes[-1].op_type == ("Mul" if beta == "none" else "Add")
+
+
+def test_scaled_value_used_elsewhere_is_a_site_without_beta():
+    """x_hat * gamma is also a graph output: the LayerNorm ends there and the beta Add stays."""
+    site = the_site(layernorm_graph(also_output="scaled"))
+    assert site.nodes[-1].output[0] == "scaled"
+    assert all(n.output[0] != "shifted" for n in site.nodes)
+
+
+# ---- near misses ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("form, reason", [
+    (dict(axes=(1,)), "the mean is not taken over the trailing axes with keepdims"),
+    (dict(axes=(-2,)), "the mean is not taken over the trailing axes with keepdims"),
+    (dict(keepdims=0), "the mean is not taken over the trailing axes with keepdims"),
+    (dict(axes=(-1,), var_axes=(-2, -1)), "the squares are not averaged over the same axes"),
+    (dict(epsilon=0.5), "not a small constant epsilon (0.5)"),
+    (dict(gamma="none", beta="none"), "the normalised value is not scaled by a constant gamma"),
+    (dict(gamma="input"), "the normalised value is not scaled by a constant gamma"),
+], ids=["axis-1", "axis-minus-2", "keepdims-0", "variance-over-other-axes", "epsilon-0.5", "no-gamma",
+        "computed-gamma"])
+def test_near_miss_is_not_rewritten_and_says_why(form, reason):
+    model = layernorm_graph(**form)
+    sites, misses = search(model)
+    assert sites == []  # nor an RMSNorm of x - mean
+    assert [(m.rule, m.op_type) for m in misses] == [(RULE, "ReduceMean")]
+    assert reason in misses[0].reason
+
+
+@pytest.mark.parametrize("value, reason", [
+    ("mean", "inner value 'mean' is also used outside the pattern"),
+    ("d", "inner value 'd' is also used outside the pattern"),
+    ("square", None), ("var", None), ("var_eps", None), ("std", None), ("norm", None),
+])
+def test_inner_value_also_used_outside_is_a_near_miss(value, reason):
+    """A value the replacement would remove is also a graph output. Where the walk forward stops at
+    the shared value (it has two readers), the reason names the step that failed, not the sharing."""
+    sites, misses = search(layernorm_graph(also_output=value))
+    assert sites == []
+    assert [(m.rule, m.op_type) for m in misses] == [(RULE, "ReduceMean")]
+    assert misses[0].reason and (reason is None or reason in misses[0].reason)
+
+
+def test_positive_trailing_axis_is_a_near_miss_as_the_rank_is_not_known():
+    """axes=[2] of a rank-3 input is the trailing axis, but the rule reads no shapes: not rewritten."""
+    assert search(layernorm_graph(axes=(2,)))[0] == []
+    (miss,) = near_misses_of(layernorm_graph(axes=(2,)), RULE)
+    assert "trailing axes" in miss.reason
+
+
+def test_torch_layernorm_without_affine_is_a_near_miss():
+    model = export(torch.nn.LayerNorm(HIDDEN, elementwise_affine=False), torch.randn(2, 3, HIDDEN), opset=14)
+    assert search(model)[0] == []
+    assert [m.rule for m in search(model)[1]] == [RULE]
+
+
+def test_d_squared_twice_is_a_near_miss():
+    model = layernorm_graph(square_twice=True)
+    assert search(model)[0] == []
+    (miss,) = near_misses_of(model, RULE)
+    assert "squared (Pow 2 or d * d) exactly once" in miss.reason
+
+
+def test_mean_without_a_centring_sub_is_not_a_layernorm():
+    b = Builder()
+    b.reduce_mean("x0", "y", (-1,), 1, 17, "initializer")
+    assert search(b.model({"x0": ["batch", 3, HIDDEN]}, {"y": ["batch", 3, 1]})) == ([], [])
+
+
+# ---- end to end (SpikingLayerNorm) ---------------------------------------------------------------
+
+def inputs(scale=3.0):
+    rng = np.random.default_rng(4)
+    return (rng.standard_normal((32, 3, HIDDEN)) * scale + 0.5 * scale).astype(np.float32)
+
+
+def test_torch_layernorm_export_converts_to_spiking_layernorm():
+    norm = torch.nn.LayerNorm(HIDDEN)
+    torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
+    torch.nn.init.uniform_(norm.bias, -0.5, 0.5)
+    model = export(norm, torch.randn(2, 3, HIDDEN), opset=14)
+    assert_composite_conversion(model, "layernorm", RULE, inputs(), gamma=norm.weight.detach().numpy(),
+                                beta=norm.bias.detach().numpy(), axis=-1, epsilon=1e-5)
+
+
+def test_hand_written_layernorm_at_opset_18_converts_with_its_epsilon():
+    module = HandWrittenLayerNorm()
+    model = export(module, torch.randn(2, 3, HIDDEN), opset=18)
+    assert_composite_conversion(model, "layernorm", RULE, inputs(), gamma=module.weight.detach().numpy(),
+                                beta=module.bias.detach().numpy(), axis=-1, epsilon=1e-6)
+
+
+def test_written_out_form_with_casts_reciprocal_and_large_epsilon_converts():
+    """epsilon 0.05 on rows whose variance is about 0.01: an epsilon left out would show; no beta."""
+    model = layernorm_graph(divide="reciprocal", swap=True, constants="node", casts=("d", "var", "norm"),
+                            epsilon=0.05, beta="none")
+    gamma = weights(model)["gamma"]
+    assert_composite_conversion(model, "layernorm", RULE, inputs(scale=0.1), gamma=gamma, beta=None, axis=-1,
+                                epsilon=0.05)
+
+
+def test_two_axes_form_converts_on_axis_minus_2():
+    model = layernorm_graph(axes=(-2, -1))
+    w = weights(model)
+    assert_composite_conversion(model, "layernorm", RULE, inputs(), gamma=w["gamma"], beta=w["beta"], axis=-2,
+                                epsilon=1e-5)

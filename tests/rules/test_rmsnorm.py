@@ -1,0 +1,236 @@
+"""rmsnorm: RMSNorm (Llama, T5) written out,
+    v = ReduceMean(x^2) (Pow 2 or x * x); r = 1 / Sqrt(v + eps) (Reciprocal, or a Div of 1);
+    y = x * r (or x / Sqrt(v + eps)); y = y * gamma   (float32 Casts along the chain)
+and the SimplifiedLayerNormalization op. -> SpikingRMSNorm, checked end to end against its
+reference and the original."""
+
+import numpy as np
+import pytest
+import torch
+from onnx import helper as oh
+from rule_kit import (HIDDEN, Builder, assert_composite_conversion, export, gamma_beta, graph_model, init, op_types,
+                      rules_found, search, sites_of, weights)
+
+from onnx_snn.calibrate import Probe
+
+RULE = "rmsnorm"
+
+
+def llama_rmsnorm():
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    norm = LlamaRMSNorm(HIDDEN, eps=1e-6)
+    torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
+    return norm
+
+
+def t5_layernorm():
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    return T5LayerNorm(HIDDEN)
+
+
+def rmsnorm_graph(opset=17, axes=(-1,), keepdims=1, axes_as="initializer", square="pow", invert="div-one", casts=(),
+                  epsilon=1e-6, gamma="initializer", swap=False, constants="initializer", also_output=None,
+                  exponent=2.0, numerator=1.0):
+    """RMSNorm of x0 [batch, 3, 8] written out. invert: "div-one" (x * (1 / root)), "reciprocal"
+    (x * Reciprocal(root)), "div-x" (x / root) or "none" (x * root); casts: values followed by a
+    float32 Cast, of "x", "square", "ms", "root", "inverse", "norm"."""
+    b = Builder(constants)
+    x = b.cast("x0") if "x" in casts else "x0"
+    sq = b.op("Pow", [x, b.constant("two", exponent)], "square") if square == "pow" else b.op("Mul", [x, x], "square")
+    sq = b.cast(sq) if "square" in casts else sq
+    ms = b.reduce_mean(sq, "ms", axes, keepdims, opset, axes_as)
+    ms = b.cast(ms) if "ms" in casts else ms
+    eps = b.constant("epsilon", epsilon)
+    root = b.op("Sqrt", [b.op("Add", [eps, ms] if swap else [ms, eps], "ms_eps")], "root")
+    root = b.cast(root) if "root" in casts else root
+    if invert == "div-x":
+        norm = b.op("Div", [x, root], "norm")
+    else:
+        if invert == "div-one":
+            inverse = b.op("Div", [b.constant("one", numerator), root], "inverse")
+        elif invert == "reciprocal":
+            inverse = b.op("Reciprocal", [root], "inverse")
+        else:
+            inverse = root
+        inverse = b.cast(inverse) if "inverse" in casts else inverse
+        norm = b.op("Mul", [inverse, x] if swap else [x, inverse], "norm")
+    norm = b.cast(norm) if "norm" in casts else norm
+    y = gamma_beta(b, norm, gamma, "none", swap)
+    inputs = {"x0": ["batch", 3, HIDDEN]} | ({"gamma_in": [HIDDEN]} if gamma == "input" else {})
+    outputs = {y: ["batch", 3, HIDDEN]} | ({also_output: ["batch", 3, None]} if also_output else {})
+    return b.model(inputs, outputs, opset=opset)
+
+
+def simplified_layernorm_graph(inv_std_used=False):
+    """onnxruntime's SimplifiedLayerNormalization (what its transformer optimiser fuses RMSNorm into)."""
+    outputs = ["y", "inv_std"] if inv_std_used else ["y"]
+    node = oh.make_node("SimplifiedLayerNormalization", ["x0", "gamma"], outputs, axis=-1, epsilon=1e-6)
+    return graph_model([node], {"x0": ["batch", 3, HIDDEN]}, outputs, [init("gamma", np.ones(HIDDEN))], check=False)
+
+
+def the_site(model):
+    (site,) = sites_of(model, RULE)
+    return site
+
+
+# ---- the forms the rule promises -----------------------------------------------------------------
+
+@pytest.mark.parametrize("opset", [14, 18], ids=["axes-attribute", "axes-input-opset-18"])
+def test_llama_rmsnorm_export_is_one_site(opset):
+    """x.to(float32) -> Pow 2 -> ReduceMean -> Add eps -> Sqrt -> Div(1, .) -> Mul x -> Cast -> Mul weight."""
+    model = export(llama_rmsnorm(), torch.randn(2, 3, HIDDEN), opset=opset)
+    assert rules_found(model) == {RULE: 1}
+    site = the_site(model)
+    assert op_types(site) == ["Add", "Cast", "Div", "Mul", "Mul", "Pow", "ReduceMean", "Sqrt"]
+    assert site.kind == "rmsnorm" and site.nodes[-1].output[0] == "y"
+    (probe,) = site.probes
+    assert model.graph.node[0].op_type == "Cast" and probe == Probe(model.graph.node[0].output[0])
+
+
+def test_t5_layernorm_export_is_one_site():
+    model = export(t5_layernorm(), torch.randn(2, 3, HIDDEN))
+    assert rules_found(model) == {RULE: 1}
+
+
+@pytest.mark.parametrize("constants", ["initializer", "node"])
+@pytest.mark.parametrize("swap", [False, True], ids=["operands-as-written", "operands-swapped"])
+@pytest.mark.parametrize("invert", ["div-one", "reciprocal", "div-x"])
+@pytest.mark.parametrize("square", ["pow", "mul"], ids=["pow-2", "x-times-x"])
+def test_written_out_forms_are_one_site(square, invert, swap, constants):
+    model = rmsnorm_graph(square=square, invert=invert, swap=swap, constants=constants)
+    assert rules_found(model) == {RULE: 1}
+    site = the_site(model)
+    assert len(site.nodes) == (6 if invert == "div-x" else 7)
+    assert site.probes == [Probe("x0")] and site.nodes[-1].output[0] == "scaled"
+
+
+@pytest.mark.parametrize("axes_as", ["initializer", "constant-node"])
+def test_opset_18_axes_as_input_is_one_site(axes_as):
+    assert rules_found(rmsnorm_graph(opset=18, axes_as=axes_as)) == {RULE: 1}
+
+
+@pytest.mark.parametrize("casts", [("x",), ("square",), ("ms",), ("root",), ("inverse",), ("norm",),
+                                   ("square", "ms", "root", "inverse", "norm")],
+                         ids=["x", "square", "ms", "root", "inverse", "norm", "all"])
+def test_float32_casts_along_the_chain_are_part_of_the_site(casts):
+    model = rmsnorm_graph(casts=casts)
+    assert rules_found(model) == {RULE: 1}
+    site = the_site(model)
+    removed = {n.output[0] for n in site.nodes}
+    assert all(f"{name}_f32" in removed for name in ("square", "ms", "root", "inverse", "norm") if name in casts)
+    assert site.probes == [Probe("x0_f32" if "x" in casts else "x0")]
+
+
+def test_gamma_an_identity_of_a_weight_is_one_site():
+    assert rules_found(rmsnorm_graph(gamma="identity")) == {RULE: 1}
+
+
+def test_simplified_layernormalization_op_is_one_site():
+    site = the_site(simplified_layernorm_graph())
+    assert site.nodes == [site.anchor] and site.probes == [Probe("x0")]
+
+
+# ---- near misses ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("form, reason", [
+    (dict(axes=(1,)), "the mean square is not taken over the trailing axes with keepdims"),
+    (dict(keepdims=0), "the mean square is not taken over the trailing axes with keepdims"),
+    (dict(epsilon=0.5), "no small constant epsilon is added to the mean square"),
+    (dict(invert="none"), "the root mean square is not inverted"),
+    (dict(numerator=2.0), "the root mean square is not inverted"),
+    (dict(gamma="none"), "the normalised value is not scaled by a constant gamma"),
+    (dict(gamma="input"), "the normalised value is not scaled by a constant gamma"),
+], ids=["axis-1", "keepdims-0", "epsilon-0.5", "not-inverted", "div-two", "no-gamma", "computed-gamma"])
+def test_near_miss_is_not_rewritten_and_says_why(form, reason):
+    model = rmsnorm_graph(**form)
+    sites, misses = search(model)
+    assert sites == []
+    assert [(m.rule, m.op_type) for m in misses] == [(RULE, "Pow")]
+    assert reason in misses[0].reason
+
+
+@pytest.mark.parametrize("value", ["ms", "ms_eps", "root", "inverse", "norm"])
+def test_inner_value_also_used_outside_is_a_near_miss(value):
+    """(The walk forward stops at a value with two readers, so the reason names the step that
+    failed rather than the sharing.)"""
+    sites, misses = search(rmsnorm_graph(also_output=value))
+    assert sites == []
+    assert [(m.rule, m.op_type) for m in misses] == [(RULE, "Pow")] and misses[0].reason
+
+
+def test_square_also_used_outside_is_not_rewritten():
+    """x^2 has two readers: the rule does not follow it to the mean (and so gives no near miss)."""
+    assert search(rmsnorm_graph(also_output="square"))[0] == []
+
+
+def test_used_inv_std_output_of_the_op_is_a_near_miss():
+    sites, misses = search(simplified_layernorm_graph(inv_std_used=True))
+    assert sites == []
+    assert [(m.rule, m.reason) for m in misses] == [(RULE, "its InvStdDev output is used")]
+
+
+@pytest.mark.parametrize("form", [dict(exponent=3.0), dict(exponent=2.5)], ids=["pow-3", "pow-2.5"])
+def test_other_powers_are_not_rmsnorm(form):
+    assert search(rmsnorm_graph(**form)) == ([], [])
+
+
+def test_square_not_averaged_is_not_rmsnorm():
+    b = Builder()
+    b.op("Add", [b.op("Pow", ["x0", b.constant("two", 2.0)], "square"), b.constant("one", 1.0)], "y")
+    assert search(b.model({"x0": ["batch", HIDDEN]}, ["y"])) == ([], [])
+
+
+def test_layernorm_near_miss_is_not_taken_as_an_rmsnorm_of_x_minus_mean():
+    """A LayerNorm whose variance is averaged over other axes than its mean is a LayerNorm near miss;
+    its centred square must not become an RMSNorm site nor a second near miss."""
+    b = Builder()
+    mean = b.reduce_mean("x0", "mean", (-1,), 1, 17, "initializer")
+    d = b.op("Sub", ["x0", mean], "d")
+    var = b.reduce_mean(b.op("Pow", [d, b.constant("two", 2.0)], "square"), "var", (-2, -1), 1, 17, "initializer")
+    root = b.op("Sqrt", [b.op("Add", [var, b.constant("epsilon", 1e-5)], "var_eps")], "std")
+    y = gamma_beta(b, b.op("Div", [d, root], "norm"), "initializer", "initializer", False)
+    sites, misses = search(b.model({"x0": ["batch", 3, HIDDEN]}, [y]))
+    assert sites == []
+    assert [m.rule for m in misses] == ["layernorm-decomposed"]
+
+
+# ---- end to end (SpikingRMSNorm) -----------------------------------------------------------------
+
+def inputs(scale=3.0):
+    rng = np.random.default_rng(5)
+    return (rng.standard_normal((32, 3, HIDDEN)) * scale + 0.5 * scale).astype(np.float32)
+
+
+@pytest.mark.parametrize("opset", [14, 18])
+def test_llama_rmsnorm_converts_to_spiking_rmsnorm(opset):
+    norm = llama_rmsnorm()
+    model = export(norm, torch.randn(2, 3, HIDDEN), opset=opset)
+    assert_composite_conversion(model, "rmsnorm", RULE, inputs(), kept=["Cast"], gamma=norm.weight.detach().numpy(),
+                                axis=-1, epsilon=1e-6)
+
+
+def test_written_out_form_with_casts_and_large_epsilon_converts():
+    """epsilon 0.05 on rows whose mean square is about 0.01: an epsilon left out would show."""
+    model = rmsnorm_graph(invert="reciprocal", swap=True, constants="node", casts=("square", "root", "norm"),
+                          epsilon=0.05)
+    assert_composite_conversion(model, "rmsnorm", RULE, inputs(scale=0.1), gamma=weights(model)["gamma"], axis=-1,
+                                epsilon=0.05)
+
+
+@pytest.mark.xfail(strict=True, reason="convert() validates with onnx.checker, which rejects onnxruntime's "
+                   "SimplifiedLayerNormalization (an op outside the ONNX standard in the default domain)")
+def test_simplified_layernormalization_op_converts_to_spiking_rmsnorm():
+    assert_composite_conversion(simplified_layernorm_graph(), "rmsnorm", RULE, inputs(), gamma=np.ones(HIDDEN),
+                                axis=-1, epsilon=1e-6)
+
+
+def test_two_axes_form_converts_on_axis_minus_2():
+    b = Builder()
+    ms = b.reduce_mean(b.op("Mul", ["x0", "x0"], "square"), "ms", (-2, -1), 1, 17, "initializer")
+    root = b.op("Sqrt", [b.op("Add", [ms, b.constant("epsilon", 1e-6)], "ms_eps")], "root")
+    y = gamma_beta(b, b.op("Div", ["x0", root], "norm"), "initializer", "none", False, shape=(3, HIDDEN))
+    model = b.model({"x0": ["batch", 3, HIDDEN]}, [y])
+    assert_composite_conversion(model, "rmsnorm", RULE, inputs(), gamma=weights(model)["gamma"], axis=-2,
+                                epsilon=1e-6)

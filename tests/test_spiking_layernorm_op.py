@@ -1,0 +1,225 @@
+"""SpikingLayerNorm: C++ kernel == ONNX function (onnxruntime without the library, and inlined) ==
+onnx.reference == numpy reference, bit for bit, on random neurons, inputs, shapes, axes, gamma and
+beta shapes and opsets 14-21, and on edge values; accuracy against numpy's layer norm with the
+shipped presets; validation, threading, the optional spike output.
+
+Bit for bit, not within a tolerance: the mean and the variance are the fixed-order halving sum of
+onnx_snn.ops.blocks in all three implementations (a Loop in the function body, not ReduceMean /
+ReduceSum, whose order is onnxruntime's), divided by N; every other step is one float32 operation
+in the same order."""
+
+import concurrent.futures
+
+import numpy as np
+import onnx
+import onnx.inliner
+import onnxruntime as ort
+import pytest
+from helpers import random_neuron
+from spiking_op_helpers import (BAD_NEURON_ATTRIBUTES, assert_all_ways_equal, assert_same, omitted_spikes, op_model,
+                                presets_or_skip, with_attribute)
+
+import onnx_snn
+from onnx_snn.ops import mbe_neuron, spiking_layernorm
+
+NEURON_SETS = [  # (input, centered, rsqrt): arbitrary neurons, the ops must simulate whatever they get
+    (random_neuron(21, 3, 8, signed=True).tables, random_neuron(22, 2, 8, signed=True).tables,
+     random_neuron(23, 4, 8).tables),
+    (random_neuron(24, 2, 16, signed=True).tables, random_neuron(25, 3, 4).tables, random_neuron(26, 1, 16).tables),
+]
+
+
+def layernorm_model(neurons, rank, gamma_rank=1, beta_rank=1, axis=-1, epsilon=1e-5, opset=17, spikes=True):
+    """beta_rank None: no beta."""
+    node = spiking_layernorm.make_node(*neurons, "x", "gamma", "beta" if beta_rank is not None else None, "y",
+                                       axis=axis, epsilon=epsilon, spikes="spikes" if spikes else None,
+                                       name="layernorm")
+    inputs = {"x": rank, "gamma": gamma_rank}
+    if beta_rank is not None:
+        inputs["beta"] = beta_rank
+    return op_model(node, inputs, spikes=spikes, opset=opset)
+
+
+def affine(rng, shape, with_beta=True, beta_shape=None):
+    gamma = rng.normal(1, 0.5, shape).astype(np.float32)
+    beta = rng.normal(0, 0.5, beta_shape or shape).astype(np.float32) if with_beta else None
+    return gamma, beta
+
+
+def feeds(x, gamma, beta):
+    return {"x": x, "gamma": gamma, **({"beta": beta} if beta is not None else {})}
+
+
+def test_function_calls_the_mbe_neuron_function_and_inlines_to_standard_ops():
+    model = layernorm_model(NEURON_SETS[0], 2)
+    assert [f.name for f in model.functions] == [mbe_neuron.OP_TYPE, spiking_layernorm.OP_TYPE]
+    body = model.functions[1]
+    assert {(n.domain, n.op_type) for n in body.node if n.domain} == {("onnx_snn", "MBENeuron")}
+    onnx.checker.check_model(model, full_check=True)
+    inlined = onnx.inliner.inline_local_functions(model)
+    assert not inlined.functions and all(n.domain == "" for n in inlined.graph.node)
+
+
+# (x shape, axis, gamma shape, beta shape or None)
+CASES = [
+    ((5, 16), -1, (16,), (16,)),
+    ((2, 7, 33), -1, (33,), None),
+    ((3, 4, 5), -2, (4, 5), (4, 5)),  # two normalised dims, gamma and beta with their shape
+    ((3, 4, 5), 1, (20,), (20,)),  # the same, flat
+    ((9,), 0, (9,), (1, 9)),
+    ((2, 3, 4, 6), 0, (2, 3, 4, 6), None),  # everything is one row
+]
+
+
+@pytest.mark.parametrize("opset", [14, 17, 18, 21])
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{c[0]}-axis{c[1]}-beta{c[3]}" for c in CASES])
+def test_every_implementation_is_bit_identical(case, opset):
+    shape, axis, gamma_shape, beta_shape = CASES[case]
+    neurons = NEURON_SETS[case % 2]
+    rng = np.random.default_rng(case * 100 + opset)
+    x = (rng.normal(0, 2, shape) + rng.normal(0, 3, shape[:1] + (1,) * (len(shape) - 1))).astype(np.float32)
+    gamma, beta = affine(rng, gamma_shape, beta_shape is not None, beta_shape)
+    expected = spiking_layernorm.reference(*neurons, x, gamma, beta, axis, 1e-5)
+    model = layernorm_model(neurons, len(shape), len(gamma_shape), None if beta is None else beta.ndim, axis,
+                            opset=opset)
+    assert_all_ways_equal(model, feeds(x, gamma, beta), expected)
+
+
+EDGE_ROWS = np.array([
+    [1.0, np.nan, 0.0, -2.0, 0.5, 3.0],  # NaN: the row is NaN
+    [1.0, np.inf, 0.0, -2.0, -np.inf, 3.0],  # infinities: the input encoder saturates
+    [2.0, 2.0, 2.0, 2.0, 2.0, 2.0],  # constant: var = 0, v = epsilon
+    [0.0, -0.0, 0.0, -0.0, 0.0, 0.0],
+    [1e30, -1e30, 3e38, -3e38, 1e30, 0.0],  # squares overflow
+    [1e-45, -1e-45, 1e-40, 0.0, -1e-42, 1e-45],  # subnormals
+    [100.0, 101.0, 99.0, 100.5, 99.5, 100.0],  # a large mean
+], np.float32)
+
+
+@pytest.mark.parametrize("epsilon", [1e-5, 0.0])
+def test_edge_values_bit_identical(epsilon):
+    neurons = NEURON_SETS[0]
+    rng = np.random.default_rng(1)
+    gamma, beta = affine(rng, (6,))
+    beta[0] = -0.0
+    expected = spiking_layernorm.reference(*neurons, EDGE_ROWS, gamma, beta, -1, epsilon)
+    assert_all_ways_equal(layernorm_model(neurons, 2, epsilon=epsilon), feeds(EDGE_ROWS, gamma, beta), expected)
+    assert np.isnan(expected[0][0]).all() and np.isfinite(expected[0][1:]).all()
+
+
+@pytest.mark.parametrize("shape, axis", [((0,), 0), ((0, 5), -1), ((5, 0), -1), ((2, 0, 3), 1)])
+def test_empty_tensors(shape, axis):
+    neurons = NEURON_SETS[0]
+    x = np.zeros(shape, np.float32)
+    n = int(np.prod(shape[axis:]))
+    gamma, beta = np.ones(n, np.float32), np.zeros(n, np.float32)
+    y, spikes = spiking_layernorm.reference(*neurons, x, gamma, beta, axis)
+    assert y.shape == shape and spikes.tolist() == [0, 0, 0]
+    assert_all_ways_equal(layernorm_model(neurons, len(shape), axis=axis), feeds(x, gamma, beta), (y, spikes))
+
+
+# ---- accuracy with the shipped presets --------------------------------------------------------------
+
+# measured with the identity presets (N=8, T=16) ranged to the data and the rsqrt preset (N=8, T=16)
+# on the inputs below: max abs error of the normalised value (gamma = 1, beta = 0) 3.9e-3, mostly the
+# rsqrt preset's relative error (at most 2.9e-3 over [0.5, 2]) times |x - mean| / std; asserted with
+# ~2x headroom
+MAX_NORMALISED_ERROR = 8e-3
+
+
+def test_accuracy_against_numpy_layer_norm():
+    preset = presets_or_skip()
+    from onnx_snn.neuron_model import neuron_parameters
+
+    rsqrt = preset("rsqrt", bases=8, timesteps=16).tables
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for n in (8, 64, 384, 768):
+        for scale, offset in ((1.0, 0.0), (3.0, 2.0), (0.05, 0.0), (10.0, -5.0)):
+            x = (rng.normal(0, scale, (32, n)) + offset + rng.normal(0, scale, (32, 1))).astype(np.float32)
+            centred = x - x.mean(-1, keepdims=True)
+            reach, reach_centred = 1.1 * float(np.abs(x).max()), 1.1 * float(np.abs(centred).max())
+            neurons = (neuron_parameters("identity", bases=8, timesteps=16, domain=(-reach, reach)).tables,
+                       neuron_parameters("identity", bases=8, timesteps=16, domain=(-reach_centred, reach_centred)).tables,
+                       rsqrt)
+            y, _ = onnx_snn.session(layernorm_model(neurons, 2)).run(
+                None, feeds(x, np.ones(n, np.float32), np.zeros(n, np.float32)))
+            x64 = x.astype(np.float64)
+            mean = x64.mean(-1, keepdims=True)
+            exact = (x64 - mean) / np.sqrt(((x64 - mean) ** 2).mean(-1, keepdims=True) + 1e-5)
+            worst = max(worst, float(np.abs(y - exact).max()))
+    assert worst <= MAX_NORMALISED_ERROR, worst
+
+
+# ---- validation, threads, optional output ------------------------------------------------------------
+
+BAD_ATTRIBUTES = [("axis", None), ("axis", 1.5), ("epsilon", None), ("epsilon", -1e-5), ("epsilon", float("nan")),
+                  ("epsilon", float("inf"))] + [
+    (prefix + name, value) for prefix in ("input_", "centered_", "rsqrt_") for name, value in BAD_NEURON_ATTRIBUTES]
+
+
+@pytest.mark.parametrize("name, value", BAD_ATTRIBUTES, ids=[f"{n}={v!r}" for n, v in BAD_ATTRIBUTES])
+def test_invalid_attributes_fail_at_session_creation_naming_the_attribute(name, value):
+    neuron = random_neuron(31, 3, 8).tables  # the bad values are sized for 3 bases x 8 steps
+    model = with_attribute(layernorm_model((neuron, neuron, neuron), 2), name, value)
+    with pytest.raises(Exception, match=f"SpikingLayerNorm node 'layernorm': attribute '{name}'"):
+        onnx_snn.session(model)
+
+
+def test_axis_out_of_range_is_an_error_at_run_time():
+    model = layernorm_model(NEURON_SETS[0], 2, axis=2)
+    f = feeds(np.zeros((3, 4), np.float32), np.ones(4, np.float32), np.zeros(4, np.float32))
+    with pytest.raises(Exception, match="attribute 'axis': 2 is out of range for an input of rank 2"):
+        onnx_snn.session(model).run(None, f)
+    with pytest.raises(Exception):
+        ort.InferenceSession(model.SerializeToString()).run(None, f)
+
+
+@pytest.mark.parametrize("gamma_shape, beta_shape, bad", [
+    ((5,), (4,), "gamma"), ((4,), (5,), "beta"), ((2, 2), (4,), "beta"), ((4,), (2, 2), "beta"), ((4,), (1, 1, 4), "beta")])
+def test_gamma_and_beta_shapes_are_checked_by_kernel_and_function(gamma_shape, beta_shape, bad):
+    model = layernorm_model(NEURON_SETS[0], 2, len(gamma_shape), len(beta_shape))
+    f = feeds(np.zeros((3, 4), np.float32), np.ones(gamma_shape, np.float32), np.zeros(beta_shape, np.float32))
+    with pytest.raises(Exception, match=f"input '{bad}'"):
+        onnx_snn.session(model).run(None, f)
+    with pytest.raises(Exception):
+        ort.InferenceSession(model.SerializeToString()).run(None, f)
+
+
+def test_large_tensor_on_the_thread_pool_matches_the_reference():
+    neurons = NEURON_SETS[0]
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 2, (700, 768)).astype(np.float32)
+    gamma, beta = affine(rng, (768,))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    outputs = onnx_snn.session(layernorm_model(neurons, 2), sess_options=options).run(None, feeds(x, gamma, beta))
+    for out, exp in zip(outputs, spiking_layernorm.reference(*neurons, x, gamma, beta)):
+        assert_same(out, exp, "kernel")
+
+
+def test_concurrent_runs_on_one_session_are_identical():
+    session = onnx_snn.session(layernorm_model(NEURON_SETS[1], 3, beta_rank=None))
+    rng = np.random.default_rng(4)
+    f = feeds(rng.normal(0, 2, (8, 64, 96)).astype(np.float32), affine(rng, (96,))[0], None)
+    expected = session.run(None, f)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: session.run(None, f), range(24)))
+    for outputs in results:
+        for out, exp in zip(outputs, expected):
+            assert_same(out, exp, "concurrent run")
+
+
+@pytest.mark.parametrize("how", ["empty name", "left out"])
+def test_spike_output_is_optional(how):
+    neurons = NEURON_SETS[0]
+    model = omitted_spikes(layernorm_model(neurons, 2), how)
+    rng = np.random.default_rng(6)
+    x = rng.normal(0, 2, (4, 9)).astype(np.float32)
+    gamma, beta = affine(rng, (9,))
+    expected, _ = spiking_layernorm.reference(*neurons, x, gamma, beta)
+    (y,) = onnx_snn.session(model).run(None, feeds(x, gamma, beta))
+    assert_same(y, expected, "kernel")
+    if how == "empty name":
+        (y,) = ort.InferenceSession(model.SerializeToString()).run(None, feeds(x, gamma, beta))
+        assert_same(y, expected, "function")
