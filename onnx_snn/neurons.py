@@ -17,6 +17,8 @@ from onnx_snn.mbe.presets import preset
 DEFAULT_BASES = {"gelu": 4, "silu": 4, "tanh": 4, "sigmoid": 4, "exp2": 8, "reciprocal": 8, "rsqrt": 8, "identity": 4}
 # identity encoders cover the calibrated magnitude with this headroom
 RANGE_MARGIN = 1.1
+# saturating beyond the domain this close to the function is not worth a warning
+SATURATION_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -48,12 +50,21 @@ class NeuronChoice:
             # x - hi there (a binary search of it, exact to T bits)
             reach = (measured.hi - hi) * RANGE_MARGIN
             params = params.combined(ramp(hi, reach, self.timesteps))
-        elif measured.hi > hi or measured.lo < lo:
+        else:
+            self._check_saturation(probe, function, measured, params.domain)
+        return params.tables
+
+    def _check_saturation(self, probe: Probe, function: str, measured: Range, domain: tuple[float, float]) -> None:
+        """Beyond its domain a preset outputs its value at the edge: say so where that is off by
+        more than the neurons' own error (the function is evaluated here only to tell)."""
+        f = target(function).fn
+        lo, hi = domain
+        error = max(abs(f(min(measured.lo, lo)) - f(lo)), abs(f(max(measured.hi, hi)) - f(hi)))
+        if error > SATURATION_TOLERANCE:
             self.warnings.append(
                 f"{probe.tensor}: calibrated range [{measured.lo:.3g}, {measured.hi:.3g}] exceeds the {function} "
-                f"neuron's domain [{lo:g}, {hi:g}]; values beyond it saturate"
+                f"neuron's domain [{lo:g}, {hi:g}], where it saturates at the edge values: off by up to {error:.2g}"
             )
-        return params.tables
 
 
 def ramp(start: float, reach: float, timesteps: int) -> MBEParameters:

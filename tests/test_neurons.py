@@ -40,7 +40,13 @@ def test_activation_beyond_its_domain_continues_as_x(function):
     assert not choice.warnings
 
 
-def test_saturating_function_beyond_its_domain_is_reported():
-    choice = NeuronChoice(16, {Probe("h"): Range(-12.0, 3.0)})
-    choice.for_tensor("tanh", "h")
-    assert any("exceeds the tanh neuron's domain" in w for w in choice.warnings)
+def test_saturating_beyond_the_domain_is_reported_where_it_is_off():
+    choice = NeuronChoice(16, {Probe("h"): Range(-12.0, 3.0), Probe("g"): Range(-30.0, 3.0),
+                               Probe("s"): Range(-3.0, 40.0)})
+    choice.for_tensor("tanh", "h")  # tanh(-4) is 7e-4 from -1: close enough
+    choice.for_tensor("gelu", "g")  # gelu(-8) is 0 to float32 precision
+    choice.for_tensor("sigmoid", "s")  # sigmoid(8) is 3.4e-4 from 1
+    assert not choice.warnings
+    choice = NeuronChoice(16, {Probe("x"): Range(-30.0, 3.0)})
+    choice.for_tensor("silu", "x")  # silu(-8) = -2.7e-3, silu(-30) = 0
+    assert len(choice.warnings) == 1 and "silu neuron's domain" in choice.warnings[0]
