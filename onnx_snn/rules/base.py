@@ -142,3 +142,32 @@ def is_weight(graph: Graph, name: str) -> bool:
 
 def consumers_of(ctx: MatchContext, name: str, op_type: str) -> list[onnx.NodeProto]:
     return [n for n in ctx.graph.consumers.get(name, []) if n.op_type == op_type]
+
+
+def root_of_mean(ctx: MatchContext, mean: onnx.NodeProto, nodes: list[onnx.NodeProto]) -> tuple[float, str] | str:
+    """From a ReduceMean of squares: Add(epsilon) then Sqrt (Casts allowed), as normalisations
+    write them. (epsilon, the root's value name), appending the nodes; or why the chain breaks."""
+    g = ctx.graph
+    variance = through_casts(ctx, mean.output[0], nodes)
+    add = g.only_consumer(variance)
+    epsilon = g.scalar(other_input(add, variance) or "") if add is not None and add.op_type == "Add" else None
+    if epsilon is None or not 0 <= epsilon < 1e-1:
+        return f"no small constant epsilon is added to the mean of squares ({epsilon})"
+    nodes.append(add)
+    sqrt = g.only_consumer(add.output[0])
+    if sqrt is None or sqrt.op_type != "Sqrt":
+        return "mean of squares + epsilon has no Sqrt"
+    nodes.append(sqrt)
+    return float(epsilon), through_casts(ctx, sqrt.output[0], nodes)
+
+
+def scaled_by_weight(ctx: MatchContext, value: str, nodes: list[onnx.NodeProto]) -> tuple[str, onnx.NodeProto] | None:
+    """value * gamma with a constant gamma (Casts allowed before it): (gamma, the Mul), appending
+    the Mul to nodes; else None."""
+    normalised = through_casts(ctx, value, nodes)
+    scale = ctx.graph.only_consumer(normalised)
+    gamma = other_input(scale, normalised) if scale is not None and scale.op_type == "Mul" else None
+    if gamma is None or not is_weight(ctx.graph, gamma):
+        return None
+    nodes.append(scale)
+    return gamma, scale

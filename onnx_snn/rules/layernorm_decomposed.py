@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import onnx
 
-from onnx_snn.rules.base import (MatchContext, NearMiss, Site, consumers_of, is_weight, near, node_name,
-                                 other_input, private_or_near_miss, reduce_axes, through_casts)
+from onnx_snn.rules.base import (MatchContext, NearMiss, Site, consumers_of, is_weight, near, node_name, other_input,
+                                 private_or_near_miss, reduce_axes, root_of_mean, scaled_by_weight, through_casts)
 from onnx_snn.rules.layernorm import layernorm_site
 
 NAME = "layernorm-decomposed"
@@ -61,20 +61,11 @@ class LayerNormDecomposed:
         if var is None or var.op_type != "ReduceMean" or trailing_axis(reduce_axes(ctx, var)) != axis:
             return miss("the squares are not averaged over the same axes")
         nodes.append(var)
-        variance = through_casts(ctx, var.output[0], nodes)
-        add = g.only_consumer(variance)
-        if add is None or add.op_type != "Add":
-            return miss("the variance has no epsilon added")
-        epsilon = g.scalar(other_input(add, variance) or "")
-        if epsilon is None or not 0 <= epsilon < 1e-1:
-            return miss(f"the value added to the variance is not a small constant epsilon ({epsilon})")
-        nodes.append(add)
-        sqrt = g.only_consumer(add.output[0])
-        if sqrt is None or sqrt.op_type != "Sqrt":
-            return miss("var + eps has no Sqrt")
-        nodes.append(sqrt)
+        root = root_of_mean(ctx, var, nodes)
+        if isinstance(root, str):
+            return miss(root)
+        epsilon, divisor = root
         # d / s, or d * (1 / s)
-        divisor = through_casts(ctx, sqrt.output[0], nodes)
         centred = (d, *[c.output[0] for c in casted])
         norm = next((n for n in consumers_of(ctx, divisor, "Div") if n.input[1] == divisor and n.input[0] in centred), None)
         if norm is None:
@@ -87,12 +78,10 @@ class LayerNormDecomposed:
                 return miss("x - mean is not multiplied by 1 / std")
         nodes += [g.producer[name] for name in norm.input if name in centred[1:]]
         nodes.append(norm)
-        normalised = through_casts(ctx, norm.output[0], nodes)
-        scale = g.only_consumer(normalised)
-        gamma = other_input(scale, normalised) if scale is not None and scale.op_type == "Mul" else None
-        if gamma is None or not is_weight(g, gamma):
+        scaled = scaled_by_weight(ctx, norm.output[0], nodes)
+        if scaled is None:
             return miss("the normalised value is not scaled by a constant gamma")
-        nodes.append(scale)
+        gamma, scale = scaled
         last, beta = scale, None
         shift = g.only_consumer(scale.output[0])
         if shift is not None and shift.op_type == "Add":
@@ -102,4 +91,4 @@ class LayerNormDecomposed:
                 nodes.append(shift)
         nodes = list({id(n): n for n in nodes}.values())
         return private_or_near_miss(NAME, ctx, mean, nodes, last.output[0]) or layernorm_site(
-            NAME, mean, nodes, x, gamma, beta, last.output[0], axis, float(epsilon))
+            NAME, mean, nodes, x, gamma, beta, last.output[0], axis, epsilon)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import onnx
 
 from onnx_snn.calibrate import Probe
-from onnx_snn.rules.base import (MatchContext, NearMiss, Site, consumers_of, is_weight, near, node_name,
-                                 other_input, private_or_near_miss, reduce_axes, through_casts)
+from onnx_snn.rules.base import (MatchContext, NearMiss, Site, near, node_name, private_or_near_miss, reduce_axes,
+                                 root_of_mean, scaled_by_weight, through_casts)
 from onnx_snn.rules.layernorm_decomposed import trailing_axis
 
 NAME = "rmsnorm"
@@ -64,17 +64,10 @@ class RMSNorm:
         if axis is None or g.attribute(mean, "keepdims", 1) != 1:
             return miss("the mean square is not taken over the trailing axes with keepdims")
         nodes.append(mean)
-        variance = through_casts(ctx, mean.output[0], nodes)
-        add = g.only_consumer(variance)
-        epsilon = g.scalar(other_input(add, variance) or "") if add is not None and add.op_type == "Add" else None
-        if epsilon is None or not 0 <= epsilon < 1e-1:
-            return miss("no small constant epsilon is added to the mean square")
-        nodes.append(add)
-        sqrt = g.only_consumer(add.output[0])
-        if sqrt is None or sqrt.op_type != "Sqrt":
-            return miss("mean square + eps has no Sqrt")
-        nodes.append(sqrt)
-        root = through_casts(ctx, sqrt.output[0], nodes)
+        found = root_of_mean(ctx, mean, nodes)
+        if isinstance(found, str):
+            return miss(found)
+        epsilon, root = found
         inverse = g.only_consumer(root)
         if inverse is not None and inverse.op_type == "Div" and inverse.input[1] == root and inverse.input[0] == x:
             norm = inverse  # x / sqrt(...)
@@ -87,11 +80,9 @@ class RMSNorm:
             if norm is None or norm.op_type != "Mul" or x not in norm.input:
                 return miss("x is not multiplied by the inverse root mean square")
         nodes.append(norm)
-        normalised = through_casts(ctx, norm.output[0], nodes)
-        scale = g.only_consumer(normalised)
-        gamma = other_input(scale, normalised) if scale is not None and scale.op_type == "Mul" else None
-        if gamma is None or not is_weight(g, gamma):
+        scaled = scaled_by_weight(ctx, norm.output[0], nodes)
+        if scaled is None:
             return miss("the normalised value is not scaled by a constant gamma")
-        nodes.append(scale)
+        gamma, scale = scaled
         return private_or_near_miss(NAME, ctx, node, nodes, scale.output[0]) or rmsnorm_site(
-            node, nodes, x, gamma, scale.output[0], axis, float(epsilon))
+            node, nodes, x, gamma, scale.output[0], axis, epsilon)

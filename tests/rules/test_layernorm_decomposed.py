@@ -173,7 +173,7 @@ def test_scaled_value_used_elsewhere_is_a_site_without_beta():
     (dict(axes=(-2,)), "the mean is not taken over the trailing axes with keepdims"),
     (dict(keepdims=0), "the mean is not taken over the trailing axes with keepdims"),
     (dict(axes=(-1,), var_axes=(-2, -1)), "the squares are not averaged over the same axes"),
-    (dict(epsilon=0.5), "not a small constant epsilon (0.5)"),
+    (dict(epsilon=0.5), "no small constant epsilon is added to the mean of squares (0.5)"),
     (dict(gamma="none", beta="none"), "the normalised value is not scaled by a constant gamma"),
     (dict(gamma="input"), "the normalised value is not scaled by a constant gamma"),
 ], ids=["axis-1", "axis-minus-2", "keepdims-0", "variance-over-other-axes", "epsilon-0.5", "no-gamma",

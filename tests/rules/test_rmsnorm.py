@@ -137,7 +137,7 @@ def test_simplified_layernormalization_op_is_one_site():
 @pytest.mark.parametrize("form, reason", [
     (dict(axes=(1,)), "the mean square is not taken over the trailing axes with keepdims"),
     (dict(keepdims=0), "the mean square is not taken over the trailing axes with keepdims"),
-    (dict(epsilon=0.5), "no small constant epsilon is added to the mean square"),
+    (dict(epsilon=0.5), "no small constant epsilon is added to the mean of squares"),
     (dict(invert="none"), "the root mean square is not inverted"),
     (dict(numerator=2.0), "the root mean square is not inverted"),
     (dict(gamma="none"), "the normalised value is not scaled by a constant gamma"),
