@@ -3,7 +3,7 @@
 Every nonlinear op becomes spiking Multi-basis Exponential Decay (MBE) neurons (Wang et al.,
 arXiv 2508.07710) that run as onnxruntime custom ops, and as ONNX functions anywhere else."""
 
-from onnx_snn.convert import convert
+from onnx_snn.pipeline import convert
 from onnx_snn.neuron_model import neuron_model
 from onnx_snn.runtime import get_library_path, session
 

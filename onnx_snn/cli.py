@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from onnx_snn.rules import rule_set
+
 
 def _neurons(args: argparse.Namespace) -> int:
     from onnx_snn.mbe.functions import mse
@@ -38,12 +40,13 @@ def _neurons(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from onnx_snn import model_io
-    from onnx_snn.convert import convert_with_report
+    from onnx_snn.pipeline import convert_with_report
 
     if os.path.abspath(args.output) == os.path.abspath(args.input):
         raise UsageError(f"{args.output}: the output would overwrite the input model; choose another path")
     model, report = convert_with_report(args.input, timesteps=args.timesteps, calibration=args.calibration,
-                                        hybrid=args.hybrid, progress=not args.json and sys.stderr.isatty(),
+                                        hybrid=args.hybrid, rules=args.rules,
+                                        progress=not args.json and sys.stderr.isatty(),
                                         check=not args.no_check)
     if args.inline:
         model = inline(model)
@@ -63,7 +66,10 @@ def inline(model):
 def _demo(args: argparse.Namespace) -> int:
     from onnx_snn import demo
 
-    return demo.run(args.form, tuple(args.timesteps))
+    return demo.run(args.form, tuple(args.timesteps), rules=args.rules)
+
+
+RULE_NAMES = [r.name for r in rule_set()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--calibration", metavar="FILE.npz",
                          help="calibration inputs (arrays named like the model's inputs); default: synthesised")
     convert.add_argument("--hybrid", action="store_true", help="convert only the nonlinear ops (no encoders on linear layers)")
+    convert.add_argument("--rules", nargs="+", metavar="RULE", choices=RULE_NAMES,
+                         help=f"apply only these rules: {', '.join(RULE_NAMES)}")
     convert.add_argument("--inline", action="store_true", help="inline the spiking ops' functions: standard ONNX only")
     convert.add_argument("--no-check", action="store_true", help="skip running both models to compare their outputs")
     convert.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -86,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="export all-MiniLM-L6-v2, convert it and compare embeddings on real sentences")
     demo.add_argument("--form", default="legacy17", choices=("legacy14", "legacy17", "dynamo"), help="export form")
     demo.add_argument("--timesteps", type=int, nargs="+", default=[16, 12, 8])
+    demo.add_argument("--rules", nargs="+", metavar="RULE", choices=RULE_NAMES,
+                      help="apply only these rules, to see what each one costs")
     demo.set_defaults(run=_demo)
     return parser
 
@@ -98,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command. A user's mistake (a bad file, bad data) is one line on stderr and exit status 1
     (2 for usage), never a traceback."""
     from onnx_snn.calibrate import CalibrationError
-    from onnx_snn.convert import ConversionError
+    from onnx_snn.pipeline import ConversionError
     from onnx_snn.model_io import ModelError
 
     parser = build_parser()

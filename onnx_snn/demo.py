@@ -9,7 +9,7 @@ import time
 
 import onnxruntime as ort
 
-from onnx_snn.convert import convert_with_report
+from onnx_snn.pipeline import convert_with_report
 from onnx_snn.data import background_sentences, polarity_sentences
 from onnx_snn.evaluate import cosines, runner, sentence_embeddings, token_batches
 from onnx_snn.export import export_minilm, minilm_tokenizer
@@ -32,12 +32,12 @@ def minilm_fidelity(form: str, timesteps: int, **options) -> dict:
             "sentences": len(c), "convert_seconds": seconds, "report": report}
 
 
-def run(form: str = "legacy17", timesteps: tuple[int, ...] = (16, 12, 8)) -> int:
+def run(form: str = "legacy17", timesteps: tuple[int, ...] = (16, 12, 8), rules: list[str] | None = None) -> int:
     print(f"exporting all-MiniLM-L6-v2 ({form}) ...", file=sys.stderr)
     export_minilm(form)
     results = []
     for t in timesteps:
-        result = minilm_fidelity(form, t, progress=sys.stderr.isatty())
+        result = minilm_fidelity(form, t, rules=rules, progress=sys.stderr.isatty())
         if t == timesteps[0]:
             print(result["report"].format())
             print()

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 
 import onnx_snn
-from onnx_snn.convert import convert_with_report
+from onnx_snn.pipeline import convert_with_report
 from onnx_snn.demo import minilm_fidelity
 from onnx_snn.evaluate import token_batches
 from onnx_snn.export import export_minilm, minilm_tokenizer

@@ -26,9 +26,16 @@ NONLINEAR_RULES: tuple[Rule, ...] = (
 ENCODER_RULES: tuple[Rule, ...] = (ActivationProduct(), LinearInput())
 
 
-def rule_set(hybrid: bool = False) -> tuple[Rule, ...]:
-    """All rules; with hybrid, only the nonlinear ops and the activation products."""
-    return NONLINEAR_RULES + (ENCODER_RULES[:1] if hybrid else ENCODER_RULES)
+def rule_set(hybrid: bool = False, only: list[str] | None = None) -> tuple[Rule, ...]:
+    """All rules; with hybrid, only the nonlinear ops and the activation products; with `only`,
+    just the rules of those names (to see what each costs in fidelity)."""
+    rules = NONLINEAR_RULES + (ENCODER_RULES[:1] if hybrid else ENCODER_RULES)
+    if only is not None:
+        unknown = set(only) - {r.name for r in rules}
+        if unknown:
+            raise ValueError(f"unknown rules {', '.join(sorted(unknown))}; the rules are {', '.join(r.name for r in rules)}")
+        rules = tuple(r for r in rules if r.name in only)
+    return rules
 
 
 __all__ = ["MatchContext", "NearMiss", "Rule", "Site", "rule_set"]

@@ -18,7 +18,7 @@ from onnx import helper as oh
 from onnx import numpy_helper
 
 import onnx_snn
-from onnx_snn.convert import convert_with_report
+from onnx_snn.pipeline import convert_with_report
 from onnx_snn.graph import Graph
 from onnx_snn.mbe.neuron import simulate
 from onnx_snn.mbe.presets import preset

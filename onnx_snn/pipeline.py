@@ -30,7 +30,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, timesteps: int = 16, 
 
     calibration: a dict of input arrays, a list of them (batches), a path to an .npz file, or None
     (inputs synthesised from the model's input signature). Options: hybrid (bool: convert only
-    the nonlinear ops), bases (dict: bases per neuron function), progress (bool), check (bool)."""
+    the nonlinear ops), rules (names: only these rules), bases (dict: bases per neuron function),
+    progress (bool), check (bool: run both models on the first calibration batch and compare)."""
     return convert_with_report(model, timesteps=timesteps, calibration=calibration, **options)[0]
 
 
@@ -40,6 +41,7 @@ def convert_with_report(
     timesteps: int = 16,
     calibration: cal.CalibrationData = None,
     hybrid: bool = False,
+    rules: list[str] | None = None,
     bases: dict[str, int] | None = None,
     progress: bool = False,
     check: bool = True,
@@ -51,7 +53,7 @@ def convert_with_report(
     batches, synthesized = cal.load_batches(spiking, calibration)
 
     graph = Graph(spiking)
-    sites, near_misses = find_sites(graph, rule_set(hybrid))
+    sites, near_misses = find_sites(graph, rule_set(hybrid, rules))
     probes = [p for site in sites for p in site.probes]
     linear_tensors = [name for node in graph.graph.node if node.op_type in LINEAR_OPS
                       for name in (*node.input, node.output[0]) if name]
