@@ -39,7 +39,7 @@ def _neurons(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from onnx_snn import model_io
+    from onnx_snn import model_io, ops
     from onnx_snn.pipeline import convert_with_report
 
     if os.path.abspath(args.output) == os.path.abspath(args.input):
@@ -49,18 +49,11 @@ def _convert(args: argparse.Namespace) -> int:
                                         progress=not args.json and sys.stderr.isatty(),
                                         check=not args.no_check)
     if args.inline:
-        model = inline(model)
+        model = ops.inline(model)
     source_dir = os.path.dirname(os.path.abspath(args.input))
     model_io.save(model, args.output, source_dir)
     print(report.to_json() if args.json else report.format() + f"\nwritten: {args.output}")
     return 0
-
-
-def inline(model):
-    """Every function inlined: a model of standard ONNX ops only."""
-    import onnx.inliner
-
-    return onnx.inliner.inline_local_functions(model)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -77,3 +77,20 @@ def test_bad_input_is_one_line_on_stderr_and_loses_nothing(tmp_path, case):
     assert good.read_bytes() == before
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temporary left behind
+
+
+def test_inline_writes_standard_onnx_only(tmp_path):
+    out = tmp_path / "inlined.onnx"
+    run = cli("convert", str(small_model(tmp_path / "in.onnx")), "-o", str(out), "--inline")
+    assert run.returncode == 0, run.stderr
+    model = onnx.load(str(out))
+    assert not model.functions
+    assert all(node.domain in ("", "ai.onnx") for node in model.graph.node)
+    assert all(o.domain in ("", "ai.onnx") for o in model.opset_import)
+    onnx.checker.check_model(model, full_check=True)
+    import onnxruntime as ort
+
+    x = np.random.default_rng(1).normal(size=(5, 4)).astype(np.float32)
+    y = ort.InferenceSession(str(out)).run(None, {"x": x})[0]
+    expected = np.tanh(x @ np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32))
+    assert np.max(np.abs(y - expected)) < 0.02

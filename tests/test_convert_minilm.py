@@ -9,15 +9,15 @@ import tempfile
 
 import numpy as np
 import onnx
-import onnx.inliner
 import onnxruntime as ort
 import pytest
 
 import onnx_snn
-from onnx_snn.pipeline import convert_with_report
+from onnx_snn import ops
 from onnx_snn.demo import minilm_fidelity
 from onnx_snn.evaluate import token_batches
 from onnx_snn.export import export_minilm, minilm_tokenizer
+from onnx_snn.pipeline import convert_with_report
 
 FORMS = [pytest.param("legacy17"), pytest.param("legacy14", marks=pytest.mark.slow),
          pytest.param("dynamo", marks=pytest.mark.slow)]
@@ -64,7 +64,7 @@ def test_same_outputs_with_library_without_it_and_inlined(converted, feeds):
     _, model = converted
     with_library = onnx_snn.session(model).run(None, feeds)[0]
     functions = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    inlined_model = onnx.inliner.inline_local_functions(model)
+    inlined_model = ops.inline(model)
     assert all(n.domain in ("", "ai.onnx") for n in inlined_model.graph.node) and not inlined_model.functions
     inlined = ort.InferenceSession(inlined_model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     # the ops are bit-identical but for the order of long sums (see the composite ops' tests): a

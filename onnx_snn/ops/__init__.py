@@ -17,7 +17,7 @@ FUNCTIONS = {m.OP_TYPE: m.function for m in _MODULES}
 # the onnx_snn functions each op's function body calls
 CALLS: dict[str, tuple[str, ...]] = {m.OP_TYPE: tuple(getattr(m, "CALLS", ())) for m in _MODULES}
 
-__all__ = ["CALLS", "DOMAIN", "DOMAIN_VERSION", "FUNCTIONS", "IR_VERSION", "attach_functions", "mbe_neuron",
+__all__ = ["CALLS", "DOMAIN", "DOMAIN_VERSION", "FUNCTIONS", "IR_VERSION", "attach_functions", "inline", "mbe_neuron",
            "spiking_layernorm", "spiking_rmsnorm", "spiking_softmax"]
 
 
@@ -54,3 +54,16 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     if used and not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(oh.make_opsetid(DOMAIN, DOMAIN_VERSION))
     return model
+
+
+def inline(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with every function inlined: standard ONNX ops only, for runtimes that do not
+    read functions (the onnx_snn domain import goes too)."""
+    import onnx.inliner
+
+    inlined = onnx.inliner.inline_local_functions(model)
+    if not any(n.domain == DOMAIN for n in inlined.graph.node):
+        kept = [o for o in inlined.opset_import if o.domain != DOMAIN]
+        del inlined.opset_import[:]
+        inlined.opset_import.extend(kept)
+    return inlined
