@@ -1,5 +1,7 @@
-"""The conversion pipeline: load -> normalise -> find sites -> calibrate -> rewrite -> attach
-functions -> check -> (save)."""
+"""The conversion pipeline, top to bottom in convert_with_report: load and validate -> find the
+rules' sites -> calibrate their ranges on the original -> build the spiking ops -> attach the ops'
+functions -> check (onnx.checker, then both models on the same inputs) -> report. Saving is
+model_io.save (the CLI's last step)."""
 
 from __future__ import annotations
 
@@ -63,7 +65,8 @@ def convert_with_report(
     neurons = NeuronChoice(timesteps, calibration_result.ranges, {**DEFAULT_BASES, **(bases or {})})
     encoders = build_sites(graph, sites, neurons)
     ops.attach_functions(spiking)
-    spiking.ir_version = min(spiking.ir_version or ops.IR_VERSION, ops.IR_VERSION)
+    # functions need IR 8; newer than IR_VERSION is what older onnxruntime versions reject
+    spiking.ir_version = max(8, min(spiking.ir_version or ops.IR_VERSION, ops.IR_VERSION))
     model_io.check(spiking, full_check=True)
 
     replaced, by_kind = count_sites(sites)
