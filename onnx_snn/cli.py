@@ -56,10 +56,54 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    import onnxruntime as ort
+
+    from onnx_snn import evaluate
+    from onnx_snn.calibrate import load_batches
+    from onnx_snn.model_io import ModelError, load
+    from onnx_snn.runtime import session
+
+    for path in (args.original, args.spiking):
+        if not os.path.isfile(path):
+            raise ModelError(f"{path}: no such file")
+    original = ort.InferenceSession(args.original, providers=["CPUExecutionProvider"])
+    spiking = session(args.spiking)
+    if args.task == "embeddings":
+        from onnx_snn.export import minilm_tokenizer
+
+        if args.tokenizer:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        else:
+            tokenizer = minilm_tokenizer()
+        result = {"task": "embeddings", **evaluate.embedding_tasks(original, spiking, tokenizer)}
+    else:
+        model, _ = load(args.original)
+        batches, synthesized = load_batches(model, args.inputs)
+        feeds = batches[0]
+        names = [o.name for o in original.get_outputs()]
+        result = {"task": "outputs", "inputs": "synthesised from the input signature" if synthesized else args.inputs,
+                  "outputs": evaluate.compare_outputs(names, original.run(names, feeds), spiking.run(names, feeds))}
+    print(json.dumps(result, indent=1) if args.json else evaluate.format_result(result))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from onnx_snn import demo
 
     return demo.run(args.form, tuple(args.timesteps), rules=args.rules)
+
+
+def _energy(args: argparse.Namespace) -> int:
+    from onnx_snn.energy import energy_report, plot
+
+    report = energy_report(args.original, args.spiking, args.inputs, e_mac_pj=args.e_mac, e_ac_pj=args.e_ac)
+    if args.plot:
+        plot(report, args.plot)
+    print(report.to_json() if args.json else report.format() + (f"\nchart: {args.plot}" if args.plot else ""))
+    return 0
 
 
 RULE_NAMES = [r.name for r in rule_set()]
@@ -84,12 +128,31 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--no-check", action="store_true", help="skip running both models to compare their outputs")
     convert.add_argument("--json", action="store_true", help="print the report as JSON")
     convert.set_defaults(run=_convert)
+    evaluation = commands.add_parser("eval", help="run an original and a spiking model on the same inputs and compare")
+    evaluation.add_argument("original", metavar="ORIGINAL.onnx")
+    evaluation.add_argument("spiking", metavar="SPIKING.onnx")
+    evaluation.add_argument("--task", choices=("embeddings", "outputs"), default="outputs",
+                            help="embeddings: sentence-embedding tasks on gensim's real text (Lee-50 Pearson, "
+                                 "sentiment accuracy, cosine); outputs: errors and cosine of every output")
+    evaluation.add_argument("--inputs", metavar="FILE.npz", help="inputs for --task outputs (default: synthesised)")
+    evaluation.add_argument("--tokenizer", metavar="DIR", help="Hugging Face tokenizer folder (default: all-MiniLM-L6-v2's)")
+    evaluation.add_argument("--json", action="store_true")
+    evaluation.set_defaults(run=_eval)
     demo = commands.add_parser("demo", help="export all-MiniLM-L6-v2, convert it and compare embeddings on real sentences")
     demo.add_argument("--form", default="legacy17", choices=("legacy14", "legacy17", "dynamo"), help="export form")
     demo.add_argument("--timesteps", type=int, nargs="+", default=[16, 12, 8])
     demo.add_argument("--rules", nargs="+", metavar="RULE", choices=RULE_NAMES,
                       help="apply only these rules, to see what each one costs")
     demo.set_defaults(run=_demo)
+    energy = commands.add_parser("energy", help="spike statistics of a spiking model and its energy estimate against the original")
+    energy.add_argument("original", metavar="ORIGINAL.onnx")
+    energy.add_argument("spiking", metavar="SPIKING.onnx")
+    energy.add_argument("--inputs", metavar="FILE.npz", help="inputs (arrays named like the model's inputs); default: synthesised")
+    energy.add_argument("--json", action="store_true", help="print the report as JSON")
+    energy.add_argument("--plot", metavar="FILE.png", help="write a bar chart of the firing rate per layer and op kind")
+    energy.add_argument("--e-mac", type=float, default=4.6, metavar="PJ", help="energy of a MAC in pJ (default 4.6, 45 nm)")
+    energy.add_argument("--e-ac", type=float, default=0.9, metavar="PJ", help="energy of an accumulate in pJ (default 0.9, 45 nm)")
+    energy.set_defaults(run=_energy)
     return parser
 
 
@@ -101,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command. A user's mistake (a bad file, bad data) is one line on stderr and exit status 1
     (2 for usage), never a traceback."""
     from onnx_snn.calibrate import CalibrationError
+    from onnx_snn.energy import EnergyError
     from onnx_snn.pipeline import ConversionError
     from onnx_snn.model_io import ModelError
 
@@ -111,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"onnx-snn: {e}", file=sys.stderr)
         return 2
-    except (ModelError, ConversionError, CalibrationError) as e:
+    except (ModelError, ConversionError, CalibrationError, EnergyError) as e:
         print(f"onnx-snn: {e}", file=sys.stderr)
         return 1
 
