@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
+
 
 def gensim_test_data() -> Path:
     spec = importlib.util.find_spec("gensim")
@@ -30,3 +32,12 @@ def background_sentences(count: int) -> list[str]:
     than what is evaluated."""
     lines = (gensim_test_data() / "lee_background.cor").read_text(encoding="latin-1").splitlines()
     return [line.strip() for line in lines if line.strip()][:count]
+
+
+def lee_documents() -> tuple[list[str], np.ndarray]:
+    """The 50 news documents of lee.cor and the human similarity of each pair (similarities0-1.txt:
+    the upper triangle of a 50 x 50 matrix, Lee, Pincombe and Welsh 2005)."""
+    folder = gensim_test_data()
+    documents = [line.strip() for line in (folder / "lee.cor").read_text(encoding="latin-1").splitlines() if line.strip()]
+    similarity = np.loadtxt(folder / "similarities0-1.txt")
+    return documents, similarity

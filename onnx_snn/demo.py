@@ -16,12 +16,16 @@ from onnx_snn.export import export_minilm, minilm_tokenizer
 from onnx_snn.runtime import session
 
 
+def calibration_batches() -> list[dict]:
+    """MiniLM inputs for calibration: 64 news documents of lee_background.cor (not the evaluated text)."""
+    return list(token_batches(minilm_tokenizer(), background_sentences(64), batch_size=16))
+
+
 def minilm_fidelity(form: str, timesteps: int, **options) -> dict:
     """Convert MiniLM (export `form`) at `timesteps` and compare embeddings on the 200 sentences."""
     path = export_minilm(form)
-    tokenizer = minilm_tokenizer()
-    calibration = list(token_batches(tokenizer, background_sentences(64), batch_size=16))
-    batches = list(token_batches(tokenizer, polarity_sentences()[0]))
+    calibration = calibration_batches()
+    batches = list(token_batches(minilm_tokenizer(), polarity_sentences()[0]))
     reference = sentence_embeddings(runner(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])), batches)
     start = time.perf_counter()
     model, report = convert_with_report(path, timesteps=timesteps, calibration=calibration, **options)

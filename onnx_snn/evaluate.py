@@ -36,3 +36,78 @@ def runner(session: ort.InferenceSession, output: str | None = None) -> Callable
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity."""
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def compare_outputs(names: list[str], expected: list[np.ndarray], actual: list[np.ndarray]) -> dict:
+    """Per float output: cosine similarity, largest and mean absolute difference."""
+    result = {}
+    for name, a, b in zip(names, expected, actual):
+        if not np.issubdtype(np.asarray(a).dtype, np.floating) or np.size(a) == 0:
+            continue
+        a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+        denominator = np.linalg.norm(a) * np.linalg.norm(b)
+        result[name] = {"cosine": float(a @ b / denominator) if denominator else 1.0,
+                        "max_abs_error": float(np.max(np.abs(a - b))), "mean_abs_error": float(np.mean(np.abs(a - b)))}
+    return result
+
+
+def lee_pearson(embed: Callable[[list[str]], np.ndarray], documents: list[str], human: np.ndarray) -> float:
+    """Pearson correlation between the cosine similarity of the documents' embeddings and the human
+    judgement, over the 1,225 document pairs."""
+    e = embed(documents)
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    upper = np.triu_indices(len(documents), k=1)
+    return float(np.corrcoef((e @ e.T)[upper], human[upper])[0, 1])
+
+
+def sentiment_accuracy(embeddings: np.ndarray, labels: list[int], folds: int = 10) -> float:
+    """Mean accuracy of a logistic regression on the embeddings, 10-fold stratified cross-validation
+    with fixed folds (the same for every model)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    splits = StratifiedKFold(folds, shuffle=True, random_state=0)
+    return float(cross_val_score(LogisticRegression(max_iter=2000), embeddings, labels, cv=splits).mean())
+
+
+def embedding_tasks(original: ort.InferenceSession, spiking: ort.InferenceSession, tokenizer) -> dict:
+    """Both sentence-embedding models on gensim's real text: cosine of their embeddings on the 200
+    polarity sentences, Lee-50 document similarity (Pearson) and sentiment accuracy of each."""
+    from onnx_snn.data import lee_documents, polarity_sentences
+
+    sentences, labels = polarity_sentences()
+    documents, human = lee_documents()
+    result = {}
+    embeddings = {}
+    for name, session in (("original", original), ("spiking", spiking)):
+        run = runner(session)
+
+        def embed(texts, max_length=128):
+            return sentence_embeddings(run, list(token_batches(tokenizer, texts, batch_size=16, max_length=max_length)))
+
+        embeddings[name] = embed(sentences)
+        result[name] = {"lee_pearson": lee_pearson(lambda d: embed(d, 256), documents, human),
+                        "sentiment_accuracy": sentiment_accuracy(embeddings[name], labels)}
+    c = cosines(embeddings["original"], embeddings["spiking"])
+    result["embedding_cosine"] = {"mean": float(c.mean()), "min": float(c.min()), "sentences": len(c)}
+    return result
+
+
+def format_result(result: dict) -> str:
+    """A table of an `onnx-snn eval` result."""
+    lines = []
+    if result["task"] == "embeddings":
+        o, s = result["original"], result["spiking"]
+        c = result["embedding_cosine"]
+        lines += [f"{'metric':<28} {'original':>9} {'spiking':>9} {'difference':>10}",
+                  f"{'Lee-50 Pearson':<28} {o['lee_pearson']:>9.4f} {s['lee_pearson']:>9.4f} "
+                  f"{s['lee_pearson'] - o['lee_pearson']:>+10.4f}",
+                  f"{'sentiment accuracy (10-fold)':<28} {o['sentiment_accuracy']:>9.4f} {s['sentiment_accuracy']:>9.4f} "
+                  f"{s['sentiment_accuracy'] - o['sentiment_accuracy']:>+10.4f}",
+                  f"embedding cosine, {c['sentences']} sentences: mean {c['mean']:.5f}, min {c['min']:.5f}"]
+    else:
+        lines.append(f"inputs: {result['inputs']}")
+        for name, r in result["outputs"].items():
+            lines.append(f"{name}: cosine {r['cosine']:.6f}, max abs error {r['max_abs_error']:.3g}, "
+                         f"mean abs error {r['mean_abs_error']:.3g}")
+    return "\n".join(lines)
