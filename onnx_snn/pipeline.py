@@ -14,7 +14,7 @@ import onnxruntime as ort
 from onnx_snn import calibrate as cal
 from onnx_snn import model_io, ops
 from onnx_snn.graph import Graph
-from onnx_snn.neurons import DEFAULT_BASES, NeuronChoice
+from onnx_snn.neurons import NeuronChoice
 from onnx_snn.report import LINEAR_OPS, Report, count_sites, left_nonlinear, linear_macs, spike_driven_macs
 from onnx_snn.rewrite import build_sites, find_sites
 from onnx_snn.rules import rule_set
@@ -62,7 +62,7 @@ def convert_with_report(
     calibration_result = cal.calibrate(original, model_dir, probes, batches, shape_tensors=linear_tensors,
                                        synthesized=synthesized, progress=progress)
     macs_by_layer = linear_macs(graph, calibration_result.shapes)
-    neurons = NeuronChoice(timesteps, calibration_result.ranges, {**DEFAULT_BASES, **(bases or {})})
+    neurons = NeuronChoice(timesteps, calibration_result.ranges, dict(bases or {}))
     encoders = build_sites(graph, sites, neurons)
     ops.attach_functions(spiking)
     # functions need IR 8; newer than IR_VERSION is what older onnxruntime versions reject
