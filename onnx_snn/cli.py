@@ -70,15 +70,7 @@ def _eval(args: argparse.Namespace) -> int:
     original = ort.InferenceSession(args.original, providers=["CPUExecutionProvider"])
     spiking = session(args.spiking)
     if args.task == "embeddings":
-        from onnx_snn.export import minilm_tokenizer
-
-        if args.tokenizer:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-        else:
-            tokenizer = minilm_tokenizer()
-        result = {"task": "embeddings", **evaluate.embedding_tasks(original, spiking, tokenizer)}
+        result = {"task": "embeddings", **evaluate.embedding_tasks(original, spiking, _tokenizer(args.tokenizer))}
     else:
         model, _ = load(args.original)
         batches, synthesized = load_batches(model, args.inputs)
@@ -88,6 +80,31 @@ def _eval(args: argparse.Namespace) -> int:
                   "outputs": evaluate.compare_outputs(names, original.run(names, feeds), spiking.run(names, feeds))}
     print(json.dumps(result, indent=1) if args.json else evaluate.format_result(result))
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from onnx_snn import sweep
+    from onnx_snn.model_io import ModelError
+
+    if not os.path.isfile(args.model):
+        raise ModelError(f"{args.model}: no such file")
+    task = sweep.embeddings_task(_tokenizer(args.tokenizer))
+    result = sweep.sweep(args.model, task, tuple(args.timesteps))
+    written = sweep.write(result, args.out)
+    print(sweep.markdown(result))
+    print("written: " + ", ".join(map(str, written)))
+    return 0
+
+
+def _tokenizer(folder: str | None):
+    """A Hugging Face tokenizer from a folder, or all-MiniLM-L6-v2's (installed package)."""
+    if folder:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(folder)
+    from onnx_snn.export import minilm_tokenizer
+
+    return minilm_tokenizer()
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -138,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--tokenizer", metavar="DIR", help="Hugging Face tokenizer folder (default: all-MiniLM-L6-v2's)")
     evaluation.add_argument("--json", action="store_true")
     evaluation.set_defaults(run=_eval)
+    sweep = commands.add_parser("sweep", help="convert at several T and measure a task at each; table, JSON, plot")
+    sweep.add_argument("model", metavar="MODEL.onnx")
+    sweep.add_argument("--task", choices=("embeddings",), default="embeddings")
+    sweep.add_argument("--timesteps", type=int, nargs="+", default=[6, 8, 10, 12, 16, 24])
+    sweep.add_argument("--tokenizer", metavar="DIR", help="Hugging Face tokenizer folder (default: all-MiniLM-L6-v2's)")
+    sweep.add_argument("--out", default="sweep", metavar="DIR", help="folder for sweep.md, sweep.json, sweep.png")
+    sweep.set_defaults(run=_sweep)
     demo = commands.add_parser("demo", help="export all-MiniLM-L6-v2, convert it and compare embeddings on real sentences")
     demo.add_argument("--form", default="legacy17", choices=("legacy14", "legacy17", "dynamo"), help="export form")
     demo.add_argument("--timesteps", type=int, nargs="+", default=[16, 12, 8])

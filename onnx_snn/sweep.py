@@ -1,0 +1,105 @@
+"""`onnx-snn sweep`: convert one model at several time steps and measure a task at each, against the
+original: a markdown table, JSON and a PNG plot of the metric against T."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import onnxruntime as ort
+
+from onnx_snn.pipeline import convert_with_report
+from onnx_snn.runtime import session
+
+SWEEP_TIMESTEPS = (6, 8, 10, 12, 16, 24)
+
+
+@dataclass
+class Task:
+    """What a sweep measures: calibration inputs, and metrics of a pair of sessions (original, spiking);
+    `primary` is the metric plotted, `higher_is_better` its direction."""
+
+    name: str
+    calibration: Callable[[], list[dict]]
+    evaluate: Callable[[ort.InferenceSession, ort.InferenceSession], dict]
+    primary: str
+    higher_is_better: bool = True
+
+
+def embeddings_task(tokenizer) -> Task:
+    """Sentence embeddings (gensim's real text): Lee-50 Pearson plotted; sentiment accuracy and the
+    embeddings' cosine to the original's in the table. Calibrated on lee_background.cor."""
+    from onnx_snn.data import background_sentences
+    from onnx_snn.evaluate import embedding_tasks, token_batches
+
+    def evaluate(original, spiking):
+        r = embedding_tasks(original, spiking, tokenizer)
+        return {"lee_pearson": (r["original"]["lee_pearson"], r["spiking"]["lee_pearson"]),
+                "sentiment_accuracy": (r["original"]["sentiment_accuracy"], r["spiking"]["sentiment_accuracy"]),
+                "mean_cosine": (1.0, r["embedding_cosine"]["mean"])}
+
+    return Task("embeddings", lambda: list(token_batches(tokenizer, background_sentences(64), batch_size=16)),
+                evaluate, "lee_pearson")
+
+
+def sweep(model: str | os.PathLike, task: Task, timesteps: tuple[int, ...] = SWEEP_TIMESTEPS,
+          bases: dict[str, int] | None = None) -> dict:
+    """Convert `model` at every T and evaluate `task`: {"task", "primary", "rows": [{"timesteps",
+    metric: [original, spiking], ...}]} (the original's values come from each run's pair)."""
+    original = ort.InferenceSession(os.fspath(model), providers=["CPUExecutionProvider"])
+    calibration = task.calibration()
+    rows = []
+    for t in timesteps:
+        start = time.perf_counter()
+        spiking, _ = convert_with_report(model, timesteps=t, calibration=calibration, bases=bases, check=False)
+        converted = time.perf_counter() - start
+        metrics = task.evaluate(original, session(spiking))
+        rows.append({"timesteps": t, "convert_seconds": round(converted, 1), **{k: list(v) for k, v in metrics.items()}})
+        print(f"T={t}: " + ", ".join(f"{k} {v[1]:.4f} (original {v[0]:.4f})" for k, v in metrics.items()), file=sys.stderr)
+    return {"model": os.fspath(model), "task": task.name, "primary": task.primary,
+            "higher_is_better": task.higher_is_better, "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    metrics = [k for k in result["rows"][0] if k not in ("timesteps", "convert_seconds")]
+    lines = [f"Sweep of {Path(result['model']).name}, task {result['task']} (spiking; original in brackets)", "",
+             "| T | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for row in result["rows"]:
+        lines.append(f"| {row['timesteps']} | " + " | ".join(f"{row[m][1]:.4f} ({row[m][0]:.4f})" for m in metrics) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: str | os.PathLike) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = result["primary"]
+    ts = [r["timesteps"] for r in result["rows"]]
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.plot(ts, [r[metric][1] for r in result["rows"]], "o-", label="spiking")
+    axes.axhline(result["rows"][0][metric][0], color="gray", linestyle="--", label="original")
+    axes.set_xlabel("time steps T")
+    axes.set_ylabel(metric)
+    axes.set_xticks(ts)
+    axes.set_title(f"{Path(result['model']).name}: {metric} against T")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write(result: dict, out_dir: str | os.PathLike) -> list[Path]:
+    """sweep.md, sweep.json and sweep.png in out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.md").write_text(markdown(result))
+    (out / "sweep.json").write_text(json.dumps(result, indent=1))
+    plot(result, out / "sweep.png")
+    return [out / "sweep.md", out / "sweep.json", out / "sweep.png"]
