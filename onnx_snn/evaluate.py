@@ -15,10 +15,17 @@ def token_batches(tokenizer, sentences: list[str], batch_size: int = 32, max_len
         yield {k: np.asarray(v, np.int64) for k, v in batch.items()}
 
 
-def sentence_embeddings(run: Callable[[dict], np.ndarray], batches: list[dict]) -> np.ndarray:
+def sentence_embeddings(run: Callable[[dict], np.ndarray], batches: list[dict], desc: str | None = None) -> np.ndarray:
     """Mean-pooled (over the attention mask), L2-normalised last hidden states, as
-    sentence-transformers computes them for all-MiniLM-L6-v2."""
+    sentence-transformers computes them for all-MiniLM-L6-v2. With `desc`, a progress bar on a
+    terminal."""
     result = []
+    if desc is not None:
+        import sys
+
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc=desc, unit="batch", file=sys.stderr, leave=False, disable=not sys.stderr.isatty())
     for feeds in batches:
         hidden = run(feeds)
         mask = feeds["attention_mask"][..., None].astype(np.float32)
@@ -82,8 +89,9 @@ def embedding_tasks(original: ort.InferenceSession, spiking: ort.InferenceSessio
     for name, session in (("original", original), ("spiking", spiking)):
         run = runner(session)
 
-        def embed(texts, max_length=128):
-            return sentence_embeddings(run, list(token_batches(tokenizer, texts, batch_size=16, max_length=max_length)))
+        def embed(texts, max_length=128, model=name):
+            batches = list(token_batches(tokenizer, texts, batch_size=16, max_length=max_length))
+            return sentence_embeddings(run, batches, desc=f"{model} model")
 
         embeddings[name] = embed(sentences)
         result[name] = {"lee_pearson": lee_pearson(lambda d: embed(d, 256), documents, human),
