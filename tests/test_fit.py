@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from onnx_snn.mbe.fit import fit, mse, saturates
+from onnx_snn.mbe.fit import PRESET_TIMESTEPS, fit, mse, saturates
 from onnx_snn.mbe.functions import TARGETS, uniform_grid
 from onnx_snn.mbe.neuron import MBEParameters, simulate, spike_trains
 
@@ -68,7 +68,7 @@ def test_fit_takes_a_custom_domain():
 def test_presets_cover_every_target_and_are_valid(presets):
     for function in TARGETS:
         for n in (1, 2, 4, 8):
-            for t in (8, 12, 16):
+            for t in PRESET_TIMESTEPS:
                 p = _find(presets, function, n, t)
                 p.tables.check()
                 assert p.signed == TARGETS[function].signed
@@ -126,7 +126,7 @@ def test_presets_are_constant_beyond_the_domain(presets, function):
     # the converter relies on it: GELU/SiLU inputs beyond [-8, 8] get a separate ramp basis added;
     # identity encoders saturate beyond their calibrated range
     for n in (1, 2, 4, 8):
-        for t in (8, 12, 16):
+        for t in PRESET_TIMESTEPS:
             p = _find(presets, function, n, t)
             lo, hi = p.domain
             for edge, outward in ((hi, 1.0), (lo, -1.0)):

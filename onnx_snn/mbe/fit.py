@@ -59,7 +59,7 @@ THRESHOLD0 = 0.5  # fixed: see the module docstring (scale invariance)
 SATURATION_MARGIN = 1e-5  # see _Problem.schedule
 EVAL_POINTS = 10_000  # the error is always measured on this many uniform points
 PRESET_BASES = (1, 2, 4, 8)
-PRESET_TIMESTEPS = (8, 12, 16)
+PRESET_TIMESTEPS = (6, 8, 10, 12, 16, 24)  # the sweep's time steps
 
 
 @dataclass(frozen=True)
