@@ -71,6 +71,17 @@ def _eval(args: argparse.Namespace) -> int:
     spiking = session(args.spiking)
     if args.task == "embeddings":
         result = {"task": "embeddings", **evaluate.embedding_tasks(original, spiking, _tokenizer(args.tokenizer))}
+    elif args.task == "causal-lm":
+        from onnx_snn import lm_eval
+        from onnx_snn.export import smollm2_tokenizer
+
+        tokenizer = _tokenizer(args.tokenizer) if args.tokenizer else smollm2_tokenizer()
+        windows = lm_eval.perplexity_windows(tokenizer, lm_eval.background_text(), args.window, args.stride,
+                                             max_windows=args.max_windows)
+        comparison = lm_eval.compare_causal_lm(original, spiking, windows, progress=sys.stderr.isatty(),
+                                               window=args.window, stride=args.stride)
+        print(json.dumps({"task": "causal-lm", **comparison.to_dict()}, indent=1) if args.json else comparison.format())
+        return 0
     else:
         model, _ = load(args.original)
         batches, synthesized = load_batches(model, args.inputs)
@@ -148,11 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation = commands.add_parser("eval", help="run an original and a spiking model on the same inputs and compare")
     evaluation.add_argument("original", metavar="ORIGINAL.onnx")
     evaluation.add_argument("spiking", metavar="SPIKING.onnx")
-    evaluation.add_argument("--task", choices=("embeddings", "outputs"), default="outputs",
+    evaluation.add_argument("--task", choices=("embeddings", "causal-lm", "outputs"), default="outputs",
                             help="embeddings: sentence-embedding tasks on gensim's real text (Lee-50 Pearson, "
-                                 "sentiment accuracy, cosine); outputs: errors and cosine of every output")
+                                 "sentiment accuracy, cosine); causal-lm: perplexity over fixed windows of "
+                                 "lee_background.cor and top-1 next-token agreement; outputs: errors and cosine "
+                                 "of every output")
+    evaluation.add_argument("--window", type=int, default=256, help="causal-lm: tokens per window (default 256)")
+    evaluation.add_argument("--stride", type=int, default=256, help="causal-lm: tokens between windows (default 256)")
+    evaluation.add_argument("--max-windows", type=int, help="causal-lm: only the first windows (default: the whole text)")
     evaluation.add_argument("--inputs", metavar="FILE.npz", help="inputs for --task outputs (default: synthesised)")
-    evaluation.add_argument("--tokenizer", metavar="DIR", help="Hugging Face tokenizer folder (default: all-MiniLM-L6-v2's)")
+    evaluation.add_argument("--tokenizer", metavar="DIR",
+                            help="Hugging Face tokenizer folder (default: all-MiniLM-L6-v2's; causal-lm: SmolLM2's)")
     evaluation.add_argument("--json", action="store_true")
     evaluation.set_defaults(run=_eval)
     sweep = commands.add_parser("sweep", help="convert at several T and measure a task at each; table, JSON, plot")

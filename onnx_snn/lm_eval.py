@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
+
+from onnx_snn.evaluate import runner
 
 WINDOW = 256
 STRIDE = 256
@@ -120,13 +122,6 @@ class LMComparison:
                 f"top-1 accuracy: original {100 * self.accuracy_original:.2f}%, spiking {100 * self.accuracy_spiking:.2f}%")
 
 
-def logits_runner(session, output: str | None = None) -> Callable[[dict], np.ndarray]:
-    """A function of feeds -> logits for an onnxruntime session (inputs it lacks are dropped)."""
-    names = {i.name for i in session.get_inputs()}
-    out = [output or session.get_outputs()[0].name]
-    return lambda feeds: session.run(out, {k: v for k, v in feeds.items() if k in names})[0]
-
-
 def compare_causal_lm(original, spiking, windows: Iterable[Window], *, progress: bool = True,
                       window: int = WINDOW, stride: int = STRIDE) -> LMComparison:
     """Run both models (onnxruntime sessions, or functions of feeds -> logits) on each window in
@@ -134,8 +129,8 @@ def compare_causal_lm(original, spiking, windows: Iterable[Window], *, progress:
     `stride` are recorded in the result (pass those the windows were made with)."""
     from tqdm.auto import tqdm
 
-    run_original = original if callable(original) else logits_runner(original)
-    run_spiking = spiking if callable(spiking) else logits_runner(spiking)
+    run_original = original if callable(original) else runner(original)
+    run_spiking = spiking if callable(spiking) else runner(spiking)
     windows = list(windows)
     nll = {"original": 0.0, "spiking": 0.0}
     correct = {"original": 0, "spiking": 0}
