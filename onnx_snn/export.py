@@ -178,3 +178,43 @@ def export_smollm2(out_dir: Path | None = None) -> Path:
     model, tokenizer = smollm2()
     batch = tokenizer(["a first sentence to trace the graph", "and a second"], padding=True, return_tensors="pt")
     return export_causal_lm(model, path, batch["input_ids"], batch["attention_mask"])
+
+
+def export_vit(out_dir: Path | None = None) -> Path:
+    """A DeiT-tiny-shaped ViT (transformers ViTConfig: 12 layers, hidden 192, 3 heads, MLP 768,
+    16 x 16 patches of 224 x 224 images, 1000 classes) with RANDOM weights (seeded): for op
+    coverage only (patch-embedding Conv, GELU, LayerNorm, Softmax, products), not for accuracy.
+    Input pixel_values [batch, 3, 224, 224] (batch dynamic), output logits; legacy exporter,
+    opset 17. Cached."""
+    out_dir = out_dir or cache_dir() / "models"
+    path = out_dir / "vit-deit-tiny-random.onnx"
+    if path.is_file():
+        return path
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768,
+                       image_size=224, patch_size=16, num_labels=1000, attn_implementation="eager")
+    model = ViTForImageClassification(config).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self, vit):
+            super().__init__()
+            self.vit = vit
+
+        def forward(self, pixel_values):
+            return self.vit(pixel_values=pixel_values).logits
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with torch.no_grad():
+            torch.onnx.export(Logits(model).eval(), (torch.randn(1, 3, 224, 224),), tmp, dynamo=False, opset_version=17,
+                              input_names=["pixel_values"], output_names=["logits"],
+                              dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
