@@ -99,12 +99,25 @@ def _sweep(args: argparse.Namespace) -> int:
 
     if not os.path.isfile(args.model):
         raise ModelError(f"{args.model}: no such file")
-    task = sweep.embeddings_task(_tokenizer(args.tokenizer))
-    result = sweep.sweep(args.model, task, tuple(args.timesteps))
+    if args.task == "causal-lm":
+        from onnx_snn.export import smollm2_tokenizer
+
+        tokenizer = _tokenizer(args.tokenizer) if args.tokenizer else smollm2_tokenizer()
+        task = sweep.causal_lm_task(tokenizer, args.max_windows)
+    else:
+        task = sweep.embeddings_task(_tokenizer(args.tokenizer))
+    result = sweep.sweep(args.model, task, tuple(args.timesteps), bases=dict(args.bases or []))
     written = sweep.write(result, args.out)
     print(sweep.markdown(result))
     print("written: " + ", ".join(map(str, written)))
     return 0
+
+
+def _bases(text: str) -> tuple[str, int]:
+    function, _, count = text.partition("=")
+    if not count.isdigit() or int(count) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected FUNCTION=N, e.g. gelu=8")
+    return function, int(count)
 
 
 def _tokenizer(folder: str | None):
@@ -174,7 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.set_defaults(run=_eval)
     sweep = commands.add_parser("sweep", help="convert at several T and measure a task at each; table, JSON, plot")
     sweep.add_argument("model", metavar="MODEL.onnx")
-    sweep.add_argument("--task", choices=("embeddings",), default="embeddings")
+    sweep.add_argument("--task", choices=("embeddings", "causal-lm"), default="embeddings")
+    sweep.add_argument("--bases", nargs="+", type=_bases, metavar="FUNCTION=N", action="extend",
+                       help="bases of a neuron function, e.g. gelu=8 identity=4 (default: the converter's choice)")
+    sweep.add_argument("--max-windows", type=int, default=32, help="causal-lm: the first windows of the text (32)")
     sweep.add_argument("--timesteps", type=int, nargs="+", default=[6, 8, 10, 12, 16, 24])
     sweep.add_argument("--tokenizer", metavar="DIR", help="Hugging Face tokenizer folder (default: all-MiniLM-L6-v2's)")
     sweep.add_argument("--out", default="sweep", metavar="DIR", help="folder for sweep.md, sweep.json, sweep.png")

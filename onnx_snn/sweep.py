@@ -47,6 +47,22 @@ def embeddings_task(tokenizer) -> Task:
                 evaluate, "lee_pearson")
 
 
+def causal_lm_task(tokenizer, max_windows: int | None = 32) -> Task:
+    """Causal LM: perplexity over fixed windows of lee_background.cor (256 tokens, stride 256; the
+    first `max_windows`), plotted; top-1 agreement in the table. Calibrated on lee.cor."""
+    from onnx_snn import lm_eval
+
+    windows = lm_eval.perplexity_windows(tokenizer, lm_eval.background_text(), max_windows=max_windows)
+
+    def evaluate(original, spiking):
+        r = lm_eval.compare_causal_lm(original, spiking, windows, progress=sys.stderr.isatty())
+        return {"perplexity": (r.perplexity_original, r.perplexity_spiking),
+                "top1_agreement": (1.0, r.top1_agreement)}
+
+    return Task("causal-lm", lambda: lm_eval.calibration_batches(tokenizer), evaluate, "perplexity",
+                higher_is_better=False)
+
+
 def sweep(model: str | os.PathLike, task: Task, timesteps: tuple[int, ...] = SWEEP_TIMESTEPS,
           bases: dict[str, int] | None = None) -> dict:
     """Convert `model` at every T and evaluate `task`: {"task", "primary", "rows": [{"timesteps",
