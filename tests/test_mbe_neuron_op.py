@@ -9,6 +9,7 @@ import onnx.inliner
 import onnxruntime as ort
 import pytest
 from helpers import EDGE_VALUES, probe_inputs, random_neuron
+from spiking_op_helpers import with_attribute
 from onnx import TensorProto
 from onnx import helper as oh
 from onnx.reference import ReferenceEvaluator
@@ -170,17 +171,6 @@ def test_spike_output_is_optional(omitted):
         assert_bit_identical(y, simulate(params.tables, x)[0], "function y")
 
 
-def _with_attribute(model, name, value):
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    node = model.graph.node[0]
-    kept = [a for a in node.attribute if a.name != name]
-    del node.attribute[:]
-    node.attribute.extend(kept)
-    if value is not None:
-        node.attribute.append(oh.make_attribute(name, value, attr_type=onnx.AttributeProto.FLOATS if value == [] else None))
-    return model
-
-
 BAD_ATTRIBUTES = [
     ("timesteps", 0), ("timesteps", -3), ("timesteps", 1 << 62), ("timesteps", None), ("timesteps", 1.5),
     ("input_scale", None), ("input_scale", []), ("input_scale", [1.0, float("inf"), 1.0]), ("input_scale", [0.0, 1.0, 1.0]),
@@ -196,6 +186,6 @@ BAD_ATTRIBUTES = [
 
 @pytest.mark.parametrize("name, value", BAD_ATTRIBUTES, ids=[f"{n}={v!r}" for n, v in BAD_ATTRIBUTES])
 def test_invalid_attributes_fail_at_session_creation_naming_the_attribute(name, value):
-    model = _with_attribute(neuron_graph(random_neuron(1, 3, 8)), name, value)
+    model = with_attribute(neuron_graph(random_neuron(1, 3, 8)), name, value)
     with pytest.raises(Exception, match=f"MBENeuron node 'neuron': attribute '{name}'"):
         onnx_snn.session(model)
