@@ -23,6 +23,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnx_snn.runtime import read_external_data_from
+
 STATISTIC = "median over batches of each batch's extremes"
 
 Batch = Mapping[str, np.ndarray]
@@ -188,10 +190,8 @@ def calibrate(
     for name in wanted:
         if name not in existing:
             probe_model.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
+    options = read_external_data_from(ort.SessionOptions(), model_dir)
     options.log_severity_level = 3
-    if model_dir is not None:
-        options.add_session_config_entry("session.model_external_initializers_file_folder_path", model_dir)
     session = ort.InferenceSession(probe_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     del probe_model
     extremes: dict[Probe, list[tuple[float, float]]] = {p: [] for p in probes}

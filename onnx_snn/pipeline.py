@@ -104,16 +104,11 @@ def compare(original: onnx.ModelProto, spiking: onnx.ModelProto, model_dir: str 
     """Both models on the same inputs (onnx-simplifier's model check): per output, the cosine
     similarity and the largest and mean absolute difference."""
     from onnx_snn.evaluate import compare_outputs
-    from onnx_snn.runtime import session
+    from onnx_snn.runtime import read_external_data_from, session
 
-    def options() -> ort.SessionOptions:
-        o = ort.SessionOptions()
-        o.log_severity_level = 3
-        if model_dir is not None:
-            o.add_session_config_entry("session.model_external_initializers_file_folder_path", model_dir)
-        return o
-
-    expected = ort.InferenceSession(original.SerializeToString(), options(), providers=["CPUExecutionProvider"])
-    actual = session(spiking, sess_options=options())
+    options = read_external_data_from(ort.SessionOptions(), model_dir)
+    options.log_severity_level = 3
+    expected = ort.InferenceSession(original.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    actual = session(spiking, external_data_dir=model_dir)
     names = [o.name for o in original.graph.output]
     return compare_outputs(names, expected.run(names, feeds), actual.run(names, feeds))

@@ -24,18 +24,29 @@ def get_library_path() -> str:
     return str(path)
 
 
+def read_external_data_from(options: ort.SessionOptions, folder: str | os.PathLike | None) -> ort.SessionOptions:
+    """Options for a model given as bytes whose external weights lie in `folder` (None: nothing to do)."""
+    if folder is not None:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", os.fspath(folder))
+    return options
+
+
 def session(
     model: str | os.PathLike | bytes | onnx.ModelProto,
     *,
     sess_options: ort.SessionOptions | None = None,
     providers: list | None = None,
+    external_data_dir: str | os.PathLike | None = None,
     **session_kwargs,
 ) -> ort.InferenceSession:
     """An InferenceSession with the custom-op library registered (on `sess_options` when given).
 
-    `model` is a path, serialized bytes or a ModelProto; other arguments go to InferenceSession."""
+    `model` is a path, serialized bytes or a ModelProto; `external_data_dir` is the folder a
+    ModelProto's external weights are relative to (e.g. the original's folder, for what convert()
+    returns); other arguments go to InferenceSession."""
     options = sess_options if sess_options is not None else ort.SessionOptions()
     options.register_custom_ops_library(get_library_path())
+    read_external_data_from(options, external_data_dir)
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     elif not isinstance(model, bytes):

@@ -74,7 +74,7 @@ def sweep(model: str | os.PathLike, task: Task, timesteps: tuple[int, ...] = SWE
         start = time.perf_counter()
         spiking, _ = convert_with_report(model, timesteps=t, calibration=calibration, bases=bases, check=False)
         converted = time.perf_counter() - start
-        metrics = task.evaluate(original, session(spiking))
+        metrics = task.evaluate(original, session(spiking, external_data_dir=Path(model).resolve().parent))
         rows.append({"timesteps": t, "convert_seconds": round(converted, 1), **{k: list(v) for k, v in metrics.items()}})
         print(f"T={t}: " + ", ".join(f"{k} {v[1]:.4f} (original {v[0]:.4f})" for k, v in metrics.items()), file=sys.stderr)
     return {"model": os.fspath(model), "task": task.name, "primary": task.primary,
