@@ -405,13 +405,12 @@ def _run(model: onnx.ModelProto, model_dir: str | None, where: str, batches: lis
     if not probe.graph.output:  # nothing to measure: the model's own outputs keep the session valid
         probe.graph.output.extend(model.graph.output)
     wanted = [v.name for v in probe.graph.output]
-    options = ort.SessionOptions()
+    from onnx_snn.runtime import read_external_data_from, session
+
+    options = read_external_data_from(ort.SessionOptions(), model_dir)
     options.log_severity_level = 3
-    if model_dir is not None:
-        options.add_session_config_entry("session.model_external_initializers_file_folder_path", model_dir)
     try:
         if library:
-            from onnx_snn.runtime import session
 
             sess = session(probe, sess_options=options)
         else:
