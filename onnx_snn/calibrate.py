@@ -2,11 +2,11 @@
 range of every tensor a spiking op will encode.
 
 Statistic: the lowest and highest value of the tensor in each batch (of x minus its mean along the
-normalised axes, for a LayerNorm's centred values), then the median of those over the batches.
-Systematic outliers, such as the few hidden channels of a Transformer that always carry large
-values, appear in every batch and are kept (clipping them costs far more than the resolution they
-take); a value that only one odd batch produces does not stretch the range. Values beyond the range
-saturate the neuron.
+normalised axes, for a LayerNorm's centred values); over the batches, the most extreme but one
+(with fewer than three batches, the most extreme). Systematic outliers, such as the few hidden
+channels of a Transformer that always carry large values, appear in every batch and are kept
+(clipping them costs far more than the resolution they take); a value that only one odd batch
+produces does not stretch the range. Values beyond the range saturate the neuron.
 
 Batches are run one at a time, and only the running statistics are kept, never all activations.
 """
@@ -25,7 +25,7 @@ import onnxruntime as ort
 
 from onnx_snn.runtime import read_external_data_from
 
-STATISTIC = "median over batches of each batch's extremes"
+STATISTIC = "each batch's extremes; over batches, the most extreme but one (of 3 or more)"
 
 Batch = Mapping[str, np.ndarray]
 CalibrationData = Union[None, str, os.PathLike, Batch, Sequence[Batch]]
@@ -169,6 +169,12 @@ def _extremes(values: np.ndarray, probe: Probe) -> tuple[float, float] | None:
     return float(finite.min()), float(finite.max())
 
 
+def _all_but_most_extreme(values: list[float], low: bool = False) -> float:
+    """The most extreme value but one (the lowest for `low`); the most extreme of fewer than three."""
+    ordered = sorted(values, reverse=not low)
+    return float(ordered[1] if len(ordered) >= 3 else ordered[0])
+
+
 def calibrate(
     model: onnx.ModelProto,
     model_dir: str | None,
@@ -210,7 +216,7 @@ def calibrate(
             if found is not None:
                 extremes[probe].append(found)
         del values
-    ranges = {p: Range(float(np.median([lo for lo, _ in e])), float(np.median([hi for _, hi in e])))
+    ranges = {p: Range(_all_but_most_extreme([lo for lo, _ in e], low=True), _all_but_most_extreme([hi for _, hi in e]))
               for p, e in extremes.items() if e}
     return Calibration(ranges, shapes, len(batches), synthesized)
 

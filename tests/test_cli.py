@@ -94,3 +94,46 @@ def test_inline_writes_standard_onnx_only(tmp_path):
     y = ort.InferenceSession(str(out)).run(None, {"x": x})[0]
     expected = np.tanh(x @ np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32))
     assert np.max(np.abs(y - expected)) < 0.02
+
+
+@pytest.mark.parametrize("case", ["opset12", "opset22", "invalid_graph", "missing_external_data", "truncated",
+                                  "missing_output_folder"])
+def test_unconvertible_models_get_one_line_naming_the_problem(tmp_path, case):
+    model = onnx.load(str(small_model(tmp_path / "good.onnx")))
+    path, out = tmp_path / f"{case}.onnx", tmp_path / "out.onnx"
+    if case.startswith("opset"):
+        model.opset_import[0].version = int(case[-2:])
+        onnx.save(model, path)
+    elif case == "invalid_graph":
+        model.graph.node[1].input[0] = "nowhere"
+        onnx.save(model, path)
+    elif case == "missing_external_data":
+        onnx.save_model(model, path, save_as_external_data=True, location="weights.data", size_threshold=0)
+        (tmp_path / "weights.data").unlink()
+    elif case == "truncated":
+        data = (tmp_path / "good.onnx").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path = tmp_path / "good.onnx"
+        out = tmp_path / "no" / "such" / "out.onnx"
+    expected = {"opset12": "opset 12 is not supported", "opset22": "opset 22 is not supported",
+                "invalid_graph": "not a valid ONNX model", "missing_external_data": "external data file",
+                "truncated": "not a readable ONNX model", "missing_output_folder": "does not exist"}[case]
+    before = path.read_bytes()
+    run = cli("convert", str(path), "-o", str(out))
+    assert run.returncode == 1
+    assert len(run.stderr.strip().splitlines()) == 1 and expected in run.stderr
+    assert path.read_bytes() == before and not out.exists()
+
+
+def test_a_model_without_nonlinear_ops_converts_and_says_so(tmp_path):
+    graph = oh.make_graph([oh.make_node("Add", ["x", "x"], ["y"])], "linear",
+                          [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
+                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4])])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "add.onnx")
+    run = cli("convert", str(tmp_path / "add.onnx"), "-o", str(tmp_path / "out.onnx"))
+    assert run.returncode == 0, run.stderr
+    assert "replaced: nothing (no supported nonlinear op found)" in run.stdout
+    assert "max abs error 0" in run.stdout
