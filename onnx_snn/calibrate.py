@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
@@ -219,7 +218,3 @@ def calibrate(
     ranges = {p: Range(_all_but_most_extreme([lo for lo, _ in e], low=True), _all_but_most_extreme([hi for _, hi in e]))
               for p, e in extremes.items() if e}
     return Calibration(ranges, shapes, len(batches), synthesized)
-
-
-def model_dir_of(path: str | os.PathLike | None) -> str | None:
-    return None if path is None else str(Path(path).resolve().parent)
