@@ -137,3 +137,18 @@ def test_a_model_without_nonlinear_ops_converts_and_says_so(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "replaced: nothing (no supported nonlinear op found)" in run.stdout
     assert "max abs error 0" in run.stdout
+
+
+@pytest.mark.parametrize("arrays, expected", [
+    ({"wrong_name": np.zeros((1, 4), np.float32)}, "unknown input 'wrong_name'; the model's inputs are x"),
+    ({"x": np.zeros((1, 4), np.int64)}, "input 'x' is int64, the model expects float32"),
+    ({"x": np.zeros((4,), np.float32)}, "input 'x' has rank 1, the model expects 2"),
+    ({"x": np.zeros((0, 4), np.float32)}, "input 'x' is empty"),
+    ({}, "empty (expected inputs x)"),
+])
+def test_calibration_data_that_does_not_fit_names_the_input(tmp_path, arrays, expected):
+    np.savez(tmp_path / "c.npz", **arrays)
+    run = cli("convert", str(small_model(tmp_path / "m.onnx")), "-o", str(tmp_path / "o.onnx"),
+              "--calibration", str(tmp_path / "c.npz"))
+    assert run.returncode == 1 and expected in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o.onnx").exists()
