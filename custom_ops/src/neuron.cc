@@ -33,7 +33,7 @@ inline float IfSpike(bool s, float v) {
 }
 
 template <bool kSigned, bool kCount>
-void RunBlock(const NeuronTables& n, const float* x, float* y, int32_t* spikes, size_t count) {
+__attribute__((always_inline)) inline void RunBlock(const NeuronTables& n, const float* x, float* y, int32_t* spikes, size_t count) {
   float u[kBlock], acc[kBlock], out[kBlock];
   bool negative[kBlock];
   int32_t fired[kBlock];
@@ -149,6 +149,11 @@ NeuronTables NeuronTables::FromAttributes(const Ort::ConstKernelInfo& info, cons
   return n;
 }
 
+// Built twice, for the x86-64 baseline (SSE2) and for AVX2, and picked when the library loads (the
+// wheel stays portable: no -march). Same IEEE operations either way (no FMA: -ffp-contract=off).
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target_clones("avx2", "default")))
+#endif
 void NeuronTables::Run(const float* x, float* y, int32_t* spikes, size_t count) const {
   for (size_t start = 0; start < count; start += kBlock) {
     const size_t block = count - start < kBlock ? count - start : kBlock;
