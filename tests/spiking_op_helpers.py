@@ -67,6 +67,18 @@ def assert_all_ways_equal(model: onnx.ModelProto, feeds: dict, expected: tuple, 
             assert_same(out, exp, f"{name} output {i}")
 
 
+def assert_concurrent_runs_identical(session: ort.InferenceSession, feeds: dict, threads: int = 8, runs: int = 24) -> None:
+    """Runs of one session from several threads at once equal a lone run's outputs."""
+    import concurrent.futures
+
+    expected = session.run(None, feeds)
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        results = list(pool.map(lambda _: session.run(None, feeds), range(runs)))
+    for outputs in results:
+        for out, exp in zip(outputs, expected):
+            assert_same(out, exp, "concurrent run")
+
+
 def with_attribute(model: onnx.ModelProto, name: str, value) -> onnx.ModelProto:
     """A copy of the model whose node has attribute `name` set to `value` (None: removed)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())

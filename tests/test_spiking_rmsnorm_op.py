@@ -8,7 +8,6 @@ onnx_snn.ops.blocks in all three implementations (a Loop in the function body, n
 whose order is onnxruntime's), divided by N; every other step is one float32 operation in the same
 order."""
 
-import concurrent.futures
 
 import numpy as np
 import onnx
@@ -16,8 +15,8 @@ import onnx.inliner
 import onnxruntime as ort
 import pytest
 from helpers import random_neuron
-from spiking_op_helpers import (BAD_NEURON_ATTRIBUTES, assert_all_ways_equal, assert_same, omitted_spikes, op_model,
-                                presets_or_skip, with_attribute)
+from spiking_op_helpers import (BAD_NEURON_ATTRIBUTES, assert_all_ways_equal, assert_concurrent_runs_identical,
+                                assert_same, omitted_spikes, op_model, presets_or_skip, with_attribute)
 
 import onnx_snn
 from onnx_snn.ops import mbe_neuron, spiking_rmsnorm
@@ -165,13 +164,8 @@ def test_large_tensor_on_the_thread_pool_matches_the_reference():
 def test_concurrent_runs_on_one_session_are_identical():
     session = onnx_snn.session(rmsnorm_model(NEURON_SETS[1], 3))
     rng = np.random.default_rng(4)
-    f = {"x": rng.normal(0, 2, (8, 64, 96)).astype(np.float32), "gamma": rng.normal(1, 0.5, 96).astype(np.float32)}
-    expected = session.run(None, f)
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda _: session.run(None, f), range(24)))
-    for outputs in results:
-        for out, exp in zip(outputs, expected):
-            assert_same(out, exp, "concurrent run")
+    assert_concurrent_runs_identical(session, {"x": rng.normal(0, 2, (8, 64, 96)).astype(np.float32),
+                                               "gamma": rng.normal(1, 0.5, 96).astype(np.float32)})
 
 
 @pytest.mark.parametrize("how", ["empty name", "left out"])

@@ -10,7 +10,6 @@ onnxruntime's own; so no rounding difference can move a mantissa across a neuron
 no tolerance has to be argued. The max is order-free; NaN entries are kept out of it explicitly
 (onnxruntime's ReduceMax skips NaN, numpy's propagates it)."""
 
-import concurrent.futures
 
 import numpy as np
 import onnx
@@ -21,8 +20,9 @@ from helpers import random_neuron
 from onnx import TensorProto
 from onnx import helper as oh
 from onnx.reference import ReferenceEvaluator
-from spiking_op_helpers import (BAD_NEURON_ATTRIBUTES, LOWEST, assert_all_ways_equal, assert_same, omitted_spikes,
-                                op_model, presets_or_skip, with_attribute)
+from spiking_op_helpers import (BAD_NEURON_ATTRIBUTES, LOWEST, assert_all_ways_equal,
+                                assert_concurrent_runs_identical, assert_same, omitted_spikes, op_model,
+                                presets_or_skip, with_attribute)
 
 import onnx_snn
 from onnx_snn.mbe.neuron import simulate
@@ -290,13 +290,7 @@ def test_large_tensors_on_the_thread_pool_match_the_reference(shape, axis):
 
 def test_concurrent_runs_on_one_session_are_identical():
     session = onnx_snn.session(softmax_model(*NEURON_PAIRS[1], rank=3, axis=1))
-    x = masked_logits(np.random.default_rng(4), (8, 200, 30))
-    expected = session.run(None, {"x": x})
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda _: session.run(None, {"x": x}), range(24)))
-    for outputs in results:
-        for out, exp in zip(outputs, expected):
-            assert_same(out, exp, "concurrent run")
+    assert_concurrent_runs_identical(session, {"x": masked_logits(np.random.default_rng(4), (8, 200, 30))})
 
 
 @pytest.mark.parametrize("how", ["empty name", "left out"])

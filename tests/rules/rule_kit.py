@@ -208,6 +208,36 @@ def assert_elementwise_conversion(model: onnx.ModelProto, function: str, rule: s
     assert rms(error) <= np.sqrt(NEURON_MSE_CEILING[function]) + rms(gap) + FLOAT32_GAP
 
 
+def gelu_product(b: "Builder", x: str, one_plus: str, half: str) -> str:
+    """The end of a written-out GELU, 0.5 * x * one_plus, with the 0.5 "first" ((x 0.5) one_plus),
+    "last" ((x one_plus) 0.5) or "middle" ((one_plus 0.5) x); the constant is named "half"."""
+    if half == "first":
+        return b.binary("Mul", b.binary("Mul", x, "half", "half_x"), one_plus, "y")
+    if half == "last":
+        return b.binary("Mul", b.binary("Mul", x, one_plus, "x_times"), "half", "y")
+    return b.binary("Mul", b.binary("Mul", one_plus, "half", "half_times"), x, "y")
+
+
+def bert_self_attention():
+    """transformers' BertSelfAttention (eager) with hidden size 8 and 2 heads, as a module of x."""
+    import torch
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    config = BertConfig(hidden_size=8, num_attention_heads=2, intermediate_size=16)
+    config._attn_implementation = "eager"
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = BertSelfAttention(config)
+
+        def forward(self, x):
+            return self.attention(x)[0]
+
+    return Attention()
+
+
 # ---- normalisations written out ---------------------------------------------------------------------
 
 HIDDEN = 8
@@ -216,8 +246,9 @@ HIDDEN = 8
 class Builder:
     """Collects nodes and initializers; constants as initializers or as Constant nodes."""
 
-    def __init__(self, constants: str = "initializer"):
+    def __init__(self, constants: str = "initializer", swap: bool = False):
         self.constants = constants
+        self.swap = swap  # write the operands of Add and Mul the other way round
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
 
@@ -236,6 +267,10 @@ class Builder:
     def op(self, op_type: str, inputs, output: str, **attributes) -> str:
         self.nodes.append(oh.make_node(op_type, list(inputs), [output], **attributes))
         return output
+
+    def binary(self, op_type: str, a: str, b: str, output: str) -> str:
+        """A binary op; with swap, commutative ones (Add, Mul) get their operands reversed."""
+        return self.op(op_type, [b, a] if self.swap and op_type in ("Add", "Mul") else [a, b], output)
 
     def cast(self, name: str) -> str:
         return self.op("Cast", [name], f"{name}_f32", to=TensorProto.FLOAT)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 from onnx import helper as oh
-from rule_kit import (convert, encoder_error, export, graph_model, init, rules_found, run, run_spiking, search,
-                      sites_of)
+from rule_kit import (bert_self_attention, convert, encoder_error, export, graph_model, init, rules_found, run,
+                      run_spiking, search, sites_of)
 
 from onnx_snn.calibrate import Probe
 
@@ -17,24 +17,6 @@ SHAPES = {"x0": ["batch", 4, 8], "x1": ["batch", 8, 5]}
 def matmul_graph(a="x0", b="x1", before=(), initializers=(), inputs=None, domain="", opset=20, check=True):
     nodes = list(before) + [oh.make_node("MatMul", [a, b], ["y"], domain=domain)]
     return graph_model(nodes, inputs or SHAPES, {"y": ["batch", 4, 5]}, initializers, opset=opset, check=check)
-
-
-def bert_self_attention():
-    from transformers import BertConfig
-    from transformers.models.bert.modeling_bert import BertSelfAttention
-
-    config = BertConfig(hidden_size=8, num_attention_heads=2, intermediate_size=16)
-    config._attn_implementation = "eager"
-
-    class Attention(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.attention = BertSelfAttention(config)
-
-        def forward(self, x):
-            return self.attention(x)[0]
-
-    return Attention()
 
 
 # ---- the forms the rule promises -----------------------------------------------------------------

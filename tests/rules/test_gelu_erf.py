@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 from onnx import helper as oh
-from rule_kit import (assert_elementwise_conversion, const, convert, export, graph_model, init, near_misses_of,
-                      op_types, rules_found, search, sites_of)
+from rule_kit import (assert_elementwise_conversion, Builder, convert, export, gelu_product, graph_model, init,
+                      near_misses_of, op_types, rules_found, search, sites_of)
 
 RULE = "gelu-erf"
 
@@ -40,34 +40,16 @@ def gelu_erf_graph(scale="div", half="last", swap=False, constants="initializer"
     ((x * (1 + erf)) * 0.5), "first" ((x * 0.5) * (1 + erf)) or "middle" (((1 + erf) * 0.5) * x);
     swap: every binary op with its operands the other way round; constants: "initializer" or
     "node" (Constant nodes); also_output: an inner value that is also a graph output."""
-    nodes, inits = [], []
-
-    def c(name, value):
-        if constants == "node":
-            nodes.append(const(name, value))
-        else:
-            inits.append(init(name, value))
-        return name
-
-    def binary(op, a, b, out):
-        nodes.append(oh.make_node(op, [b, a] if swap and op != "Div" else [a, b], [out]))
-        return out
-
+    b = Builder(constants, swap)
     if scale == "div":
-        scaled = binary("Div", "x0", c("sqrt2", sqrt2), "scaled")
+        scaled = b.binary("Div", "x0", b.constant("sqrt2", sqrt2), "scaled")
     else:
-        scaled = binary("Mul", "x0", c("inv_sqrt2", 1 / sqrt2), "scaled")
-    nodes.append(oh.make_node("Erf", [scaled], ["erf"]))
-    add = binary("Add", "erf", c("one", one), "one_plus_erf")
-    c("half", half_value)
-    if half == "last":
-        binary("Mul", binary("Mul", "x0", add, "x_times"), "half", "y")
-    elif half == "first":
-        binary("Mul", binary("Mul", "x0", "half", "half_x"), add, "y")
-    else:
-        binary("Mul", binary("Mul", add, "half", "half_times"), "x0", "y")
-    outputs = ["y"] + ([also_output] if also_output else [])
-    return graph_model(nodes, {"x0": ["batch", 8]}, outputs, inits)
+        scaled = b.binary("Mul", "x0", b.constant("inv_sqrt2", 1 / sqrt2), "scaled")
+    b.op("Erf", [scaled], "erf")
+    add = b.binary("Add", "erf", b.constant("one", one), "one_plus_erf")
+    b.constant("half", half_value)
+    gelu_product(b, "x0", add, half)
+    return b.model({"x0": ["batch", 8]}, ["y"] + ([also_output] if also_output else []))
 
 
 # ---- the forms the rule promises -----------------------------------------------------------------

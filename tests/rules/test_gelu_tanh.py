@@ -8,9 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from onnx import helper as oh
-from rule_kit import (assert_elementwise_conversion, const, convert, exact, export, gelu_tanh_approximation,
-                      graph_model, grid, init, near_misses_of, neuron_reference, op_types, rules_found, run,
+from rule_kit import (assert_elementwise_conversion, Builder, convert, exact, export, gelu_product,
+                      gelu_tanh_approximation, grid, near_misses_of, neuron_reference, op_types, rules_found, run,
                       run_spiking, search, sites_of)
 
 from onnx_snn.rules.gelu_tanh import GeluTanh
@@ -36,37 +35,20 @@ def gelu_tanh_graph(cube="pow", half="first", swap=False, constants="initializer
     """y = the tanh GELU of x0. cube: "pow" (Pow(x, 3)) or "mul" (Mul(x, Mul(x, x))); half:
     "first" ((0.5 x) (1 + tanh)), "last" ((x (1 + tanh)) 0.5) or "middle" (((1 + tanh) 0.5) x);
     swap: binary ops with operands the other way round; constants: "initializer" or "node"."""
-    nodes, inits = [], []
-
-    def c(name, value):
-        if constants == "node":
-            nodes.append(const(name, value))
-        else:
-            inits.append(init(name, value))
-        return name
-
-    def binary(op, a, b, out):
-        nodes.append(oh.make_node(op, [b, a] if swap and op not in ("Pow",) else [a, b], [out]))
-        return out
-
+    b = Builder(constants, swap)
     if cube == "pow":
-        binary("Pow", "x0", c("three", exponent), "cube")
+        b.binary("Pow", "x0", b.constant("three", exponent), "cube")
     else:
-        nodes.append(oh.make_node("Mul", ["x0", "x0"], ["square"]))
-        binary("Mul", "x0", "square", "cube")
-    binary("Mul", "cube", c("cubic", cubic), "cubic_term")
-    binary("Add", "x0", "cubic_term", "inner")
-    binary("Mul", "inner", c("scale", scale), "argument")
-    nodes.append(oh.make_node("Tanh", ["argument"], ["tanh"]))
-    binary("Add", "tanh", c("one", one), "one_plus_tanh")
-    c("half", half_value)
-    if half == "first":
-        binary("Mul", binary("Mul", "x0", "half", "half_x"), "one_plus_tanh", "y")
-    elif half == "last":
-        binary("Mul", binary("Mul", "x0", "one_plus_tanh", "x_times"), "half", "y")
-    else:
-        binary("Mul", binary("Mul", "one_plus_tanh", "half", "half_times"), "x0", "y")
-    return graph_model(nodes, {"x0": ["batch", 8]}, ["y"] + ([also_output] if also_output else []), inits)
+        b.op("Mul", ["x0", "x0"], "square")
+        b.binary("Mul", "x0", "square", "cube")
+    b.binary("Mul", "cube", b.constant("cubic", cubic), "cubic_term")
+    b.binary("Add", "x0", "cubic_term", "inner")
+    b.binary("Mul", "inner", b.constant("scale", scale), "argument")
+    b.op("Tanh", ["argument"], "tanh")
+    b.binary("Add", "tanh", b.constant("one", one), "one_plus_tanh")
+    b.constant("half", half_value)
+    gelu_product(b, "x0", "one_plus_tanh", half)
+    return b.model({"x0": ["batch", 8]}, ["y"] + ([also_output] if also_output else []))
 
 
 # ---- the forms the rule promises -----------------------------------------------------------------

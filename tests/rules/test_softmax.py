@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 from onnx import helper as oh
-from rule_kit import assert_composite_conversion, convert, export, graph_model, rules_found, run_spiking, search, \
-    sites_of
+from rule_kit import (assert_composite_conversion, bert_self_attention, convert, export, graph_model, rules_found,
+                      run_spiking, search, sites_of)
 
 RULE = "softmax"
 
@@ -25,24 +25,6 @@ class MaskedSoftmax(torch.nn.Module):
 
     def forward(self, scores, mask):
         return torch.softmax(scores + (1.0 - mask) * torch.finfo(torch.float32).min, -1)
-
-
-def bert_self_attention():
-    from transformers import BertConfig
-    from transformers.models.bert.modeling_bert import BertSelfAttention
-
-    config = BertConfig(hidden_size=8, num_attention_heads=2, intermediate_size=16)
-    config._attn_implementation = "eager"
-
-    class Attention(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.attention = BertSelfAttention(config)
-
-        def forward(self, x):
-            return self.attention(x)[0]
-
-    return Attention()
 
 
 # ---- the forms the rule promises -----------------------------------------------------------------
