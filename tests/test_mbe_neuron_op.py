@@ -2,6 +2,10 @@
 onnx.reference == numpy reference, bit for bit, and the kernel's validation and threading."""
 
 import concurrent.futures
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -189,3 +193,17 @@ def test_invalid_attributes_fail_at_session_creation_naming_the_attribute(name, 
     model = with_attribute(neuron_graph(random_neuron(1, 3, 8)), name, value)
     with pytest.raises(Exception, match=f"MBENeuron node 'neuron': attribute '{name}'"):
         onnx_snn.session(model)
+
+
+@pytest.mark.parametrize("kernel", ["baseline", "avx2"])
+def test_narrower_instruction_sets_run_the_same_operations(kernel):
+    """The library picks the widest kernel the CPU has (AVX-512 here); ONNX_SNN_KERNEL caps it, so the
+    baseline (SSE2) and AVX2 builds pass the bit-identity tests of every op too."""
+    tests = Path(__file__).parent
+    files = [str(tests / f"test_{name}_op.py") for name in ("mbe_neuron", "spiking_softmax", "spiking_layernorm", "spiking_rmsnorm")]
+    selected = "every_implementation or presets_bit_identical or any_shape or edge_values or empty_tensors"
+    # -P: the installed package (with its library), not the source tree
+    result = subprocess.run([sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", *files, "-k", selected],
+                            cwd=tests.parent, env={**os.environ, "ONNX_SNN_KERNEL": kernel}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert " passed" in result.stdout.splitlines()[-1]

@@ -1,6 +1,7 @@
 #include "neuron.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 
@@ -8,9 +9,14 @@ namespace onnx_snn {
 
 namespace {
 
-// Elements simulated together: long enough for the compiler to vectorise the inner loops, short
-// enough that the per-block state stays in L1.
-constexpr size_t kBlock = 256;
+// Lanes of one SIMD register and registers simulated together: each register's membrane potential
+// and accumulator stay in registers for all T steps of a basis (an element's steps depend on each
+// other; G independent registers hide that latency). W and G are picked per instruction set below.
+template <int W>
+struct Lanes {
+  typedef float F __attribute__((vector_size(4 * W)));
+  typedef int32_t I __attribute__((vector_size(4 * W)));
+};
 
 std::invalid_argument Invalid(const std::string& name, const std::string& problem) {
   return std::invalid_argument("attribute '" + name + "': " + problem);
@@ -22,60 +28,123 @@ bool AllFinite(const std::vector<float>& values) {
   return true;
 }
 
-// v where s, +0 elsewhere, by masking bits: the compiler vectorises it (a select on floats it
-// does not, under the default floating-point trapping rules)
-inline float IfSpike(bool s, float v) {
-  uint32_t bits;
+inline int32_t Bits(float v) {
+  int32_t bits;
   std::memcpy(&bits, &v, sizeof bits);
-  bits &= 0u - static_cast<uint32_t>(s);
-  std::memcpy(&v, &bits, sizeof bits);
-  return v;
+  return bits;
 }
 
-template <bool kSigned, bool kCount>
-__attribute__((always_inline)) inline void RunBlock(const NeuronTables& n, const float* x, float* y, int32_t* spikes, size_t count) {
-  float u[kBlock], acc[kBlock], out[kBlock];
-  bool negative[kBlock];
-  int32_t fired[kBlock];
-  const size_t steps = static_cast<size_t>(n.timesteps);
-  for (size_t i = 0; i < count; ++i) {
-    out[i] = n.bias;
-    fired[i] = 0;
+// G * W elements from x[0..G*W) into y (and spikes). Masking bits instead of selecting floats:
+// u - (+0) == u and acc + (+0) == acc exactly, so this is the reference's select, step for step.
+template <int W, int G, bool kSigned, bool kCount>
+__attribute__((always_inline)) inline void RunGroup(const NeuronTables& n, const float* x, float* y,
+                                                    int32_t* spikes) {
+  using F = typename Lanes<W>::F;
+  using I = typename Lanes<W>::I;
+  const I sign_bit = I{} + static_cast<int32_t>(0x80000000u);
+  F in[G], out[G];
+  I fired[G];
+  for (int g = 0; g < G; ++g) {
+    std::memcpy(&in[g], x + g * W, sizeof(F));
+    out[g] = (F)(I{} + Bits(n.bias));
+    fired[g] = I{};
   }
+  const size_t steps = static_cast<size_t>(n.timesteps);
   for (size_t b = 0; b < n.bases(); ++b) {
-    const float scale = n.input_scale[b], offset = n.input_offset[b];
-    for (size_t i = 0; i < count; ++i) {
-      float v = x[i] * scale;
+    const F scale = (F)(I{} + Bits(n.input_scale[b])), offset = (F)(I{} + Bits(n.input_offset[b]));
+    F u[G], acc[G];
+    I negative[G];
+    for (int g = 0; g < G; ++g) {
+      F v = in[g] * scale;
       v = v + offset;
       if (kSigned) {
-        negative[i] = v < 0.0f;
-        v = std::fabs(v);
+        negative[g] = sign_bit & (v < F{});  // the sign bit where v < 0 (not for -0.0)
+        v = (F)((I)v & ~sign_bit);                    // fabs
       }
-      u[i] = v;
-      acc[i] = 0.0f;
+      u[g] = v;
+      acc[g] = F{};
     }
     const float* threshold = &n.threshold[b * steps];
     const float* reset = &n.reset[b * steps];
     const float* weight = &n.weight[b * steps];
     for (size_t t = 0; t < steps; ++t) {
-      const float th = threshold[t], r = reset[t], w = weight[t];
-      for (size_t i = 0; i < count; ++i) {
-        const bool s = u[i] >= th;
-        // u - 0 == u and acc + 0 == acc exactly, so masking r and w is the reference's select
-        u[i] = u[i] - IfSpike(s, r);
-        acc[i] = acc[i] + IfSpike(s, w);
-        if (kCount) fired[i] += s;
+      const F th = (F)(I{} + Bits(threshold[t])), r = (F)(I{} + Bits(reset[t])), w = (F)(I{} + Bits(weight[t]));
+      for (int g = 0; g < G; ++g) {
+        const I s = u[g] >= th;  // -1 where the neuron spikes, 0 elsewhere
+        u[g] = s ? u[g] - r : u[g];
+        acc[g] = s ? acc[g] + w : acc[g];
+        if (kCount) fired[g] -= s;
       }
     }
-    for (size_t i = 0; i < count; ++i) {
-      const float signed_acc = (kSigned && negative[i]) ? -acc[i] : acc[i];
-      out[i] = out[i] + signed_acc;
-    }
+    for (int g = 0; g < G; ++g) out[g] = out[g] + (kSigned ? (F)((I)acc[g] ^ negative[g]) : acc[g]);
   }
-  for (size_t i = 0; i < count; ++i) y[i] = std::isnan(x[i]) ? x[i] : out[i];
-  if (kCount)
-    for (size_t i = 0; i < count; ++i) spikes[i] = fired[i];
+  for (int g = 0; g < G; ++g) {
+    const I nan = in[g] != in[g];
+    const F result = (F)(((I)in[g] & nan) | ((I)out[g] & ~nan));
+    std::memcpy(y + g * W, &result, sizeof(F));
+    if (kCount) std::memcpy(spikes + g * W, &fired[g], sizeof(I));
+  }
 }
+
+// Whole groups straight from x to y; the tail through a zero-padded copy.
+template <int W, int G, bool kSigned, bool kCount>
+__attribute__((always_inline)) inline void RunLanes(const NeuronTables& n, const float* x, float* y,
+                                                    int32_t* spikes, size_t count) {
+  constexpr size_t kGroup = static_cast<size_t>(W) * G;
+  size_t i = 0;
+  for (; i + kGroup <= count; i += kGroup)
+    RunGroup<W, G, kSigned, kCount>(n, x + i, y + i, kCount ? spikes + i : nullptr);
+  if (i == count) return;
+  float x_tail[kGroup] = {}, y_tail[kGroup];
+  int32_t spikes_tail[kGroup];
+  std::memcpy(x_tail, x + i, (count - i) * sizeof(float));
+  RunGroup<W, G, kSigned, kCount>(n, x_tail, y_tail, spikes_tail);
+  std::memcpy(y + i, y_tail, (count - i) * sizeof(float));
+  if (kCount) std::memcpy(spikes + i, spikes_tail, (count - i) * sizeof(int32_t));
+}
+
+template <int W, int G>
+__attribute__((always_inline)) inline void RunAll(const NeuronTables& n, const float* x, float* y, int32_t* spikes,
+                                                  size_t count) {
+  if (n.is_signed)
+    spikes ? RunLanes<W, G, true, true>(n, x, y, spikes, count) : RunLanes<W, G, true, false>(n, x, y, spikes, count);
+  else
+    spikes ? RunLanes<W, G, false, true>(n, x, y, spikes, count) : RunLanes<W, G, false, false>(n, x, y, spikes, count);
+}
+
+// One build per instruction set, picked once when the library loads (the wheel stays portable: no
+// -march). The same IEEE operations on every path (no FMA: -ffp-contract=off).
+using RunFunction = void (*)(const NeuronTables&, const float*, float*, int32_t*, size_t);
+
+void RunBaseline(const NeuronTables& n, const float* x, float* y, int32_t* spikes, size_t count) {
+  RunAll<4, 4>(n, x, y, spikes, count);  // SSE2: 16 xmm registers
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2"))) void RunAvx2(const NeuronTables& n, const float* x, float* y, int32_t* spikes,
+                                             size_t count) {
+  RunAll<8, 4>(n, x, y, spikes, count);  // 16 ymm registers: 4 potentials, 4 accumulators, 3 step values
+}
+
+__attribute__((target("avx512f"))) void RunAvx512(const NeuronTables& n, const float* x, float* y, int32_t* spikes,
+                                                  size_t count) {
+  RunAll<16, 8>(n, x, y, spikes, count);  // 32 zmm registers
+}
+
+// ONNX_SNN_KERNEL=baseline|avx2 caps the choice (tests and benchmarks run every path this way).
+RunFunction PickRun() {
+  __builtin_cpu_init();
+  const char* cap = std::getenv("ONNX_SNN_KERNEL");
+  const std::string wanted = cap ? cap : "";
+  if (wanted != "baseline" && wanted != "avx2" && __builtin_cpu_supports("avx512f")) return RunAvx512;
+  if (wanted != "baseline" && __builtin_cpu_supports("avx2")) return RunAvx2;
+  return RunBaseline;
+}
+#else
+RunFunction PickRun() { return RunBaseline; }
+#endif
+
+const RunFunction kRun = PickRun();
 
 }  // namespace
 
@@ -149,22 +218,8 @@ NeuronTables NeuronTables::FromAttributes(const Ort::ConstKernelInfo& info, cons
   return n;
 }
 
-// Built twice, for the x86-64 baseline (SSE2) and for AVX2, and picked when the library loads (the
-// wheel stays portable: no -march). Same IEEE operations either way (no FMA: -ffp-contract=off).
-#if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target_clones("avx2", "default")))
-#endif
 void NeuronTables::Run(const float* x, float* y, int32_t* spikes, size_t count) const {
-  for (size_t start = 0; start < count; start += kBlock) {
-    const size_t block = count - start < kBlock ? count - start : kBlock;
-    const float* xb = x + start;
-    float* yb = y + start;
-    int32_t* sb = spikes ? spikes + start : nullptr;
-    if (is_signed)
-      sb ? RunBlock<true, true>(*this, xb, yb, sb, block) : RunBlock<true, false>(*this, xb, yb, sb, block);
-    else
-      sb ? RunBlock<false, true>(*this, xb, yb, sb, block) : RunBlock<false, false>(*this, xb, yb, sb, block);
-  }
+  kRun(*this, x, y, spikes, count);
 }
 
 }  // namespace onnx_snn
