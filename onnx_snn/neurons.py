@@ -13,8 +13,11 @@ from onnx_snn.mbe.functions import target
 from onnx_snn.mbe.neuron import MBEParameters, SlotTables
 from onnx_snn.mbe.presets import preset
 
-# bases per function: the paper's N=4 for the activations, N=8 for the Softmax/LayerNorm neurons
-DEFAULT_BASES = {"gelu": 4, "silu": 4, "tanh": 4, "sigmoid": 4, "exp2": 8, "reciprocal": 8, "rsqrt": 8}
+# bases per function: the paper's N=4 for the activations, N=8 for the per-row neurons of Softmax and
+# the normalisations. exp2 runs on every attention score, and four bases halve the cost of Softmax
+# for nothing measurable: MSE 2.8e-7 at T=16 (N=8: 2.9e-8); MiniLM cosine 0.99980 either way,
+# SmolLM2 perplexity +0.55% on 8 windows.
+DEFAULT_BASES = {"gelu": 4, "silu": 4, "tanh": 4, "sigmoid": 4, "exp2": 4, "reciprocal": 8, "rsqrt": 8}
 
 
 def identity_bases(timesteps: int) -> int:

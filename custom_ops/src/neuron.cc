@@ -114,7 +114,11 @@ __attribute__((always_inline)) inline void RunAll(const NeuronTables& n, const f
 
 // One build per instruction set, picked once when the library loads (the wheel stays portable: no
 // -march). The same IEEE operations on every path (no FMA: -ffp-contract=off).
-using RunFunction = void (*)(const NeuronTables&, const float*, float*, int32_t*, size_t);
+struct Kernel {
+  void (*run)(const NeuronTables&, const float*, float*, int32_t*, size_t);
+  InstructionSet instruction_set;
+  const char* name;
+};
 
 void RunBaseline(const NeuronTables& n, const float* x, float* y, int32_t* spikes, size_t count) {
   RunAll<4, 4>(n, x, y, spikes, count);  // SSE2: 16 xmm registers
@@ -128,25 +132,29 @@ __attribute__((target("avx2"))) void RunAvx2(const NeuronTables& n, const float*
 
 __attribute__((target("avx512f"))) void RunAvx512(const NeuronTables& n, const float* x, float* y, int32_t* spikes,
                                                   size_t count) {
-  RunAll<16, 8>(n, x, y, spikes, count);  // 32 zmm registers
+  RunAll<16, 8>(n, x, y, spikes, count);  // 32 zmm registers; spike masks in k registers
 }
 
-// ONNX_SNN_KERNEL=baseline|avx2 caps the choice (tests and benchmarks run every path this way).
-RunFunction PickRun() {
+Kernel PickKernel() {
   __builtin_cpu_init();
   const char* cap = std::getenv("ONNX_SNN_KERNEL");
   const std::string wanted = cap ? cap : "";
-  if (wanted != "baseline" && wanted != "avx2" && __builtin_cpu_supports("avx512f")) return RunAvx512;
-  if (wanted != "baseline" && __builtin_cpu_supports("avx2")) return RunAvx2;
-  return RunBaseline;
+  if (wanted != "baseline" && wanted != "avx2" && __builtin_cpu_supports("avx512f")) return {RunAvx512, InstructionSet::kAvx512, "avx512"};
+  if (wanted != "baseline" && __builtin_cpu_supports("avx2")) return {RunAvx2, InstructionSet::kAvx2, "avx2"};
+  return {RunBaseline, InstructionSet::kBaseline, "baseline"};
 }
 #else
-RunFunction PickRun() { return RunBaseline; }
+Kernel PickKernel() { return {RunBaseline, InstructionSet::kBaseline, "baseline"}; }
 #endif
 
-const RunFunction kRun = PickRun();
+const Kernel kKernel = PickKernel();
 
 }  // namespace
+
+InstructionSet ChosenInstructionSet() { return kKernel.instruction_set; }
+
+// The instruction set the kernels run on (benchmarks read it through ctypes).
+extern "C" __attribute__((visibility("default"))) const char* OnnxSnnInstructionSet() { return kKernel.name; }
 
 std::vector<float> FloatsAttribute(const Ort::ConstKernelInfo& info, const std::string& name) {
   try {
@@ -219,7 +227,7 @@ NeuronTables NeuronTables::FromAttributes(const Ort::ConstKernelInfo& info, cons
 }
 
 void NeuronTables::Run(const float* x, float* y, int32_t* spikes, size_t count) const {
-  kRun(*this, x, y, spikes, count);
+  kKernel.run(*this, x, y, spikes, count);
 }
 
 }  // namespace onnx_snn

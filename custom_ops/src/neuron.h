@@ -29,6 +29,13 @@ struct NeuronTables {
   void Run(const float* x, float* y, int32_t* spikes, size_t count) const;
 };
 
+// The instruction sets the kernels are built for. The neuron kernel, and the composite ops' tasks
+// (RunTasks), run on the widest one the CPU has, capped by the environment variable
+// ONNX_SNN_KERNEL=baseline|avx2 (tests and benchmarks run every path this way); chosen once, when the
+// library loads.
+enum class InstructionSet { kBaseline, kAvx2, kAvx512 };
+InstructionSet ChosenInstructionSet();
+
 // Attribute readers that name the attribute in their errors (shared by every op's kernel).
 std::vector<float> FloatsAttribute(const Ort::ConstKernelInfo& info, const std::string& name);
 float FloatAttribute(const Ort::ConstKernelInfo& info, const std::string& name);

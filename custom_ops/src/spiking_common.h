@@ -55,18 +55,22 @@ inline float Floor(float z) {
   return Select(small & (truncated != c), down, z);
 }
 
-// The max of v[0..n) with NaN ignored (-inf for none), in 8 lanes so that it vectorises; the max
-// does not depend on the order (only a zero's sign could, and that changes no softmax result).
+// The max of v[0..n) with NaN ignored (-inf for none), in 8 lanes of a vector type so that it
+// vectorises on every instruction set; the max does not depend on the order (only a zero's sign
+// could, and that changes no softmax result).
 inline float MaxIgnoringNaN(const float* v, size_t n) {
-  constexpr size_t kLanes = 8;
-  float lanes[kLanes];
-  for (size_t l = 0; l < kLanes; ++l) lanes[l] = -std::numeric_limits<float>::infinity();
+  typedef float Lanes __attribute__((vector_size(32)));
+  constexpr size_t kLanes = sizeof(Lanes) / sizeof(float);
+  Lanes lanes = Lanes{} - std::numeric_limits<float>::infinity();
   size_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (size_t l = 0; l < kLanes; ++l) lanes[l] = Select(v[i + l] > lanes[l], v[i + l], lanes[l]);
-  for (; i < n; ++i) lanes[0] = Select(v[i] > lanes[0], v[i], lanes[0]);
-  float best = lanes[0];
-  for (size_t l = 1; l < kLanes; ++l) best = lanes[l] > best ? lanes[l] : best;
+  for (; i + kLanes <= n; i += kLanes) {
+    Lanes x;
+    std::memcpy(&x, v + i, sizeof x);
+    lanes = x > lanes ? x : lanes;  // a NaN compares false
+  }
+  float best = -std::numeric_limits<float>::infinity();
+  for (size_t l = 0; l < kLanes; ++l) best = lanes[l] > best ? lanes[l] : best;
+  for (; i < n; ++i) best = v[i] > best ? v[i] : best;
   return best;
 }
 
@@ -124,11 +128,40 @@ void RunNeuron(const NeuronTables& neuron, const float* x, float* y, size_t coun
 void RsqrtScale(const NeuronTables& rsqrt, const float* v, float* scale, float* m, int* e, size_t count,
                 int64_t* spikes, std::vector<int32_t>& scratch);
 
+// task(index) built for each instruction set (Task::operator() is always_inline, so its element loops
+// are compiled into each of these) and run on the chosen one (ChosenInstructionSet).
+#if defined(__x86_64__) && defined(__GNUC__)
+template <typename Task>
+__attribute__((target("avx512f"))) void RunTaskAvx512(const Task& task, size_t index) {
+  task(index);
+}
+
+template <typename Task>
+__attribute__((target("avx2"))) void RunTaskAvx2(const Task& task, size_t index) {
+  task(index);
+}
+#endif
+
+template <typename Task>
+void RunTask(const Task& task, size_t index) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  switch (ChosenInstructionSet()) {
+    case InstructionSet::kAvx512:
+      return RunTaskAvx512(task, index);
+    case InstructionSet::kAvx2:
+      return RunTaskAvx2(task, index);
+    case InstructionSet::kBaseline:
+      break;
+  }
+#endif
+  task(index);
+}
+
 // Runs task(0..tasks) on the session's thread pool; an exception in a task is rethrown here.
 template <typename Task>
 void RunTasks(Ort::KernelContext& context, size_t tasks, Task& task) {
   if (tasks == 1) {
-    task(0);
+    RunTask(task, 0);
     return;
   }
   struct Shared {
@@ -140,7 +173,7 @@ void RunTasks(Ort::KernelContext& context, size_t tasks, Task& task) {
       [](void* data, size_t index) {
         Shared& s = *static_cast<Shared*>(data);
         try {
-          (*s.task)(index);
+          RunTask(*s.task, index);
         } catch (...) {
           std::lock_guard<std::mutex> lock(s.mutex);
           if (!s.error) s.error = std::current_exception();

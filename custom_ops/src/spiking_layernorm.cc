@@ -22,7 +22,7 @@ struct LayerNorm {
   float* y;
   int64_t* totals;  // [tasks, 3], or null: spikes not wanted
 
-  void operator()(size_t task) const {
+  __attribute__((always_inline)) void operator()(size_t task) const {
     const size_t r0 = task * plan.rows_per_task, rows = std::min(plan.rows_per_task, plan.rows - r0);
     const size_t n = plan.n, block = rows * n;
     const float count = static_cast<float>(n);

@@ -45,7 +45,7 @@ struct Softmax {
   float* y;
   int64_t* totals;  // [tasks, 2], or null: spikes not wanted
 
-  void operator()(size_t task) const {
+  __attribute__((always_inline)) void operator()(size_t task) const {
     const size_t o0 = (task / plan.column_blocks) * plan.outers;
     const size_t j0 = (task % plan.column_blocks) * plan.columns;
     const size_t outers = std::min(plan.outers, plan.outer - o0);
