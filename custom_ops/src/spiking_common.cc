@@ -5,17 +5,6 @@
 
 namespace onnx_snn {
 
-void TreeSum(float* v, size_t n, size_t width) {
-  while (n > 1) {
-    const size_t h = (n + 1) / 2;
-    float* __restrict first = v;
-    const float* __restrict second = v + h * width;  // rows h..n-1: disjoint from rows 0..n-h-1
-    const size_t pairs = (n - h) * width;
-    for (size_t i = 0; i < pairs; ++i) first[i] = first[i] + second[i];
-    n = h;
-  }
-}
-
 size_t ResolveAxis(int64_t axis, size_t rank) {
   const int64_t r = static_cast<int64_t>(rank);
   if (axis < -r || axis >= r)

@@ -21,8 +21,17 @@ constexpr size_t kTaskElements = 16384;
 
 // The fixed-order sum of n rows of `width` floats (row i at v + i * width), into v[0..width):
 //   while n > 1: h = ceil(n / 2); row i += row i + h for i < n - h; n = h
-// (blocks.tree_sum). Overwrites v; n >= 1.
-void TreeSum(float* v, size_t n, size_t width);
+// (blocks.tree_sum). Overwrites v; n >= 1. Inline: compiled into each instruction set's task.
+inline void TreeSum(float* v, size_t n, size_t width) {
+  while (n > 1) {
+    const size_t h = (n + 1) / 2;
+    float* __restrict first = v;
+    const float* __restrict second = v + h * width;  // rows h..n-1: disjoint from rows 0..n-h-1
+    const size_t pairs = (n - h) * width;
+    for (size_t i = 0; i < pairs; ++i) first[i] = first[i] + second[i];
+    n = h;
+  }
+}
 
 // s = m * 2^e with |m| in [0.5, 1) for finite non-zero s; (s, 0) for 0, +-inf and NaN.
 inline float Frexp(float s, int* e) {
