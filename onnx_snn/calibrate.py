@@ -8,11 +8,13 @@ channels of a Transformer that always carry large values, appear in every batch 
 (clipping them costs far more than the resolution they take); a value that only one odd batch
 produces does not stretch the range. Values beyond the range saturate the neuron.
 
-Batches are run one at a time, and only the running statistics are kept, never all activations.
+Batches are streamed, run one at a time, and only running statistics are kept (RunningRange): the
+session itself reduces each probed tensor to its extremes, so no run returns all activations at once.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from onnx_snn.runtime import read_external_data_from
 STATISTIC = "each batch's extremes; over batches, the most extreme but one (of 3 or more)"
 
 Batch = Mapping[str, np.ndarray]
-CalibrationData = Union[None, str, os.PathLike, Batch, Sequence[Batch]]
+CalibrationData = Union[None, str, os.PathLike, Batch, Iterable[Batch]]
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class Calibration:
     shapes: dict[str, tuple[int, ...]]  # shapes on the first batch, for counting MACs
     batches: int
     synthesized: bool  # no data given: inputs were made from the model's input signature
+    first_batch: dict[str, np.ndarray]  # for the check: the first batch,
+    first_outputs: dict[str, np.ndarray]  # and the original's outputs on it
 
 
 class CalibrationError(ValueError):
@@ -119,8 +123,16 @@ def synthesize(model: onnx.ModelProto, *, batches: int = 2, batch_size: int = 4,
 
 def load_batches(model: onnx.ModelProto, data: CalibrationData, *, source: str = "calibration") -> tuple[list[dict], bool]:
     """The calibration batches, checked against the model's inputs; (batches, synthesized)."""
+    batches, synthesized = iter_batches(model, data, source=source)
+    return list(batches), synthesized
+
+
+def iter_batches(model: onnx.ModelProto, data: CalibrationData, *,
+                 source: str = "calibration") -> tuple[Iterator[dict], bool]:
+    """The calibration batches, each checked against the model's inputs as it is taken, so an
+    iterable of batches is streamed, never held whole; (batches, synthesized)."""
     if data is None:
-        return synthesize(model), True
+        return iter(synthesize(model)), True
     if isinstance(data, (str, os.PathLike)):
         source = os.fspath(data)
         try:
@@ -128,20 +140,26 @@ def load_batches(model: onnx.ModelProto, data: CalibrationData, *, source: str =
                 data = {k: npz[k] for k in npz.files}
         except (OSError, ValueError, EOFError) as e:
             raise CalibrationError(f"{source}: not a readable .npz file ({e})") from None
-    batches = [data] if isinstance(data, Mapping) else list(data)
-    if not batches:
-        raise CalibrationError(f"{source}: no calibration batches")
-    signature = {name: (dtype, dims) for name, dtype, dims in _signature(model)}
-    checked = []
-    for i, batch in enumerate(batches):
-        where = source if len(batches) == 1 else f"{source} batch {i}"
+    batches = [data] if isinstance(data, Mapping) else data
+    single = isinstance(batches, Sequence) and len(batches) == 1
+    checked = _checked(_signature(model), batches, source, single)
+    # batches already in memory are all checked before any work; an iterator as it streams
+    return (iter(list(checked)) if isinstance(batches, Sequence) else checked), False
+
+
+def _checked(signature: list[tuple[str, np.dtype, list]], batches: Iterable[Batch], source: str,
+             single: bool) -> Iterator[dict]:
+    expected = {name: (dtype, dims) for name, dtype, dims in signature}
+    index = -1
+    for index, batch in enumerate(batches):
+        where = source if single else f"{source} batch {index}"
         if not batch:
-            raise CalibrationError(f"{where}: empty (expected inputs {', '.join(signature)})")
+            raise CalibrationError(f"{where}: empty (expected inputs {', '.join(expected)})")
         feeds = {}
         for name, value in batch.items():
-            if name not in signature:
-                raise CalibrationError(f"{where}: unknown input {name!r}; the model's inputs are {', '.join(signature)}")
-            dtype, dims = signature[name]
+            if name not in expected:
+                raise CalibrationError(f"{where}: unknown input {name!r}; the model's inputs are {', '.join(expected)}")
+            dtype, dims = expected[name]
             value = np.asarray(value)
             if value.dtype != dtype:
                 raise CalibrationError(f"{where}: input {name!r} is {value.dtype}, the model expects {dtype}")
@@ -150,11 +168,32 @@ def load_batches(model: onnx.ModelProto, data: CalibrationData, *, source: str =
             if value.size == 0:
                 raise CalibrationError(f"{where}: input {name!r} is empty")
             feeds[name] = value
-        missing = set(signature) - set(feeds)
+        missing = set(expected) - set(feeds)
         if missing:
             raise CalibrationError(f"{where}: missing inputs {', '.join(sorted(missing))}")
-        checked.append(feeds)
-    return checked, False
+        yield feeds
+    if index < 0:
+        raise CalibrationError(f"{source}: no calibration batches")
+
+
+@dataclass
+class RunningRange:
+    """All the statistic needs of one probe's per-batch extremes, however many batches there are:
+    their count, the two lowest lows and the two highest highs."""
+
+    batches: int = 0
+    lows: tuple[float, float] = (math.inf, math.inf)  # lowest first
+    highs: tuple[float, float] = (-math.inf, -math.inf)  # highest first
+
+    def add(self, lo: float, hi: float) -> None:
+        self.batches += 1
+        self.lows = tuple(sorted((*self.lows, lo))[:2])
+        self.highs = tuple(sorted((*self.highs, hi), reverse=True)[:2])
+
+    def range(self) -> Range:
+        """The most extreme but one (of three batches or more), else the most extreme."""
+        pick = 1 if self.batches >= 3 else 0
+        return Range(self.lows[pick], self.highs[pick])
 
 
 def _extremes(values: np.ndarray, probe: Probe) -> tuple[float, float] | None:
@@ -168,53 +207,110 @@ def _extremes(values: np.ndarray, probe: Probe) -> tuple[float, float] | None:
     return float(finite.min()), float(finite.max())
 
 
-def _all_but_most_extreme(values: list[float], low: bool = False) -> float:
-    """The most extreme value but one (the lowest for `low`); the most extreme of fewer than three."""
-    ordered = sorted(values, reverse=not low)
-    return float(ordered[1] if len(ordered) >= 3 else ordered[0])
+# names calibration adds to its copy of the model
+_PREFIX = "onnx_snn.calibration"
+_INF, _MINUS_INF = f"{_PREFIX}/inf", f"{_PREFIX}/-inf"
+
+
+def _extremes_nodes(tensor: str, prefix: str) -> tuple[list[onnx.NodeProto], str, str]:
+    """Nodes giving the lowest and highest finite value of `tensor` as float32 (as _extremes does,
+    and exactly: min and max do not depend on the order), so that a run returns two scalars, not
+    the activation; (nodes, lo, hi). Without finite values they give (inf, -inf)."""
+    make = onnx.helper.make_node
+    x, finite, lo, hi = f"{prefix}/float", f"{prefix}/finite", f"{prefix}/lo", f"{prefix}/hi"
+    nodes = [
+        make("Cast", [tensor], [x], to=onnx.TensorProto.FLOAT),
+        make("Abs", [x], [f"{prefix}/abs"]),
+        make("Less", [f"{prefix}/abs", _INF], [finite]),  # false for infinities and NaN
+        make("Where", [finite, x, _INF], [f"{prefix}/for_min"]),
+        make("Where", [finite, x, _MINUS_INF], [f"{prefix}/for_max"]),
+        make("ReduceMin", [f"{prefix}/for_min"], [lo], keepdims=0),
+        make("ReduceMax", [f"{prefix}/for_max"], [hi], keepdims=0),
+    ]
+    return nodes, lo, hi
+
+
+def _probe_model(model: onnx.ModelProto, tensors: list[str], centered: list[str],
+                 shape_tensors: list[str]) -> tuple[onnx.ModelProto, dict[str, tuple[str, str]], dict[str, str]]:
+    """A copy of `model` that also outputs the finite extremes of `tensors`, the values of `centered`
+    (their extremes need the mean, reduced in numpy as _extremes does) and the shapes of
+    `shape_tensors`; (model, {tensor: (lo, hi) outputs}, {tensor: shape output})."""
+    probed = onnx.ModelProto()
+    probed.CopyFrom(model)  # external weights stay references: only the graph is copied
+    graph = probed.graph
+    graph.initializer.extend([onnx.helper.make_tensor(_INF, onnx.TensorProto.FLOAT, [], [math.inf]),
+                              onnx.helper.make_tensor(_MINUS_INF, onnx.TensorProto.FLOAT, [], [-math.inf])])
+    outputs = {o.name for o in graph.output}
+    extremes, shapes = {}, {}
+    for index, tensor in enumerate(tensors):
+        nodes, lo, hi = _extremes_nodes(tensor, f"{_PREFIX}/{index}")
+        graph.node.extend(nodes)
+        extremes[tensor] = (lo, hi)
+    for index, tensor in enumerate(shape_tensors):
+        shapes[tensor] = f"{_PREFIX}/shape/{index}"
+        graph.node.append(onnx.helper.make_node("Shape", [tensor], [shapes[tensor]]))
+    for name in [*centered, *(n for pair in extremes.values() for n in pair), *shapes.values()]:
+        if name not in outputs:
+            graph.output.append(onnx.ValueInfoProto(name=name))
+            outputs.add(name)
+    return probed, extremes, shapes
 
 
 def calibrate(
     model: onnx.ModelProto,
     model_dir: str | None,
     probes: Iterable[Probe],
-    batches: list[dict[str, np.ndarray]],
+    batches: Iterable[dict[str, np.ndarray]],
     *,
     shape_tensors: Iterable[str] = (),
     synthesized: bool = False,
     progress: bool = True,
 ) -> Calibration:
-    """Run `model` (the original; external data is read from `model_dir`) on the batches: the
-    range of every probe, and the shapes of `shape_tensors` on the first batch."""
+    """Run `model` (the original; external data is read from `model_dir`) on the batches, one at a
+    time: the range of every probe, the shapes of `shape_tensors` and the model's outputs on the
+    first batch. Memory does not grow with the batches: each probe keeps a RunningRange, and the
+    session reduces most probes to their extremes itself, returning scalars, not activations."""
     probes = list(dict.fromkeys(probes))
+    inputs = {v.name for v in model.graph.input}
+    weights = {t.name: tuple(t.dims) for t in model.graph.initializer if t.name not in inputs}
     shape_tensors = list(dict.fromkeys(shape_tensors))
-    wanted = list(dict.fromkeys([p.tensor for p in probes] + shape_tensors))
-    probe_model = onnx.ModelProto()
-    probe_model.CopyFrom(model)  # external weights stay references: only the graph is copied
-    existing = {o.name for o in probe_model.graph.output}
-    for name in wanted:
-        if name not in existing:
-            probe_model.graph.output.append(onnx.ValueInfoProto(name=name))
+    shapes = {name: weights[name] for name in shape_tensors if name in weights}  # the rest from the first batch
+    shape_tensors = [name for name in shape_tensors if name not in weights]
+    centered = list(dict.fromkeys(p.tensor for p in probes if p.centered_axis is not None))
+    plain = list(dict.fromkeys(p.tensor for p in probes if p.centered_axis is None))
+    probe_model, extremes, shape_outputs = _probe_model(model, plain, centered, shape_tensors)
     options = read_external_data_from(ort.SessionOptions(), model_dir)
     options.log_severity_level = 3
+    # run each reduction as soon as its tensor is computed, so the activations are freed as the run
+    # goes: in the default order they were all held to the end (+0.8 GB on SmolLM2)
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     session = ort.InferenceSession(probe_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     del probe_model
-    extremes: dict[Probe, list[tuple[float, float]]] = {p: [] for p in probes}
-    shapes: dict[str, tuple[int, ...]] = {}
-    iterator: Iterator = iter(batches)
+    model_outputs = [o.name for o in model.graph.output]
+    every_batch = list(dict.fromkeys([*centered, *(n for pair in extremes.values() for n in pair)]))
+    first_batch = list(dict.fromkeys([*every_batch, *shape_outputs.values(), *model_outputs]))
+    running = {p: RunningRange() for p in probes}
+    first: tuple[dict, dict] = ({}, {})
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(batches, desc="calibrating", unit="batch", file=sys.stderr, leave=False)
-    for index, feeds in enumerate(iterator):
+        batches = tqdm(batches, desc="calibrating", unit="batch", file=sys.stderr, leave=False)
+    count = 0
+    for feeds in batches:
+        wanted = first_batch if count == 0 else every_batch
         values = dict(zip(wanted, session.run(wanted, feeds)))
-        if index == 0:
-            shapes = {name: tuple(values[name].shape) for name in shape_tensors}
+        if count == 0:
+            shapes.update({name: tuple(int(d) for d in values[out]) for name, out in shape_outputs.items()})
+            first = (feeds, {name: values[name] for name in model_outputs})
         for probe in probes:
-            found = _extremes(values[probe.tensor], probe)
+            if probe.centered_axis is None:
+                lo, hi = (float(values[name]) for name in extremes[probe.tensor])
+                found = (lo, hi) if lo <= hi else None  # (inf, -inf): no finite value
+            else:
+                found = _extremes(values[probe.tensor], probe)
             if found is not None:
-                extremes[probe].append(found)
+                running[probe].add(*found)
         del values
-    ranges = {p: Range(_all_but_most_extreme([lo for lo, _ in e], low=True), _all_but_most_extreme([hi for _, hi in e]))
-              for p, e in extremes.items() if e}
-    return Calibration(ranges, shapes, len(batches), synthesized)
+        count += 1
+    ranges = {p: r.range() for p, r in running.items() if r.batches}
+    return Calibration(ranges, shapes, count, synthesized, *first)

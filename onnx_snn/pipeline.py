@@ -9,7 +9,6 @@ import os
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from onnx_snn import calibrate as cal
 from onnx_snn import model_io, ops
@@ -30,10 +29,11 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, timesteps: int = 16, 
             **options) -> onnx.ModelProto:
     """The spiking version of `model` (a path or a ModelProto, never modified).
 
-    calibration: a dict of input arrays, a list of them (batches), a path to an .npz file, or None
-    (inputs synthesised from the model's input signature). Options: hybrid (bool: convert only
-    the nonlinear ops), rules (names: only these rules), bases (dict: bases per neuron function),
-    progress (bool), check (bool: run both models on the first calibration batch and compare)."""
+    calibration: a dict of input arrays, a list of them (batches), any iterable of them (streamed:
+    one batch is held at a time), a path to an .npz file, or None (inputs synthesised from the
+    model's input signature). Options: hybrid (bool: convert only the nonlinear ops), rules (names:
+    only these rules), bases (dict: bases per neuron function), progress (bool), check (bool: run
+    the spiking model on the first calibration batch and compare it with the original's outputs)."""
     return convert_with_report(model, timesteps=timesteps, calibration=calibration, **options)[0]
 
 
@@ -50,16 +50,16 @@ def convert_with_report(
 ) -> tuple[onnx.ModelProto, Report]:
     where = os.fspath(model) if not isinstance(model, onnx.ModelProto) else "model"
     spiking, model_dir = model_io.load(model)
-    original = onnx.ModelProto.FromString(spiking.SerializeToString())
     validate(spiking, model_dir, where)
-    batches, synthesized = cal.load_batches(spiking, calibration)
+    batches, synthesized = cal.iter_batches(spiking, calibration)
 
     graph = Graph(spiking)
     sites, near_misses = find_sites(graph, rule_set(hybrid, rules))
     probes = [p for site in sites for p in site.probes]
     linear_tensors = [name for node in graph.graph.node if node.op_type in LINEAR_OPS
                       for name in (*node.input, node.output[0]) if name]
-    calibration_result = cal.calibrate(original, model_dir, probes, batches, shape_tensors=linear_tensors,
+    # calibration runs the original, before the rewrite: no copy of the model is needed
+    calibration_result = cal.calibrate(spiking, model_dir, probes, batches, shape_tensors=linear_tensors,
                                        synthesized=synthesized, progress=progress)
     macs_by_layer = linear_macs(graph, calibration_result.shapes)
     neurons = NeuronChoice(timesteps, calibration_result.ranges, dict(bases or {}))
@@ -79,7 +79,7 @@ def convert_with_report(
         warnings=sorted(set(neurons.warnings)),
     )
     if check:
-        report.check = compare(original, spiking, model_dir, batches[0])
+        report.check = compare(calibration_result.first_outputs, spiking, model_dir, calibration_result.first_batch)
     return spiking, report
 
 
@@ -99,16 +99,14 @@ def validate(model: onnx.ModelProto, model_dir: str | None, where: str) -> None:
         raise ConversionError(f"{where}: not a valid ONNX model ({first})") from None
 
 
-def compare(original: onnx.ModelProto, spiking: onnx.ModelProto, model_dir: str | None,
+def compare(expected: dict[str, np.ndarray], spiking: onnx.ModelProto, model_dir: str | None,
             feeds: dict[str, np.ndarray]) -> dict:
-    """Both models on the same inputs (onnx-simplifier's model check): per output, the cosine
-    similarity and the largest and mean absolute difference."""
+    """The spiking model on `feeds` against the original's outputs on them, `expected` (taken by
+    calibration, so only one model is in memory at a time; onnx-simplifier's model check): per
+    output, the cosine similarity and the largest and mean absolute difference."""
     from onnx_snn.evaluate import compare_outputs
-    from onnx_snn.runtime import read_external_data_from, session
+    from onnx_snn.runtime import session
 
-    options = read_external_data_from(ort.SessionOptions(), model_dir)
-    options.log_severity_level = 3
-    expected = ort.InferenceSession(original.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    actual = session(spiking, external_data_dir=model_dir)
-    names = [o.name for o in original.graph.output]
-    return compare_outputs(names, expected.run(names, feeds), actual.run(names, feeds))
+    names = list(expected)
+    actual = session(spiking, external_data_dir=model_dir).run(names, feeds)
+    return compare_outputs(names, [expected[n] for n in names], actual)
