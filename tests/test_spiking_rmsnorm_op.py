@@ -82,6 +82,18 @@ def test_edge_values_bit_identical(epsilon):
     assert np.isnan(expected[0][0]).all() and np.isfinite(expected[0][1:]).all()
 
 
+@pytest.mark.parametrize("shape, axis", [((3, 20000), -1), ((2, 3, 7000), 1)])
+def test_rows_longer_than_a_task(shape, axis):
+    """More normalised values per row than a task takes (16384): one row per task."""
+    neurons = NEURON_SETS[0]
+    rng = np.random.default_rng(8)
+    x = rng.normal(0, 2, shape).astype(np.float32)
+    gamma = rng.normal(1, 0.5, shape[axis:]).astype(np.float32)
+    expected = spiking_rmsnorm.reference(*neurons, x, gamma, axis)
+    model = rmsnorm_model(neurons, len(shape), gamma.ndim, axis)
+    assert_all_ways_equal(model, {"x": x, "gamma": gamma}, expected, reference_evaluator=False)
+
+
 NAMED_NEURONS = neuron_sets((45, True), (46, False))  # by name, extreme ones included
 
 

@@ -157,6 +157,17 @@ def test_empty_tensors(shape, axis):
     assert_all_ways_equal(softmax_model(exp2, reciprocal, len(shape), axis), {"x": x}, (y, spikes))
 
 
+@pytest.mark.parametrize("shape, axis", [((2, 20000), -1), ((20000, 3), 0), ((2, 20000, 3), 1)])
+def test_an_axis_longer_than_a_task(shape, axis):
+    """More values along the axis than a task takes (16384): one column per task, gathered; its
+    output goes back `inner` apart (the kernel once wrote it as if inner were 1)."""
+    exp2, reciprocal = NEURON_PAIRS[0]
+    x = masked_logits(np.random.default_rng(7), shape)
+    expected = spiking_softmax.reference(exp2, reciprocal, x, axis)
+    assert_all_ways_equal(softmax_model(exp2, reciprocal, len(shape), axis), {"x": x}, expected,
+                          reference_evaluator=False)
+
+
 @pytest.mark.parametrize("axis", range(-4, 4))
 def test_every_axis_of_a_rank_4_tensor(axis):
     exp2, reciprocal = NEURON_PAIRS[1]
