@@ -5,6 +5,7 @@ attributes and special inputs every op is tried with."""
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -15,6 +16,7 @@ import onnx.inliner
 import onnxruntime as ort
 import pytest
 from helpers import EDGE_VALUES, extreme_neurons, random_neuron
+from hypothesis import strategies as st
 from onnx import TensorProto
 from onnx import helper as oh
 from onnx.reference import ReferenceEvaluator
@@ -57,6 +59,19 @@ def special_rows(width: int = 7, seed: int = 0) -> np.ndarray:
     ])
     ordinary = rng.normal(0, 2, (3, width)).astype(np.float32)
     return np.concatenate([filled, alone, mixes, ordinary])
+
+
+# dims on either side of the kernels' task size (16384 values) and of SIMD widths, and 0
+_DIMS = st.sampled_from([0, 1, 2, 3, 7, 64, 129, 1000, 4097, 16385, 20000])
+
+
+@st.composite
+def shapes_with_axis(draw, max_elements: int = 400_000) -> tuple[tuple[int, ...], int]:
+    """A shape of rank 1 to 4 (at most max_elements values: the largest dims become 3) and an axis."""
+    dims = draw(st.lists(_DIMS, min_size=1, max_size=4))
+    while math.prod(dims) > max_elements:
+        dims[dims.index(max(dims))] = 3
+    return tuple(dims), draw(st.integers(-len(dims), len(dims) - 1))
 
 
 def op_model(node: onnx.NodeProto, inputs: dict[str, int], spikes: bool = True, opset: int = 17) -> onnx.ModelProto:

@@ -9,16 +9,20 @@ whose order is onnxruntime's), divided by N; every other step is one float32 ope
 order."""
 
 
+import math
+
 import numpy as np
 import onnx
 import onnx.inliner
 import onnxruntime as ort
 import pytest
 from helpers import random_neuron
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from spiking_op_helpers import (AXES_OUT_OF_RANGE, BAD_AXIS, BAD_EPSILON, assert_all_ways_equal,
                                 assert_concurrent_runs_identical, assert_rejected_at_session_creation, assert_same,
                                 bad_attribute_params, neuron_sets, omitted_spikes, op_model, presets_or_skip,
-                                special_rows, with_attribute)
+                                shapes_with_axis, special_rows, with_attribute)
 
 import onnx_snn
 from onnx_snn.ops import mbe_neuron, spiking_rmsnorm
@@ -92,6 +96,20 @@ def test_rows_longer_than_a_task(shape, axis):
     expected = spiking_rmsnorm.reference(*neurons, x, gamma, axis)
     model = rmsnorm_model(neurons, len(shape), gamma.ndim, axis)
     assert_all_ways_equal(model, {"x": x, "gamma": gamma}, expected, reference_evaluator=False)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(shapes_with_axis(), st.integers(0, 2**32 - 1))
+def test_random_shapes_and_axes_match_the_reference(shape_and_axis, seed):
+    """Shapes around the task size on any axis: every split of the rows into tasks."""
+    shape, axis = shape_and_axis
+    neurons = NEURON_SETS[0]
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 2, shape).astype(np.float32)
+    gamma = rng.normal(1, 0.5, math.prod(shape[axis:])).astype(np.float32)
+    outputs = onnx_snn.session(rmsnorm_model(neurons, len(shape), axis=axis)).run(None, {"x": x, "gamma": gamma})
+    for out, exp in zip(outputs, spiking_rmsnorm.reference(*neurons, x, gamma, axis)):
+        assert_same(out, exp, f"{shape} axis {axis}")
 
 
 NAMED_NEURONS = neuron_sets((45, True), (46, False))  # by name, extreme ones included

@@ -17,13 +17,15 @@ import onnx.inliner
 import onnxruntime as ort
 import pytest
 from helpers import random_neuron
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto
 from onnx import helper as oh
 from onnx.reference import ReferenceEvaluator
 from spiking_op_helpers import (AXES_OUT_OF_RANGE, BAD_AXIS, LOWEST, assert_all_ways_equal,
                                 assert_concurrent_runs_identical, assert_rejected_at_session_creation, assert_same,
                                 bad_attribute_params, neuron_sets, omitted_spikes, op_model, presets_or_skip,
-                                special_rows, with_attribute)
+                                shapes_with_axis, special_rows, with_attribute)
 
 import onnx_snn
 from onnx_snn.mbe.neuron import simulate
@@ -166,6 +168,18 @@ def test_an_axis_longer_than_a_task(shape, axis):
     expected = spiking_softmax.reference(exp2, reciprocal, x, axis)
     assert_all_ways_equal(softmax_model(exp2, reciprocal, len(shape), axis), {"x": x}, expected,
                           reference_evaluator=False)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(shapes_with_axis(), st.integers(0, 2**32 - 1))
+def test_random_shapes_and_axes_match_the_reference(shape_and_axis, seed):
+    """Shapes around the task size on any axis: every block split and path of the kernel's plan."""
+    shape, axis = shape_and_axis
+    exp2, reciprocal = NEURON_PAIRS[0]
+    x = masked_logits(np.random.default_rng(seed), shape)
+    outputs = onnx_snn.session(softmax_model(exp2, reciprocal, len(shape), axis)).run(None, {"x": x})
+    for out, exp in zip(outputs, spiking_softmax.reference(exp2, reciprocal, x, axis)):
+        assert_same(out, exp, f"{shape} axis {axis}")
 
 
 @pytest.mark.parametrize("axis", range(-4, 4))
