@@ -1,21 +1,78 @@
-"""Shared by the tests of the composite spiking ops (SpikingSoftmax, SpikingLayerNorm, SpikingRMSNorm):
-one-node models, every implementation run on them, and the comparison."""
+"""Shared by the tests of the spiking ops (MBENeuron and the composites SpikingSoftmax, SpikingLayerNorm,
+SpikingRMSNorm): one-node models, every implementation run on them, the comparison, and the bad
+attributes and special inputs every op is tried with."""
 
 from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
 import onnx.inliner
 import onnxruntime as ort
 import pytest
+from helpers import EDGE_VALUES, extreme_neurons, random_neuron
+from hypothesis import strategies as st
 from onnx import TensorProto
 from onnx import helper as oh
 from onnx.reference import ReferenceEvaluator
 
 import onnx_snn
+from onnx_snn.mbe.neuron import SlotTables
 from onnx_snn.ops.common import single_node_model
 
 LOWEST = np.finfo(np.float32).min
+MAX = np.finfo(np.float32).max
+
+
+def neuron_sets(*roles: tuple[int, bool]) -> dict[str, tuple[SlotTables, ...]]:
+    """An op's neurons, one (seed, signed) per role, 3 bases x 8 steps, by name: random ones, and each
+    variant of extreme_neurons in every role at once."""
+    extremes = [extreme_neurons(seed, signed=signed) for seed, signed in roles]
+    return {"random": tuple(random_neuron(seed, signed=signed).tables for seed, signed in roles),
+            **{name: tuple(e[name] for e in extremes) for name in extremes[0]}}
+
+
+def special_rows(width: int = 7, seed: int = 0) -> np.ndarray:
+    """float32 rows [R, width] for a row-wise op: each of EDGE_VALUES filling a row (all-equal rows),
+    each alone among ordinary values, and mixes whose row statistics overflow, cancel or are
+    denormal; then a few ordinary rows."""
+    rng = np.random.default_rng(seed)
+    count = len(EDGE_VALUES)
+    filled = np.repeat(EDGE_VALUES[:, None], width, axis=1)
+    alone = rng.normal(0, 2, (count, width)).astype(np.float32)
+    alone[np.arange(count), rng.integers(0, width, count)] = EDGE_VALUES
+
+    def cycled(*values: float) -> np.ndarray:
+        return np.resize(np.array(values, np.float32), width)
+
+    mixes = np.stack([
+        cycled(MAX, LOWEST), cycled(MAX, MAX, 0.0), cycled(LOWEST, -np.inf), cycled(np.inf, -np.inf),
+        cycled(np.nan, np.inf, -np.inf), cycled(1e30, -1e30, 3e38, -3e38),  # sums and squares overflow
+        cycled(1e-45, -1e-45), cycled(1.1754942e-38, -1e-45, 0.0, -0.0),  # denormal sums and means, squares 0
+        cycled(0.0, -0.0), cycled(-np.inf, -np.inf, 2.5), cycled(LOWEST, LOWEST, LOWEST, -1.0),
+        cycled(100.0, 101.0, 99.0, 100.5),  # a large mean, a small variance
+    ])
+    ordinary = rng.normal(0, 2, (3, width)).astype(np.float32)
+    return np.concatenate([filled, alone, mixes, ordinary])
+
+
+# dims on either side of the kernels' task size (16384 values) and of SIMD widths, and 0
+_DIMS = st.sampled_from([0, 1, 2, 3, 7, 64, 129, 1000, 4097, 16385, 20000])
+
+
+@st.composite
+def shapes_with_axis(draw, max_elements: int = 400_000) -> tuple[tuple[int, ...], int]:
+    """A shape of rank 1 to 4 and an axis; its dims other than 0 multiply to at most max_elements (the
+    largest become 3), so that gamma and beta stay small beside an empty dim too."""
+    dims = draw(st.lists(_DIMS, min_size=1, max_size=4))
+    while math.prod(d or 1 for d in dims) > max_elements:
+        dims[dims.index(max(dims))] = 3
+    return tuple(dims), draw(st.integers(-len(dims), len(dims) - 1))
 
 
 def op_model(node: onnx.NodeProto, inputs: dict[str, int], spikes: bool = True, opset: int = 17) -> onnx.ModelProto:
@@ -91,13 +148,60 @@ def with_attribute(model: onnx.ModelProto, name: str, value) -> onnx.ModelProto:
     return model
 
 
-# attribute problems every embedded neuron is checked for, sized for 3 bases x 8 steps (the MBENeuron
-# test covers the full list)
+class BadAttribute(NamedTuple):
+    name: str  # the attribute set
+    value: Any  # its bad value; None: the attribute left out
+    blamed: str | None = None  # the attribute the error names, when the value contradicts another one's
+
+
+# every class of bad value of each of a neuron's attributes, for a neuron of 3 bases x 8 steps (24
+# slots): missing, wrong type (for a list of floats a wrong type reads as empty), wrong length,
+# non-finite, zero or negative where invalid, out of range, and integers that would overflow
+_INF, _NAN = float("inf"), float("nan")
 BAD_NEURON_ATTRIBUTES = [
-    ("timesteps", 0), ("timesteps", None), ("input_scale", [0.0, 1.0, 1.0]), ("input_offset", [0.0]),
-    ("threshold", [1.0] * 23 + [-1.0]), ("reset", None), ("weight", [float("inf")] * 24), ("bias", float("nan")),
-    ("signed", 2),
+    *[BadAttribute("timesteps", v) for v in (None, 1.5, "8", [8], 0, -3, -(1 << 63), 25, 1 << 62, (1 << 63) - 1)],
+    BadAttribute("timesteps", 7, blamed="threshold"),  # 24 slots are not 3 bases x 7 steps
+    *[BadAttribute("input_scale", v) for v in (None, [], 1.0, "1", [1, 2, 3], [1.0, _INF, 1.0], [-_INF, 1.0, 1.0],
+                                                [1.0, 1.0, _NAN], [0.0, 1.0, 1.0], [1.0, -0.0, 1.0])],
+    BadAttribute("input_scale", [1.0] * 4, blamed="input_offset"),  # 4 bases, 3 offsets
+    *[BadAttribute("input_offset", v) for v in (None, [], 0.0, [0, 0, 0], [0.0], [0.0] * 4, [_NAN] * 3,
+                                                 [0.0, _INF, 0.0], [0.0, 0.0, -_INF])],
+    *[BadAttribute("threshold", v) for v in (None, [], 1.0, [1, 2, 3], [1] * 24, [1.0] * 23, [1.0] * 25, [1.0] * 48,
+                                              [1.0] * 23 + [-1.0], [0.0] + [1.0] * 23, [1.0] * 23 + [-0.0],
+                                              [1.0] * 23 + [_NAN], [_INF] + [1.0] * 23, [-_INF] * 24)],
+    *[BadAttribute(table, v) for table in ("reset", "weight")
+      for v in (None, [], 1.0, [1] * 24, [1.0] * 23, [1.0] * 25, [_INF] * 24, [-_INF] * 24, [1.0] * 23 + [-_INF],
+                [_NAN] + [1.0] * 23)],
+    *[BadAttribute("bias", v) for v in (None, _NAN, _INF, -_INF, [1.0, 2.0], 1, "0")],
+    *[BadAttribute("signed", v) for v in (None, 2, -1, 1 << 62, -(1 << 63), 1.0, [1], "1")],
 ]
+BAD_AXIS = [BadAttribute("axis", v) for v in (None, 1.5, [1], "-1")]
+BAD_EPSILON = [BadAttribute("epsilon", v) for v in (None, -1e-5, -1e-45, -_INF, _INF, _NAN, 1, [1e-5], "1e-5")]
+# axes no input of the given shape has: an error when the op runs (the rank is known then)
+AXES_OUT_OF_RANGE = [(2, (3, 4)), (-3, (3, 4)), (1 << 62, (3, 4)), (-(1 << 63), (3, 4)), (0, ()), (-1, ())]
+
+
+def _describe(value: Any) -> str:
+    """A short test id for an attribute value: lists run-length coded, e.g. [1.0*23, -1.0]."""
+    if not isinstance(value, list):
+        return repr(value)
+    runs = [[v, len(list(group))] for v, group in itertools.groupby(value, key=repr)]
+    return "[" + ", ".join(v if n == 1 else f"{v}*{n}" for v, n in runs) + "]"
+
+
+def bad_attribute_params(neuron_prefixes: tuple[str, ...], own: Sequence[BadAttribute] = ()) -> list:
+    """pytest params (attribute, value, attribute the error must name) for an op: its own attributes'
+    cases, then every bad neuron attribute under each of its neurons' prefixes."""
+    cases = [*own, *(BadAttribute(prefix + c.name, c.value, c.blamed and prefix + c.blamed)
+                     for prefix in neuron_prefixes for c in BAD_NEURON_ATTRIBUTES)]
+    return [pytest.param(c.name, c.value, c.blamed or c.name, id=f"{c.name}={_describe(c.value)}") for c in cases]
+
+
+def assert_rejected_at_session_creation(model: onnx.ModelProto, attribute: str) -> None:
+    """Creating a session (the library registered) fails with an error naming the node and the attribute."""
+    node = model.graph.node[0]
+    with pytest.raises(Exception, match=re.escape(f"{node.op_type} node '{node.name}': attribute '{attribute}'")):
+        onnx_snn.session(model)
 
 
 def omitted_spikes(model: onnx.ModelProto, how: str) -> onnx.ModelProto:

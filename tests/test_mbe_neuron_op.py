@@ -12,20 +12,21 @@ import onnx
 import onnx.inliner
 import onnxruntime as ort
 import pytest
-from helpers import EDGE_VALUES, probe_inputs, random_neuron
-from spiking_op_helpers import with_attribute
+from helpers import EDGE_VALUES, extreme_neurons, probe_inputs, random_neuron
+from spiking_op_helpers import assert_rejected_at_session_creation, bad_attribute_params, with_attribute
 from onnx import TensorProto
 from onnx import helper as oh
 from onnx.reference import ReferenceEvaluator
 
 import onnx_snn
-from onnx_snn.mbe.neuron import simulate, spike_trains
+from onnx_snn.mbe.neuron import MBEParameters, SlotTables, simulate, spike_trains
 from onnx_snn.ops import mbe_neuron
 from onnx_snn.ops.common import IR_VERSION, single_node_model
 
 
-def neuron_graph(params, shape=("n",), opset=17):
-    node = mbe_neuron.make_node(params.tables, "x", "y", "spikes", name="neuron")
+def neuron_graph(neuron: MBEParameters | SlotTables, shape=("n",), opset=17):
+    tables = neuron.tables if isinstance(neuron, MBEParameters) else neuron
+    node = mbe_neuron.make_node(tables, "x", "y", "spikes", name="neuron")
     return single_node_model(
         node,
         [oh.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
@@ -73,6 +74,19 @@ def test_every_implementation_is_bit_identical(any_neuron, opset):
     for name, (y, spikes) in run_all_ways(model, x).items():
         assert_bit_identical(y, y_ref, f"{name} y")
         assert_bit_identical(spikes, spikes_ref, f"{name} spikes")
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+@pytest.mark.parametrize("name", list(extreme_neurons(0)))
+def test_neurons_at_the_edges_of_float32_bit_identical(name, signed):
+    """Valid but extreme tables (denormal or near-max scales, thresholds, resets, weights): overflow
+    to +-inf, inf - inf = NaN, denormal sums; every implementation as the reference, on the edge values."""
+    tables = extreme_neurons(8, signed=signed)[name]
+    x = probe_inputs(random_neuron(8, signed=signed), tables=tables)
+    y_ref, spikes_ref = simulate(tables, x)
+    for implementation, (y, spikes) in run_all_ways(neuron_graph(tables), x).items():
+        assert_bit_identical(y, y_ref, f"{implementation} y")
+        assert_bit_identical(spikes, spikes_ref, f"{implementation} spikes")
 
 
 def test_presets_bit_identical_across_and_beyond_their_domain():
@@ -175,24 +189,9 @@ def test_spike_output_is_optional(omitted):
         assert_bit_identical(y, simulate(params.tables, x)[0], "function y")
 
 
-BAD_ATTRIBUTES = [
-    ("timesteps", 0), ("timesteps", -3), ("timesteps", 1 << 62), ("timesteps", None), ("timesteps", 1.5),
-    ("input_scale", None), ("input_scale", []), ("input_scale", [1.0, float("inf"), 1.0]), ("input_scale", [0.0, 1.0, 1.0]),
-    ("input_offset", [0.0]), ("input_offset", [float("nan")] * 3), ("input_offset", None),
-    ("threshold", [1.0] * 23), ("threshold", [1.0] * 23 + [-1.0]), ("threshold", [1.0] * 23 + [float("nan")]),
-    ("threshold", None), ("threshold", [1, 2, 3]),
-    ("reset", [1.0] * 25), ("reset", [float("inf")] * 24), ("reset", None),
-    ("weight", []), ("weight", [float("-inf")] * 24), ("weight", None),
-    ("bias", float("nan")), ("bias", float("inf")), ("bias", None), ("bias", [1.0, 2.0]),
-    ("signed", 2), ("signed", -1), ("signed", None),
-]
-
-
-@pytest.mark.parametrize("name, value", BAD_ATTRIBUTES, ids=[f"{n}={v!r}" for n, v in BAD_ATTRIBUTES])
-def test_invalid_attributes_fail_at_session_creation_naming_the_attribute(name, value):
-    model = with_attribute(neuron_graph(random_neuron(1, 3, 8)), name, value)
-    with pytest.raises(Exception, match=f"MBENeuron node 'neuron': attribute '{name}'"):
-        onnx_snn.session(model)
+@pytest.mark.parametrize("name, value, blamed", bad_attribute_params(("",)))
+def test_invalid_attributes_fail_at_session_creation_naming_the_attribute(name, value, blamed):
+    assert_rejected_at_session_creation(with_attribute(neuron_graph(random_neuron(1, 3, 8)), name, value), blamed)
 
 
 @pytest.mark.parametrize("kernel", ["baseline", "avx2"])
@@ -201,7 +200,7 @@ def test_narrower_instruction_sets_run_the_same_operations(kernel):
     baseline (SSE2) and AVX2 builds pass the bit-identity tests of every op too."""
     tests = Path(__file__).parent
     files = [str(tests / f"test_{name}_op.py") for name in ("mbe_neuron", "spiking_softmax", "spiking_layernorm", "spiking_rmsnorm")]
-    selected = "every_implementation or presets_bit_identical or any_shape or edge_values or empty_tensors"
+    selected = "every_implementation or presets_bit_identical or any_shape or edge_values or special or longer_than_a_task"
     # -P: the installed package (with its library), not the source tree
     result = subprocess.run([sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", *files, "-k", selected],
                             cwd=tests.parent, env={**os.environ, "ONNX_SNN_KERNEL": kernel}, capture_output=True, text=True)

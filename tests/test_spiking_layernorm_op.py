@@ -9,14 +9,20 @@ ReduceSum, whose order is onnxruntime's), divided by N; every other step is one 
 in the same order."""
 
 
+import math
+
 import numpy as np
 import onnx
 import onnx.inliner
 import onnxruntime as ort
 import pytest
 from helpers import random_neuron
-from spiking_op_helpers import (BAD_NEURON_ATTRIBUTES, assert_all_ways_equal, assert_concurrent_runs_identical,
-                                assert_same, omitted_spikes, op_model, presets_or_skip, with_attribute)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from spiking_op_helpers import (AXES_OUT_OF_RANGE, BAD_AXIS, BAD_EPSILON, assert_all_ways_equal,
+                                assert_concurrent_runs_identical, assert_rejected_at_session_creation, assert_same,
+                                bad_attribute_params, neuron_sets, omitted_spikes, op_model, presets_or_skip,
+                                shapes_with_axis, special_rows, with_attribute)
 
 import onnx_snn
 from onnx_snn.ops import mbe_neuron, spiking_layernorm
@@ -106,7 +112,70 @@ def test_edge_values_bit_identical(epsilon):
     assert np.isnan(expected[0][0]).all() and np.isfinite(expected[0][1:]).all()
 
 
-@pytest.mark.parametrize("shape, axis", [((0,), 0), ((0, 5), -1), ((5, 0), -1), ((2, 0, 3), 1)])
+@pytest.mark.parametrize("shape, axis", [((3, 20000), -1), ((2, 3, 7000), 1)])
+def test_rows_longer_than_a_task(shape, axis):
+    """More normalised values per row than a task takes (16384): one row per task."""
+    neurons = NEURON_SETS[0]
+    rng = np.random.default_rng(8)
+    x = rng.normal(0, 2, shape).astype(np.float32)
+    gamma, beta = affine(rng, shape[axis:])
+    expected = spiking_layernorm.reference(*neurons, x, gamma, beta, axis)
+    model = layernorm_model(neurons, len(shape), gamma.ndim, beta.ndim, axis)
+    assert_all_ways_equal(model, feeds(x, gamma, beta), expected, reference_evaluator=False)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(shapes_with_axis(), st.integers(0, 2**32 - 1))
+def test_random_shapes_and_axes_match_the_reference(shape_and_axis, seed):
+    """Shapes around the task size on any axis: every split of the rows into tasks."""
+    shape, axis = shape_and_axis
+    neurons = NEURON_SETS[0]
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 2, shape).astype(np.float32)
+    gamma, beta = affine(rng, (math.prod(shape[axis:]),))
+    outputs = onnx_snn.session(layernorm_model(neurons, len(shape), axis=axis)).run(None, feeds(x, gamma, beta))
+    for out, exp in zip(outputs, spiking_layernorm.reference(*neurons, x, gamma, beta, axis)):
+        assert_same(out, exp, f"{shape} axis {axis}")
+
+
+NAMED_NEURONS = neuron_sets((27, True), (28, True), (29, False))  # by name, extreme ones included
+
+
+@pytest.mark.parametrize("epsilon", [1e-5, 0.0])
+@pytest.mark.parametrize("neurons", NAMED_NEURONS)
+def test_special_rows_bit_identical_and_defined(neurons, epsilon):
+    """Every special float32 in every position, all-equal rows, rows whose statistics overflow, cancel
+    or are denormal (with the extreme neurons also the encoded values and their mean and variance)."""
+    x = special_rows()
+    gamma, beta = affine(np.random.default_rng(2), (x.shape[1],))
+    expected = spiking_layernorm.reference(*NAMED_NEURONS[neurons], x, gamma, beta, -1, epsilon)
+    model = layernorm_model(NAMED_NEURONS[neurons], 2, epsilon=epsilon)
+    assert_all_ways_equal(model, feeds(x, gamma, beta), expected)
+    if neurons == "random":  # the encoders saturate: NaN exactly in the rows with a NaN
+        nan_rows = np.isnan(x).any(-1)
+        assert np.isnan(expected[0][nan_rows]).all() and np.isfinite(expected[0][~nan_rows]).all()
+
+
+def test_special_gamma_and_beta_bit_identical():
+    x = special_rows()
+    gamma = np.float32([np.nan, np.inf, -np.inf, 3.4028235e38, 1e-45, -0.0, 1.0])
+    beta = np.float32([3.4028235e38, -np.inf, 1e-45, np.nan, -0.0, -3.4028235e38, 0.0])
+    neurons = NAMED_NEURONS["random"]
+    expected = spiking_layernorm.reference(*neurons, x, gamma, beta)
+    assert_all_ways_equal(layernorm_model(neurons, 2), feeds(x, gamma, beta), expected)
+
+
+def test_scalar_gamma_and_beta_of_one_value_rows():
+    """Rows of one value (x - mean = 0) with 0-d gamma and beta."""
+    neurons = NEURON_SETS[0]
+    x = special_rows()[:, :1]
+    gamma, beta = np.array(1.5, np.float32), np.array(-0.5, np.float32)
+    expected = spiking_layernorm.reference(*neurons, x, gamma, beta)
+    assert_all_ways_equal(layernorm_model(neurons, 2, gamma_rank=0, beta_rank=0), feeds(x, gamma, beta), expected)
+
+
+@pytest.mark.parametrize("shape, axis", [((0,), 0), ((0, 5), -1), ((5, 0), -1), ((0, 5), 0), ((5, 0), 0), ((2, 0, 3), 1),
+                                         ((2, 0, 3), -1), ((2, 3, 0), 0)])
 def test_empty_tensors(shape, axis):
     neurons = NEURON_SETS[0]
     x = np.zeros(shape, np.float32)
@@ -152,26 +221,24 @@ def test_accuracy_against_numpy_layer_norm():
 
 # ---- validation, threads, optional output ------------------------------------------------------------
 
-BAD_ATTRIBUTES = [("axis", None), ("axis", 1.5), ("epsilon", None), ("epsilon", -1e-5), ("epsilon", float("nan")),
-                  ("epsilon", float("inf"))] + [
-    (prefix + name, value) for prefix in ("input_", "centered_", "rsqrt_") for name, value in BAD_NEURON_ATTRIBUTES]
-
-
-@pytest.mark.parametrize("name, value", BAD_ATTRIBUTES, ids=[f"{n}={v!r}" for n, v in BAD_ATTRIBUTES])
-def test_invalid_attributes_fail_at_session_creation_naming_the_attribute(name, value):
+@pytest.mark.parametrize("name, value, blamed",
+                         bad_attribute_params(("input_", "centered_", "rsqrt_"), BAD_AXIS + BAD_EPSILON))
+def test_invalid_attributes_fail_at_session_creation_naming_the_attribute(name, value, blamed):
     neuron = random_neuron(31, 3, 8).tables  # the bad values are sized for 3 bases x 8 steps
     model = with_attribute(layernorm_model((neuron, neuron, neuron), 2), name, value)
-    with pytest.raises(Exception, match=f"SpikingLayerNorm node 'layernorm': attribute '{name}'"):
-        onnx_snn.session(model)
+    assert_rejected_at_session_creation(model, blamed)
 
 
-def test_axis_out_of_range_is_an_error_at_run_time():
-    model = layernorm_model(NEURON_SETS[0], 2, axis=2)
-    f = feeds(np.zeros((3, 4), np.float32), np.ones(4, np.float32), np.zeros(4, np.float32))
-    with pytest.raises(Exception, match="attribute 'axis': 2 is out of range for an input of rank 2"):
+@pytest.mark.parametrize("axis, shape", AXES_OUT_OF_RANGE)
+def test_axis_out_of_range_is_an_error_at_run_time(axis, shape):
+    model = layernorm_model(NEURON_SETS[0], len(shape), axis=axis)
+    f = feeds(np.zeros(shape, np.float32), np.ones(4, np.float32), np.zeros(4, np.float32))
+    with pytest.raises(Exception, match=f"attribute 'axis': {axis} is out of range for an input of rank {len(shape)}"):
         onnx_snn.session(model).run(None, f)
     with pytest.raises(Exception):
         ort.InferenceSession(model.SerializeToString()).run(None, f)
+    with pytest.raises(ValueError, match="out of range"):
+        spiking_layernorm.reference(*NEURON_SETS[0], *f.values(), axis=axis)
 
 
 @pytest.mark.parametrize("gamma_shape, beta_shape, bad", [

@@ -17,12 +17,15 @@ import onnx.inliner
 import onnxruntime as ort
 import pytest
 from helpers import random_neuron
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto
 from onnx import helper as oh
 from onnx.reference import ReferenceEvaluator
-from spiking_op_helpers import (BAD_NEURON_ATTRIBUTES, LOWEST, assert_all_ways_equal,
-                                assert_concurrent_runs_identical, assert_same, omitted_spikes, op_model,
-                                presets_or_skip, with_attribute)
+from spiking_op_helpers import (AXES_OUT_OF_RANGE, BAD_AXIS, LOWEST, assert_all_ways_equal,
+                                assert_concurrent_runs_identical, assert_rejected_at_session_creation, assert_same,
+                                bad_attribute_params, neuron_sets, omitted_spikes, op_model, presets_or_skip,
+                                shapes_with_axis, special_rows, with_attribute)
 
 import onnx_snn
 from onnx_snn.mbe.neuron import simulate
@@ -104,6 +107,29 @@ def test_edge_values_bit_identical_and_defined(opset):
     assert y[9, 2] == pytest.approx(1.0, abs=1e-3) and np.all(np.delete(y[9], 2) == 0)
 
 
+NAMED_NEURONS = neuron_sets((15, False), (16, False))  # (exp2, reciprocal) by name, extreme ones included
+# the input views that take the kernel's three paths: rows (inner = 1), columns of a small block
+# (inner > 1, one task reads whole inner rows), and columns gathered from a block above 16384 values
+LAYOUTS = {"rows": lambda x: (x, -1), "columns": lambda x: (np.ascontiguousarray(x.T), 0),
+           "gathered columns": lambda x: (np.ascontiguousarray(np.tile(x.T, (1, -(-2400 // len(x))))), 0)}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("neurons", NAMED_NEURONS)
+def test_special_rows_bit_identical_and_defined(neurons, layout):
+    """Every special float32 in every position, all-equal rows, rows whose sums overflow or are
+    denormal; with random neurons and with neurons at float32's edges; along every kernel path."""
+    exp2, reciprocal = NAMED_NEURONS[neurons]
+    x, axis = LAYOUTS[layout](special_rows())
+    expected = spiking_softmax.reference(exp2, reciprocal, x, axis)
+    assert_all_ways_equal(softmax_model(exp2, reciprocal, 2, axis), {"x": x}, expected,
+                          reference_evaluator=layout != "gathered columns")
+    if neurons == "random":  # NaN exactly in the rows with a NaN or +inf, or only -inf
+        rows, y = np.moveaxis(x, axis, -1), np.moveaxis(expected[0], axis, -1)
+        nan_rows = np.isnan(rows).any(-1) | (rows == np.inf).any(-1) | (rows == -np.inf).all(-1)
+        assert np.isnan(y[nan_rows]).all() and not np.isnan(y[~nan_rows]).any()
+
+
 def test_exponent_split_on_and_around_integers_and_at_every_magnitude():
     """z = x * log2(e) exactly on integers, one ulp either side, and up to and beyond 2^23 (where
     every float is an integer): the kernel's vectorised floor must be std::floor's, to the bit."""
@@ -123,14 +149,37 @@ def test_exponent_split_on_and_around_integers_and_at_every_magnitude():
         assert_all_ways_equal(softmax_model(exp2, reciprocal, 2, axis), {"x": x}, expected, reference_evaluator=False)
 
 
-@pytest.mark.parametrize("shape, axis", [((0,), 0), ((0, 5), -1), ((5, 0), -1), ((5, 0), 0), ((2, 0, 3), 1),
-                                         ((2, 0, 3), -1)])
+@pytest.mark.parametrize("shape, axis", [((0,), 0), ((0, 5), -1), ((5, 0), -1), ((5, 0), 0), ((0, 5), 0), ((2, 0, 3), 1),
+                                         ((2, 0, 3), -1), ((2, 0, 3), 0), ((2, 3, 0), 0)])
 def test_empty_tensors(shape, axis):
     exp2, reciprocal = NEURON_PAIRS[0]
     x = np.zeros(shape, np.float32)
     y, spikes = spiking_softmax.reference(exp2, reciprocal, x, axis)
     assert y.shape == shape and spikes.tolist() == [0, 0]
     assert_all_ways_equal(softmax_model(exp2, reciprocal, len(shape), axis), {"x": x}, (y, spikes))
+
+
+@pytest.mark.parametrize("shape, axis", [((2, 20000), -1), ((20000, 3), 0), ((2, 20000, 3), 1)])
+def test_an_axis_longer_than_a_task(shape, axis):
+    """More values along the axis than a task takes (16384): one column per task, gathered; its
+    output goes back `inner` apart (the kernel once wrote it as if inner were 1)."""
+    exp2, reciprocal = NEURON_PAIRS[0]
+    x = masked_logits(np.random.default_rng(7), shape)
+    expected = spiking_softmax.reference(exp2, reciprocal, x, axis)
+    assert_all_ways_equal(softmax_model(exp2, reciprocal, len(shape), axis), {"x": x}, expected,
+                          reference_evaluator=False)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(shapes_with_axis(), st.integers(0, 2**32 - 1))
+def test_random_shapes_and_axes_match_the_reference(shape_and_axis, seed):
+    """Shapes around the task size on any axis: every block split and path of the kernel's plan."""
+    shape, axis = shape_and_axis
+    exp2, reciprocal = NEURON_PAIRS[0]
+    x = masked_logits(np.random.default_rng(seed), shape)
+    outputs = onnx_snn.session(softmax_model(exp2, reciprocal, len(shape), axis)).run(None, {"x": x})
+    for out, exp in zip(outputs, spiking_softmax.reference(exp2, reciprocal, x, axis)):
+        assert_same(out, exp, f"{shape} axis {axis}")
 
 
 @pytest.mark.parametrize("axis", range(-4, 4))
@@ -253,19 +302,13 @@ def test_fixed_order_sum_block(opset):
 
 # ---- validation, threads, optional output ------------------------------------------------------------
 
-BAD_ATTRIBUTES = [("axis", None), ("axis", 1.5)] + [
-    (prefix + name, value) for prefix in ("exp2_", "reciprocal_") for name, value in BAD_NEURON_ATTRIBUTES]
-
-
-@pytest.mark.parametrize("name, value", BAD_ATTRIBUTES, ids=[f"{n}={v!r}" for n, v in BAD_ATTRIBUTES])
-def test_invalid_attributes_fail_at_session_creation_naming_the_attribute(name, value):
+@pytest.mark.parametrize("name, value, blamed", bad_attribute_params(("exp2_", "reciprocal_"), BAD_AXIS))
+def test_invalid_attributes_fail_at_session_creation_naming_the_attribute(name, value, blamed):
     neuron = random_neuron(21, 3, 8).tables  # the bad values are sized for 3 bases x 8 steps
-    model = with_attribute(softmax_model(neuron, neuron, rank=2), name, value)
-    with pytest.raises(Exception, match=f"SpikingSoftmax node 'softmax': attribute '{name}'"):
-        onnx_snn.session(model)
+    assert_rejected_at_session_creation(with_attribute(softmax_model(neuron, neuron, rank=2), name, value), blamed)
 
 
-@pytest.mark.parametrize("axis, shape", [(2, (3, 4)), (-3, (3, 4)), (-1, ())])
+@pytest.mark.parametrize("axis, shape", AXES_OUT_OF_RANGE)
 def test_axis_out_of_range_is_an_error_at_run_time(axis, shape):
     model = softmax_model(*NEURON_PAIRS[0], rank=len(shape), axis=axis)
     x = np.zeros(shape, np.float32)

@@ -126,7 +126,9 @@ struct Softmax {
     // y = t * inv
     for (size_t o = 0; o < outers; ++o) {
       const float* inv = &r[o * columns];
-      if (columns == 1) {  // one row (inner == 1, so y's row is contiguous)
+      // one contiguous row of y: only when inner == 1 (an axis longer than a task also gets one
+      // column per task, but then y's entries along the axis are `inner` apart)
+      if (inner == 1) {
         const float* to = &t[o * length];
         float* yo = y + (o0 + o) * length;
         for (size_t i = 0; i < length; ++i) yo[i] = to[i] * inv[0];
