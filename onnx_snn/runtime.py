@@ -24,6 +24,20 @@ def get_library_path() -> str:
     return str(path)
 
 
+_REGISTERED = "onnx_snn.library_registered"
+
+
+def register_library(options: ort.SessionOptions) -> ort.SessionOptions:
+    """`options` with the custom-op library registered, once: onnxruntime refuses a second
+    registration on the same options, and users reuse one SessionOptions for many sessions."""
+    try:
+        options.get_session_config_entry(_REGISTERED)
+    except RuntimeError:  # onnxruntime's way of saying the entry is absent
+        options.register_custom_ops_library(get_library_path())
+        options.add_session_config_entry(_REGISTERED, "1")
+    return options
+
+
 def read_external_data_from(options: ort.SessionOptions, folder: str | os.PathLike | None) -> ort.SessionOptions:
     """Options for a model given as bytes whose external weights lie in `folder` (None: nothing to do)."""
     if folder is not None:
@@ -45,7 +59,7 @@ def session(
     ModelProto's external weights are relative to (e.g. the original's folder, for what convert()
     returns); other arguments go to InferenceSession."""
     options = sess_options if sess_options is not None else ort.SessionOptions()
-    options.register_custom_ops_library(get_library_path())
+    register_library(options)
     read_external_data_from(options, external_data_dir)
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
