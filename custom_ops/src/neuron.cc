@@ -157,11 +157,15 @@ InstructionSet ChosenInstructionSet() { return kKernel.instruction_set; }
 extern "C" __attribute__((visibility("default"))) const char* OnnxSnnInstructionSet() { return kKernel.name; }
 
 std::vector<float> FloatsAttribute(const Ort::ConstKernelInfo& info, const std::string& name) {
+  std::vector<float> values;
   try {
-    return info.GetAttributes<float>(name.c_str());
+    values = info.GetAttributes<float>(name.c_str());
   } catch (const Ort::Exception& e) {
     throw Invalid(name, std::string("missing or not a list of floats (") + e.what() + ")");
   }
+  // onnxruntime reads a list of another type as an empty list; no neuron table may be empty
+  if (values.empty()) throw Invalid(name, "empty or not a list of floats");
+  return values;
 }
 
 float FloatAttribute(const Ort::ConstKernelInfo& info, const std::string& name) {
@@ -196,13 +200,9 @@ NeuronTables NeuronTables::FromAttributes(const Ort::ConstKernelInfo& info, cons
   n.is_signed = is_signed == 1;
 
   const size_t bases = n.input_scale.size();
-  if (bases < 1) throw Invalid(name("input_scale"), "needs one value per basis, at least one");
   if (n.input_offset.size() != bases)
     throw Invalid(name("input_offset"), std::to_string(n.input_offset.size()) + " values for " +
                                             std::to_string(bases) + " bases");
-  for (const auto& [attribute, table] : {std::pair{"threshold", &n.threshold}, std::pair{"reset", &n.reset},
-                                         std::pair{"weight", &n.weight}})
-    if (table->empty()) throw Invalid(name(attribute), "empty or not a list of floats");
   // checked before the table sizes so that bases * timesteps cannot overflow
   if (static_cast<uint64_t>(n.timesteps) > n.threshold.size())
     throw Invalid(name("timesteps"), std::to_string(n.timesteps) + " steps exceed the " +
