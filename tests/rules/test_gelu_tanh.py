@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from rule_kit import (assert_elementwise_conversion, Builder, convert, exact, export, gelu_product,
-                      gelu_tanh_approximation, grid, near_misses_of, neuron_reference, op_types, rules_found, run,
-                      run_spiking, search, sites_of)
+from rule_kit import (assert_elementwise_conversion, Builder, convert, exact, export, gelu_tanh_approximation, grid,
+                      near_misses_of, neuron_reference, op_types, rules_found, run, run_spiking, search, sites_of,
+                      write_gelu_tanh)
 
 from onnx_snn.rules.gelu_tanh import GeluTanh
 
@@ -36,18 +36,7 @@ def gelu_tanh_graph(cube="pow", half="first", swap=False, constants="initializer
     "first" ((0.5 x) (1 + tanh)), "last" ((x (1 + tanh)) 0.5) or "middle" (((1 + tanh) 0.5) x);
     swap: binary ops with operands the other way round; constants: "initializer" or "node"."""
     b = Builder(constants, swap)
-    if cube == "pow":
-        b.binary("Pow", "x0", b.constant("three", exponent), "cube")
-    else:
-        b.op("Mul", ["x0", "x0"], "square")
-        b.binary("Mul", "x0", "square", "cube")
-    b.binary("Mul", "cube", b.constant("cubic", cubic), "cubic_term")
-    b.binary("Add", "x0", "cubic_term", "inner")
-    b.binary("Mul", "inner", b.constant("scale", scale), "argument")
-    b.op("Tanh", ["argument"], "tanh")
-    b.binary("Add", "tanh", b.constant("one", one), "one_plus_tanh")
-    b.constant("half", half_value)
-    gelu_product(b, "x0", "one_plus_tanh", half)
+    write_gelu_tanh(b, "x0", cube, half, cubic, scale, exponent, one, half_value)
     return b.model({"x0": ["batch", 8]}, ["y"] + ([also_output] if also_output else []))
 
 

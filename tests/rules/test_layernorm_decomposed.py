@@ -8,8 +8,8 @@ chain. -> SpikingLayerNorm, checked end to end against its reference and the ori
 import numpy as np
 import pytest
 import torch
-from rule_kit import (HIDDEN, Builder, assert_composite_conversion, export, gamma_beta, near_misses_of, rules_found,
-                      search, sites_of, weights)
+from rule_kit import (HIDDEN, Builder, assert_composite_conversion, export, near_misses_of, rules_found, search,
+                      sites_of, weights, write_layernorm)
 
 from onnx_snn.calibrate import Probe
 
@@ -36,30 +36,10 @@ def layernorm_graph(opset=17, axes=(-1,), var_axes=None, keepdims=1, axes_as="in
     """LayerNorm of x0 [batch, 3, 8] written out. casts: the values followed by a float32 Cast, of
     "x", "d", "square", "var", "std", "norm"; square_twice: d * d also computed for another output."""
     b = Builder(constants)
-    x = b.cast("x0") if "x" in casts else "x0"
-    mean = b.reduce_mean(x, "mean", axes, keepdims, opset, axes_as)
-    d = b.op("Sub", [x, mean], "d")
-    centred = b.cast(d) if "d" in casts else d
-    if square == "pow":
-        sq = b.op("Pow", [centred, b.constant("two", 2.0)], "square")
-    else:
-        sq = b.op("Mul", [centred, centred], "square")
-    sq = b.cast(sq) if "square" in casts else sq
+    y = write_layernorm(b, "x0", opset, axes, var_axes, keepdims, axes_as, square, divide, casts, epsilon,
+                        gamma=gamma, beta=beta, swap=swap, gamma_shape=(3, HIDDEN) if len(axes) == 2 else (HIDDEN,))
     if square_twice:
-        also_output = b.op("Mul", [d, d], "square_again")
-    var = b.reduce_mean(sq, "var", var_axes or axes, keepdims, opset, axes_as)
-    var = b.cast(var) if "var" in casts else var
-    eps = b.constant("epsilon", epsilon)
-    std = b.op("Sqrt", [b.op("Add", [eps, var] if swap else [var, eps], "var_eps")], "std")
-    std = b.cast(std) if "std" in casts else std
-    if divide == "div":
-        norm = b.op("Div", [centred, std], "norm")
-    else:
-        inverse = b.op("Reciprocal", [std], "inverse_std")
-        norm = b.op("Mul", [inverse, centred] if swap else [centred, inverse], "norm")
-    norm = b.cast(norm) if "norm" in casts else norm
-    shape = (3, HIDDEN) if len(axes) == 2 else (HIDDEN,)
-    y = gamma_beta(b, norm, gamma, beta, swap, shape)
+        also_output = b.op("Mul", ["d", "d"], "square_again")
     inputs = {"x0": ["batch", 3, HIDDEN]} | ({"gamma_in": [HIDDEN]} if gamma == "input" else {})
     outputs = {y: ["batch", 3, HIDDEN]} | ({also_output: ["batch", 3, None]} if also_output else {})
     return b.model(inputs, outputs, opset=opset)

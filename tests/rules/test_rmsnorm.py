@@ -9,7 +9,7 @@ import pytest
 import torch
 from onnx import helper as oh
 from rule_kit import (HIDDEN, Builder, assert_composite_conversion, export, gamma_beta, graph_model, init, op_types,
-                      rules_found, search, sites_of, weights)
+                      rules_found, search, sites_of, weights, write_rmsnorm)
 
 from onnx_snn.calibrate import Probe
 
@@ -37,27 +37,8 @@ def rmsnorm_graph(opset=17, axes=(-1,), keepdims=1, axes_as="initializer", squar
     (x * Reciprocal(root)), "div-x" (x / root) or "none" (x * root); casts: values followed by a
     float32 Cast, of "x", "square", "ms", "root", "inverse", "norm"."""
     b = Builder(constants)
-    x = b.cast("x0") if "x" in casts else "x0"
-    sq = b.op("Pow", [x, b.constant("two", exponent)], "square") if square == "pow" else b.op("Mul", [x, x], "square")
-    sq = b.cast(sq) if "square" in casts else sq
-    ms = b.reduce_mean(sq, "ms", axes, keepdims, opset, axes_as)
-    ms = b.cast(ms) if "ms" in casts else ms
-    eps = b.constant("epsilon", epsilon)
-    root = b.op("Sqrt", [b.op("Add", [eps, ms] if swap else [ms, eps], "ms_eps")], "root")
-    root = b.cast(root) if "root" in casts else root
-    if invert == "div-x":
-        norm = b.op("Div", [x, root], "norm")
-    else:
-        if invert == "div-one":
-            inverse = b.op("Div", [b.constant("one", numerator), root], "inverse")
-        elif invert == "reciprocal":
-            inverse = b.op("Reciprocal", [root], "inverse")
-        else:
-            inverse = root
-        inverse = b.cast(inverse) if "inverse" in casts else inverse
-        norm = b.op("Mul", [inverse, x] if swap else [x, inverse], "norm")
-    norm = b.cast(norm) if "norm" in casts else norm
-    y = gamma_beta(b, norm, gamma, "none", swap)
+    y = write_rmsnorm(b, "x0", opset, axes, keepdims, axes_as, square, invert, casts, epsilon, gamma, swap, exponent,
+                      numerator)
     inputs = {"x0": ["batch", 3, HIDDEN]} | ({"gamma_in": [HIDDEN]} if gamma == "input" else {})
     outputs = {y: ["batch", 3, HIDDEN]} | ({also_output: ["batch", 3, None]} if also_output else {})
     return b.model(inputs, outputs, opset=opset)
