@@ -69,6 +69,13 @@ def near(value: float | None, expected: float, rtol: float = CONSTANT_RTOL) -> b
     return value is not None and abs(value - expected) <= rtol * abs(expected)
 
 
+def is_power(graph: Graph, node: onnx.NodeProto, base: str | None, exponent: float) -> bool:
+    """node is Pow(base, exponent) (base None: any), the exponent exactly that integer: not within
+    CONSTANT_RTOL, as any other power of a negative base is NaN."""
+    return (node.op_type == "Pow" and (base is None or node.input[0] == base)
+            and graph.scalar(node.input[1]) == exponent)
+
+
 def other_input(node: onnx.NodeProto, name: str) -> str | None:
     """The other operand of a binary node, given one of them."""
     if len(node.input) != 2:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import onnx
 
 from onnx_snn.calibrate import Probe
-from onnx_snn.rules.base import (MatchContext, NearMiss, Site, near, node_name, private_or_near_miss, reduce_axes,
-                                 root_of_mean, scaled_by_weight, through_casts)
+from onnx_snn.rules.base import (MatchContext, NearMiss, Site, is_power, near, node_name, private_or_near_miss,
+                                 reduce_axes, root_of_mean, scaled_by_weight, through_casts)
 from onnx_snn.rules.layernorm_decomposed import trailing_axis
 
 NAME = "rmsnorm"
@@ -41,7 +41,7 @@ class RMSNorm:
             return rmsnorm_site(node, [node], node.input[0], node.input[1], node.output[0],
                                 g.attribute(node, "axis", -1), g.attribute(node, "epsilon", 1e-5))
         if node.op_type == "Pow":
-            if not near(g.scalar(node.input[1]), 2.0):
+            if not is_power(g, node, None, 2.0):
                 return None
         elif list(node.input) != [node.input[0]] * 2:
             return None

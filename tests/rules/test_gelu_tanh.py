@@ -75,6 +75,7 @@ def test_written_out_forms_are_one_site(cube, half, swap, constants):
 @pytest.mark.parametrize("form, reason", [
     (dict(cubic=0.05), "the argument of tanh is not x + 0.044715 x^3"),
     (dict(exponent=2.0), "the argument of tanh is not x + 0.044715 x^3"),
+    (dict(exponent=3.0003), "the argument of tanh is not x + 0.044715 x^3"),  # NaN for x < 0
     (dict(one=2.0), "tanh is not followed by Add 1"),
     (dict(half="first", half_value=0.4), "neither x, 0.5 nor 0.5 x"),
     (dict(half="last", half_value=0.4), "the product is not completed by 0.5 and x"),
@@ -82,8 +83,8 @@ def test_written_out_forms_are_one_site(cube, half, swap, constants):
     (dict(also_output="inner"), "inner value 'inner' is also used outside the pattern"),
     (dict(also_output="cube"), "inner value 'cube' is also used outside the pattern"),
     (dict(also_output="half_x"), "inner value 'half_x' is also used outside the pattern"),
-], ids=["cubic-0.05", "pow-2", "add-2", "half-first-0.4", "half-last-0.4", "half-middle-0.4", "inner-sum-used",
-        "cube-used", "half-x-used"])
+], ids=["cubic-0.05", "pow-2", "pow-3.0003", "add-2", "half-first-0.4", "half-last-0.4", "half-middle-0.4",
+        "inner-sum-used", "cube-used", "half-x-used"])
 def test_near_miss_is_not_rewritten_leaves_a_plain_tanh_and_says_why(form, reason):
     model = gelu_tanh_graph(**form)
     assert rules_found(model) == {"sigmoid-tanh": 1}  # the Tanh alone
