@@ -46,10 +46,10 @@ class LayerNormDecomposed:
             return miss("the mean is not taken over the trailing axes with keepdims")
         nodes = [mean, sub]
         d = sub.output[0]
-        squares = [n for n in g.consumers.get(d, []) if is_power(g, n, d, 2.0) or (n.op_type == "Mul" and list(n.input) == [d, d])]
         casted = [c for c in consumers_of(ctx, d, "Cast") if g.attribute(c, "to") == onnx.TensorProto.FLOAT]
-        for cast in casted:  # d may reach the square through a Cast
-            squares += [n for n in consumers_of(ctx, cast.output[0], "Pow") if is_power(g, n, None, 2.0)]
+        squares = [n for value in (d, *[c.output[0] for c in casted])  # d may reach the square through a Cast
+                   for n in g.consumers.get(value, []) if is_power(g, n, value, 2.0)
+                   or (n.op_type == "Mul" and list(n.input) == [value, value])]
         squares = list({id(n): n for n in squares}.values())  # Mul(d, d) is listed once per operand
         if len(squares) != 1:
             return miss("x - mean is not squared (Pow 2 or d * d) exactly once")

@@ -122,8 +122,10 @@ def test_two_trailing_axes_are_one_site_on_axis_minus_2():
 @pytest.mark.parametrize("casts", [("x",), ("d",), ("square",), ("var",), ("std",), ("norm",),
                                    ("d", "square", "var", "std", "norm")],
                          ids=["x", "d", "square", "var", "std", "norm", "all"])
-def test_float32_casts_along_the_chain_are_part_of_the_site(casts):
-    model = layernorm_graph(casts=casts)
+@pytest.mark.parametrize("square", ["pow", "mul"], ids=["pow-2", "d-times-d"])
+def test_float32_casts_along_the_chain_are_part_of_the_site(casts, square):
+    """(A Cast of d squared as d * d was a near miss until the fuzz tests found it.)"""
+    model = layernorm_graph(casts=casts, square=square)
     assert rules_found(model) == {RULE: 1}
     site = the_site(model)
     removed = {n.output[0] for n in site.nodes}
