@@ -9,8 +9,8 @@ from __future__ import annotations
 import onnx
 
 from onnx_snn.rules.base import (MatchContext, NearMiss, Site, consumers_of, is_power, is_weight, node_name,
-                                 other_input, private_or_near_miss, reduce_axes, root_of_mean, scaled_by_weight,
-                                 through_casts)
+                                 not_per_feature, other_input, private_or_near_miss, reduce_axes, root_of_mean,
+                                 scaled_by_weight, through_casts)
 from onnx_snn.rules.layernorm import layernorm_site
 
 NAME = "layernorm-decomposed"
@@ -82,11 +82,15 @@ class LayerNormDecomposed:
         if scaled is None:
             return miss("the normalised value is not scaled by a constant gamma")
         gamma, scale = scaled
+        problem = not_per_feature(g, "gamma", gamma, -axis)
+        if problem:
+            return miss(problem)
         last, beta = scale, None
         shift = g.only_consumer(scale.output[0])
         if shift is not None and shift.op_type == "Add":
             candidate = other_input(shift, scale.output[0])
-            if candidate is not None and is_weight(g, candidate):
+            # a shift that is not one value per feature stays an Add after the spiking op
+            if candidate is not None and is_weight(g, candidate) and not not_per_feature(g, "beta", candidate, -axis):
                 beta, last = candidate, shift
                 nodes.append(shift)
         nodes = list({id(n): n for n in nodes}.values())

@@ -8,8 +8,8 @@ chain. -> SpikingLayerNorm, checked end to end against its reference and the ori
 import numpy as np
 import pytest
 import torch
-from rule_kit import (HIDDEN, Builder, assert_composite_conversion, export, near_misses_of, rules_found, search,
-                      sites_of, weights, write_layernorm)
+from rule_kit import (COMPOSITE_ERROR, HIDDEN, Builder, assert_composite_conversion, convert, export, near_misses_of,
+                      rules_found, run, run_spiking, search, sites_of, weights, write_layernorm)
 
 from onnx_snn.calibrate import Probe
 
@@ -32,12 +32,16 @@ class HandWrittenLayerNorm(torch.nn.Module):
 
 def layernorm_graph(opset=17, axes=(-1,), var_axes=None, keepdims=1, axes_as="initializer", square="pow",
                     divide="div", casts=(), epsilon=1e-5, gamma="initializer", beta="initializer", swap=False,
-                    constants="initializer", also_output=None, square_twice=False, exponent=2.0):
+                    constants="initializer", also_output=None, square_twice=False, exponent=2.0, gamma_shape=None,
+                    beta_shape=None):
     """LayerNorm of x0 [batch, 3, 8] written out. casts: the values followed by a float32 Cast, of
-    "x", "d", "square", "var", "std", "norm"; square_twice: d * d also computed for another output."""
+    "x", "d", "square", "var", "std", "norm"; square_twice: d * d also computed for another output;
+    gamma_shape: the normalised dims unless given; beta_shape: gamma's unless given."""
     b = Builder(constants)
+    if gamma_shape is None:
+        gamma_shape = (3, HIDDEN) if len(axes) == 2 else (HIDDEN,)
     y = write_layernorm(b, "x0", opset, axes, var_axes, keepdims, axes_as, square, divide, casts, epsilon, exponent,
-                        gamma=gamma, beta=beta, swap=swap, gamma_shape=(3, HIDDEN) if len(axes) == 2 else (HIDDEN,))
+                        gamma=gamma, beta=beta, swap=swap, gamma_shape=gamma_shape, beta_shape=beta_shape)
     if square_twice:
         also_output = b.op("Mul", ["d", "d"], "square_again")
     inputs = {"x0": ["batch", 3, HIDDEN]} | ({"gamma_in": [HIDDEN]} if gamma == "input" else {})
@@ -185,6 +189,29 @@ def test_inner_value_also_used_outside_is_a_near_miss(value, reason):
     assert misses[0].reason and (reason is None or reason in misses[0].reason)
 
 
+@pytest.mark.parametrize("gamma_shape", [(1,), (), (3, HIDDEN), (3, 1)],
+                         ids=["scalar", "0-d", "per-position", "per-row"])
+def test_gamma_that_only_broadcasts_is_a_near_miss(gamma_shape):
+    """SpikingLayerNorm reads one gamma value per normalised element (found by the fuzz tests: these
+    converted to a model that fails when run)."""
+    sites, misses = search(layernorm_graph(gamma_shape=gamma_shape))
+    assert sites == []
+    assert [(m.rule, m.op_type) for m in misses] == [(RULE, "ReduceMean")]
+    assert "gamma of shape" in misses[0].reason
+
+
+def test_beta_that_only_broadcasts_stays_an_add_after_the_spiking_op():
+    model = layernorm_graph(beta_shape=(1,))
+    assert the_site(model).nodes[-1].output[0] == "scaled"
+    x = inputs()
+    spiking, report = convert(model, {"x0": x})
+    assert report.replaced == {RULE: 1}
+    assert [n.op_type for n in spiking.graph.node if n.op_type != "Constant"] == ["SpikingLayerNorm", "Add"]
+    expected = run(model, {"x0": x})[0]
+    assert np.max(np.abs(run_spiking(spiking, {"x0": x})[0] - expected)) <= COMPOSITE_ERROR["layernorm"] * np.max(
+        np.abs(expected))
+
+
 def test_positive_trailing_axis_is_a_near_miss_as_the_rank_is_not_known():
     """axes=[2] of a rank-3 input is the trailing axis, but the rule reads no shapes: not rewritten."""
     assert search(layernorm_graph(axes=(2,)))[0] == []
@@ -241,6 +268,15 @@ def test_written_out_form_with_casts_reciprocal_and_large_epsilon_converts():
     gamma = weights(model)["gamma"]
     assert_composite_conversion(model, "layernorm", RULE, inputs(scale=0.1), gamma=gamma, beta=None, axis=-1,
                                 epsilon=0.05)
+
+
+def test_weights_with_leading_ones_convert_flattened():
+    """SpikingLayerNorm reads beta as a Gemm bias (at most 2-D): [1, 1, 8] weights reach it as [1, 8]
+    (the fuzz tests found it failing to run)."""
+    model = layernorm_graph(gamma_shape=(1, 1, HIDDEN))
+    w = weights(model)
+    assert_composite_conversion(model, "layernorm", RULE, inputs(), kept=["Flatten", "Flatten"], gamma=w["gamma"],
+                                beta=w["beta"], axis=-1, epsilon=1e-5)
 
 
 def test_two_axes_form_converts_on_axis_minus_2():

@@ -32,13 +32,13 @@ def t5_layernorm():
 
 def rmsnorm_graph(opset=17, axes=(-1,), keepdims=1, axes_as="initializer", square="pow", invert="div-one", casts=(),
                   epsilon=1e-6, gamma="initializer", swap=False, constants="initializer", also_output=None,
-                  exponent=2.0, numerator=1.0):
+                  exponent=2.0, numerator=1.0, gamma_shape=(HIDDEN,)):
     """RMSNorm of x0 [batch, 3, 8] written out. invert: "div-one" (x * (1 / root)), "reciprocal"
     (x * Reciprocal(root)), "div-x" (x / root) or "none" (x * root); casts: values followed by a
     float32 Cast, of "x", "square", "ms", "root", "inverse", "norm"."""
     b = Builder(constants)
     y = write_rmsnorm(b, "x0", opset, axes, keepdims, axes_as, square, invert, casts, epsilon, gamma, swap, exponent,
-                      numerator)
+                      numerator, gamma_shape)
     inputs = {"x0": ["batch", 3, HIDDEN]} | ({"gamma_in": [HIDDEN]} if gamma == "input" else {})
     outputs = {y: ["batch", 3, HIDDEN]} | ({also_output: ["batch", 3, None]} if also_output else {})
     return b.model(inputs, outputs, opset=opset)
@@ -144,6 +144,15 @@ def test_inner_value_also_used_outside_is_a_near_miss(value):
 def test_square_also_used_outside_is_not_rewritten():
     """x^2 has two readers: the rule does not follow it to the mean (and so gives no near miss)."""
     assert search(rmsnorm_graph(also_output="square"))[0] == []
+
+
+@pytest.mark.parametrize("gamma_shape", [(1,), (3, HIDDEN), (3, 1)], ids=["scalar", "per-position", "per-row"])
+def test_gamma_that_only_broadcasts_is_a_near_miss(gamma_shape):
+    """SpikingRMSNorm reads one gamma value per normalised element (found by the fuzz tests: these
+    converted to a model that fails when run)."""
+    sites, misses = search(rmsnorm_graph(gamma_shape=gamma_shape))
+    assert sites == []
+    assert [(m.rule, m.op_type) for m in misses] == [(RULE, "Pow")] and "gamma of shape" in misses[0].reason
 
 
 def test_used_inv_std_output_of_the_op_is_a_near_miss():
