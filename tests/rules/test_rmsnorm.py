@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 from onnx import helper as oh
-from rule_kit import (HIDDEN, Builder, assert_composite_conversion, export, gamma_beta, graph_model, init, op_types,
-                      rules_found, search, sites_of, weights, write_rmsnorm)
+from rule_kit import (HIDDEN, Builder, assert_composite_conversion, convert, export, gamma_beta, graph_model, init,
+                      op_types, rules_found, search, sites_of, weights, write_rmsnorm)
 
 from onnx_snn.calibrate import Probe
 
@@ -153,6 +153,17 @@ def test_gamma_that_only_broadcasts_is_a_near_miss(gamma_shape):
     sites, misses = search(rmsnorm_graph(gamma_shape=gamma_shape))
     assert sites == []
     assert [(m.rule, m.op_type) for m in misses] == [(RULE, "Pow")] and "gamma of shape" in misses[0].reason
+
+
+def test_near_miss_anchored_on_x_times_x_is_in_the_report():
+    """The report lists near misses with their reason, also one anchored on a Mul (found by the fuzz
+    tests: the reason was lost, the Sqrt and Div listed as 'no rule matches this form')."""
+    model = rmsnorm_graph(square="mul", epsilon=0.5)
+    x = np.random.default_rng(5).standard_normal((4, 3, HIDDEN)).astype(np.float32)
+    _, report = convert(model, {"x0": x})
+    assert report.replaced == {}
+    assert {(e["op_type"], e["reason"]) for e in report.left} >= {
+        ("Mul", "near miss: no small constant epsilon is added to the mean of squares (0.5)")}
 
 
 def test_used_inv_std_output_of_the_op_is_a_near_miss():
