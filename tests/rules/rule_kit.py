@@ -341,13 +341,14 @@ class Builder:
         self.initializers.append(init(name, value))
         return name
 
-    def op(self, op_type: str, inputs, output: str, **attributes) -> str:
+    def op(self, op_type: str, inputs, output: str | list[str], **attributes) -> str:
+        """The node; `output` may be a list (of names, "" for an output left out): the first is returned."""
         inputs = [self.name(i) for i in inputs]
-        output = self._new(output)
-        if output in self.reverse:
+        outputs = [self._new(name) if name else "" for name in ([output] if isinstance(output, str) else output)]
+        if outputs[0] in self.reverse:
             inputs.reverse()
-        self.nodes.append(oh.make_node(op_type, inputs, [output], **attributes))
-        return output
+        self.nodes.append(oh.make_node(op_type, inputs, outputs, **attributes))
+        return outputs[0]
 
     def binary(self, op_type: str, a: str, b: str, output: str) -> str:
         """A binary op; with swap, commutative ones (Add, Mul) get their operands reversed."""
