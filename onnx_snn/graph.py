@@ -65,6 +65,30 @@ class Graph:
             return None
         return numpy_helper.to_array(tensor)
 
+    def constant_shape(self, name: str) -> tuple[int, ...] | None:
+        """The shape of an initializer or of a Constant node's output (without reading its value)."""
+        tensor = self.initializers.get(name)
+        if tensor is not None:
+            return tuple(tensor.dims)
+        node = self.producer.get(name)
+        if node is None or node.op_type != "Constant":
+            return None
+        for attr in node.attribute:
+            if attr.name == "value":
+                return tuple(attr.t.dims)
+            if attr.name in ("value_float", "value_int"):
+                return ()
+            if attr.name in ("value_floats", "value_ints"):
+                return (len(attr.floats) + len(attr.ints),)
+        return None
+
+    def declared_rank(self, name: str) -> int | None:
+        """The rank of a value as the model declares it (graph input, output or value_info), if it does."""
+        for info in (*self.graph.input, *self.graph.output, *self.graph.value_info):
+            if info.name == name and info.type.tensor_type.HasField("shape"):
+                return len(info.type.tensor_type.shape.dim)
+        return None
+
     def is_constant(self, name: str) -> bool:
         """True for weights and constants: initializers (not overridable inputs) and Constant outputs."""
         if name in self.initializers:

@@ -26,8 +26,9 @@ def identity_bases(timesteps: int) -> int:
     0.9934); below, the offsets of four bases add the resolution T steps lack (T=8: 0.925 against
     0.437 with one)."""
     return 1 if timesteps >= 12 else 4
-# identity encoders cover the calibrated magnitude with this headroom
+# identity encoders cover the calibrated magnitude with this headroom, and at least MIN_REACH
 RANGE_MARGIN = 1.1
+MIN_REACH = 1e-6
 # saturating beyond the domain this close to the function is not worth a warning
 SATURATION_TOLERANCE = 1e-3
 
@@ -56,7 +57,7 @@ class NeuronChoice:
                                  f"{function} neuron on its preset domain {params.domain}")
             return params.tables
         if function == "identity":
-            reach = max(measured.magnitude * RANGE_MARGIN, 1e-6)
+            reach = max(measured.magnitude * RANGE_MARGIN, MIN_REACH)
             return params.scaled(params.domain[1] / reach, reach / params.domain[1]).tables
         lo, hi = params.domain
         if measured.hi > hi and target(function).linear_above:

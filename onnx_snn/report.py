@@ -99,14 +99,15 @@ def _activations(graph: onnx.GraphProto) -> set[str]:
 
 
 def left_nonlinear(graph: Graph, near_misses: list[NearMiss]) -> list[dict]:
-    """Every nonlinear op the spiking graph still has, with why."""
+    """Every nonlinear op the spiking graph still has, with why, and every near miss (also one
+    anchored on another op: RMSNorm's x * x)."""
     reasons = {m.node: m.reason for m in near_misses}
     active = _activations(graph.graph)
     left = []
     for node in graph.graph.node:
-        if node.op_type not in NONLINEAR_OPS or node.domain not in ("", "ai.onnx", "com.microsoft"):
-            continue
         name = node_name(node)
+        if (node.op_type not in NONLINEAR_OPS and name not in reasons) or node.domain not in ("", "ai.onnx", "com.microsoft"):
+            continue
         if name in reasons:
             reason = f"near miss: {reasons[name]}"
         elif not any(i in active for i in node.input if i):

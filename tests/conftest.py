@@ -1,7 +1,19 @@
+import os
+
 import pytest
+from hypothesis import HealthCheck, settings
 
 from helpers import random_neuron
 from onnx_snn.mbe.neuron import MBEParameters
+
+# hypothesis: the default (CI) profile runs a bounded set of examples, the same in every run; the
+# long one (HYPOTHESIS_PROFILE=long, see the README) many more, new ones each run
+_SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=50, deadline=None, derandomize=True, print_blob=True,
+                          suppress_health_check=_SLOW_IS_FINE)
+settings.register_profile("long", max_examples=1000, deadline=None, print_blob=True,
+                          suppress_health_check=_SLOW_IS_FINE)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(params=[(0, 1, 4, False), (1, 3, 8, False), (2, 4, 16, True), (3, 8, 16, False), (4, 2, 1, True)],

@@ -69,6 +69,13 @@ def near(value: float | None, expected: float, rtol: float = CONSTANT_RTOL) -> b
     return value is not None and abs(value - expected) <= rtol * abs(expected)
 
 
+def is_power(graph: Graph, node: onnx.NodeProto, base: str | None, exponent: float) -> bool:
+    """node is Pow(base, exponent) (base None: any), the exponent exactly that integer: not within
+    CONSTANT_RTOL, as any other power of a negative base is NaN."""
+    return (node.op_type == "Pow" and (base is None or node.input[0] == base)
+            and graph.scalar(node.input[1]) == exponent)
+
+
 def other_input(node: onnx.NodeProto, name: str) -> str | None:
     """The other operand of a binary node, given one of them."""
     if len(node.input) != 2:
@@ -129,15 +136,41 @@ def through_casts(ctx: MatchContext, name: str, casts: list[onnx.NodeProto]) -> 
         name = user.output[0]
 
 
-def is_weight(graph: Graph, name: str) -> bool:
-    """A constant (initializer or Constant output), also through Identity nodes: torch's exporter
-    keeps one copy of identical weights and writes the others as Identity of it."""
+def weight_source(graph: Graph, name: str) -> str | None:
+    """The constant (initializer or Constant output) a value is, also through Identity nodes: torch's
+    exporter keeps one copy of identical weights and writes the others as Identity of it."""
     while not graph.is_constant(name):
         node = graph.producer.get(name)
         if node is None or node.op_type != "Identity":
-            return False
+            return None
         name = node.input[0]
-    return True
+    return name
+
+
+def is_weight(graph: Graph, name: str) -> bool:
+    return weight_source(graph, name) is not None
+
+
+def weight_shape(graph: Graph, name: str) -> tuple[int, ...] | None:
+    source = weight_source(graph, name)
+    return None if source is None else graph.constant_shape(source)
+
+
+def not_per_feature(graph: Graph, role: str, name: str, normalised: int | None) -> str | None:
+    """Why `name` cannot be the gamma (or beta) of a spiking normalisation over the last `normalised`
+    dims (None: not known), or None if it can. Those ops read one value per normalised element, so
+    the weight's shape, leading 1s aside, must be `normalised` dims, none of them 1: a scalar, a
+    per-row scale or one spanning more dims only broadcasts (x's dims are not known, so a 1 is taken
+    as a broadcast)."""
+    shape = weight_shape(graph, name)
+    if shape is None:
+        return f"its {role} is not a weight"
+    if normalised is None:
+        return "the normalised dims are not known (a positive axis on a value of undeclared rank)"
+    dims = shape[next((i for i, d in enumerate(shape) if d != 1), len(shape)):]
+    if len(dims) != normalised or 1 in dims:
+        return f"its {role} of shape {list(shape)} is not one value per element of the last {normalised} dims"
+    return None
 
 
 def consumers_of(ctx: MatchContext, name: str, op_type: str) -> list[onnx.NodeProto]:

@@ -8,7 +8,8 @@ import math
 
 import onnx
 
-from onnx_snn.rules.base import MatchContext, NearMiss, Site, elementwise_site, near, node_name, other_input, private_or_near_miss
+from onnx_snn.rules.base import (MatchContext, NearMiss, Site, elementwise_site, is_power, near, node_name, other_input,
+                                 private_or_near_miss)
 
 NAME = "gelu-tanh"
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
@@ -47,7 +48,7 @@ class GeluTanh:
             cube_node = g.producer.get(cube or "")
             if cube_node is None:
                 continue
-            if cube_node.op_type == "Pow" and cube_node.input[0] == x and near(g.scalar(cube_node.input[1]), 3.0):
+            if is_power(g, cube_node, x, 3.0):
                 cube_nodes = [cube_node]
                 break
             if cube_node.op_type == "Mul" and x in cube_node.input:

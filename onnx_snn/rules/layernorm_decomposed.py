@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import onnx
 
-from onnx_snn.rules.base import (MatchContext, NearMiss, Site, consumers_of, is_weight, near, node_name, other_input,
-                                 private_or_near_miss, reduce_axes, root_of_mean, scaled_by_weight, through_casts)
+from onnx_snn.rules.base import (MatchContext, NearMiss, Site, consumers_of, is_power, is_weight, node_name,
+                                 not_per_feature, other_input, private_or_near_miss, reduce_axes, root_of_mean,
+                                 scaled_by_weight, through_casts)
 from onnx_snn.rules.layernorm import layernorm_site
 
 NAME = "layernorm-decomposed"
@@ -45,11 +46,10 @@ class LayerNormDecomposed:
             return miss("the mean is not taken over the trailing axes with keepdims")
         nodes = [mean, sub]
         d = sub.output[0]
-        squares = [n for n in g.consumers.get(d, []) if (n.op_type == "Pow" and n.input[0] == d and near(g.scalar(n.input[1]), 2.0))
-                   or (n.op_type == "Mul" and list(n.input) == [d, d])]
         casted = [c for c in consumers_of(ctx, d, "Cast") if g.attribute(c, "to") == onnx.TensorProto.FLOAT]
-        for cast in casted:  # d may reach the square through a Cast
-            squares += [n for n in consumers_of(ctx, cast.output[0], "Pow") if near(g.scalar(n.input[1]), 2.0)]
+        squares = [n for value in (d, *[c.output[0] for c in casted])  # d may reach the square through a Cast
+                   for n in g.consumers.get(value, []) if is_power(g, n, value, 2.0)
+                   or (n.op_type == "Mul" and list(n.input) == [value, value])]
         squares = list({id(n): n for n in squares}.values())  # Mul(d, d) is listed once per operand
         if len(squares) != 1:
             return miss("x - mean is not squared (Pow 2 or d * d) exactly once")
@@ -82,11 +82,15 @@ class LayerNormDecomposed:
         if scaled is None:
             return miss("the normalised value is not scaled by a constant gamma")
         gamma, scale = scaled
+        problem = not_per_feature(g, "gamma", gamma, -axis)
+        if problem:
+            return miss(problem)
         last, beta = scale, None
         shift = g.only_consumer(scale.output[0])
         if shift is not None and shift.op_type == "Add":
             candidate = other_input(shift, scale.output[0])
-            if candidate is not None and is_weight(g, candidate):
+            # a shift that is not one value per feature stays an Add after the spiking op
+            if candidate is not None and is_weight(g, candidate) and not not_per_feature(g, "beta", candidate, -axis):
                 beta, last = candidate, shift
                 nodes.append(shift)
         nodes = list({id(n): n for n in nodes}.values())

@@ -8,8 +8,8 @@ from __future__ import annotations
 import onnx
 
 from onnx_snn.calibrate import Probe
-from onnx_snn.rules.base import (MatchContext, NearMiss, Site, near, node_name, private_or_near_miss, reduce_axes,
-                                 root_of_mean, scaled_by_weight, through_casts)
+from onnx_snn.rules.base import (MatchContext, NearMiss, Site, is_power, near, node_name, not_per_feature,
+                                 private_or_near_miss, reduce_axes, root_of_mean, scaled_by_weight, through_casts)
 from onnx_snn.rules.layernorm_decomposed import trailing_axis
 
 NAME = "rmsnorm"
@@ -38,10 +38,14 @@ class RMSNorm:
         if node.op_type == "SimplifiedLayerNormalization":
             if any(n and (g.consumers.get(n) or n in g.graph_outputs) for n in node.output[1:]):
                 return NearMiss(NAME, node_name(node), node.op_type, "its InvStdDev output is used")
-            return rmsnorm_site(node, [node], node.input[0], node.input[1], node.output[0],
-                                g.attribute(node, "axis", -1), g.attribute(node, "epsilon", 1e-5))
+            axis, rank = g.attribute(node, "axis", -1), g.declared_rank(node.input[0])
+            problem = not_per_feature(g, "gamma", node.input[1], -axis if axis < 0 else None if rank is None else rank - axis)
+            if problem:
+                return NearMiss(NAME, node_name(node), node.op_type, problem)
+            return rmsnorm_site(node, [node], node.input[0], node.input[1], node.output[0], axis,
+                                g.attribute(node, "epsilon", 1e-5))
         if node.op_type == "Pow":
-            if not near(g.scalar(node.input[1]), 2.0):
+            if not is_power(g, node, None, 2.0):
                 return None
         elif list(node.input) != [node.input[0]] * 2:
             return None
@@ -84,5 +88,8 @@ class RMSNorm:
         if scaled is None:
             return miss("the normalised value is not scaled by a constant gamma")
         gamma, scale = scaled
+        problem = not_per_feature(g, "gamma", gamma, -axis)
+        if problem:
+            return miss(problem)
         return private_or_near_miss(NAME, ctx, node, nodes, scale.output[0]) or rmsnorm_site(
             node, nodes, x, gamma, scale.output[0], axis, epsilon)

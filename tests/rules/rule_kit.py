@@ -8,7 +8,9 @@ find_sites over the whole rule set, and count that rule's sites and near misses.
 from __future__ import annotations
 
 import io
+import math
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import onnx
@@ -84,13 +86,16 @@ def init(name: str, value, dtype=np.float32) -> onnx.TensorProto:
 def graph_model(nodes, inputs, outputs, initializers=(), opset: int = 17, ms_domain: bool = False,
                 check: bool = True) -> onnx.ModelProto:
     """A model of `nodes`. inputs: {name: shape} (float32; a str dim is symbolic); outputs:
-    {name: shape}, or names (float32 of the first input's shape)."""
+    {name: shape} (None: shape unknown), or names (float32 of the first input's shape)."""
     if not isinstance(outputs, dict):
         outputs = {name: next(iter(inputs.values())) for name in outputs}
+
+    def info(name, shape):
+        return oh.make_tensor_value_info(name, TensorProto.FLOAT, None if shape is None else list(shape))
+
     graph = oh.make_graph(
-        list(nodes), "rule_test",
-        [oh.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)) for name, shape in inputs.items()],
-        [oh.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)) for name, shape in outputs.items()],
+        list(nodes), "rule_test", [info(name, shape) for name, shape in inputs.items()],
+        [info(name, shape) for name, shape in outputs.items()],
         list(initializers),
     )
     opsets = [oh.make_opsetid("", opset)] + ([oh.make_opsetid("com.microsoft", 1)] if ms_domain else [])
@@ -218,6 +223,41 @@ def gelu_product(b: "Builder", x: str, one_plus: str, half: str) -> str:
     return b.binary("Mul", b.binary("Mul", one_plus, "half", "half_times"), x, "y")
 
 
+def write_gelu_erf(b: "Builder", x: str, scale: str = "div", half: str = "last", sqrt2: float = math.sqrt(2),
+                   one: float = 1.0, half_value: float = 0.5) -> str:
+    """gelu(x) written out with Erf; returns the output ("y" in the scope).
+
+    scale: "div" (x / sqrt2) or "mul" (x * (1/sqrt2)); half: where the 0.5 goes: "last"
+    ((x * (1 + erf)) * 0.5), "first" ((x * 0.5) * (1 + erf)) or "middle" (((1 + erf) * 0.5) * x)."""
+    if scale == "div":
+        scaled = b.binary("Div", x, b.constant("sqrt2", sqrt2), "scaled")
+    else:
+        scaled = b.binary("Mul", x, b.constant("inv_sqrt2", 1 / sqrt2), "scaled")
+    b.op("Erf", [scaled], "erf")
+    add = b.binary("Add", "erf", b.constant("one", one), "one_plus_erf")
+    b.constant("half", half_value)
+    return gelu_product(b, x, add, half)
+
+
+def write_gelu_tanh(b: "Builder", x: str, cube: str = "pow", half: str = "first", cubic: float = 0.044715,
+                    scale: float = math.sqrt(2 / math.pi), exponent: float = 3.0, one: float = 1.0,
+                    half_value: float = 0.5) -> str:
+    """GELU's tanh approximation of x written out; returns the output ("y" in the scope). cube: "pow"
+    (Pow(x, 3)) or "mul" (Mul(x, Mul(x, x))); half: as gelu_product."""
+    if cube == "pow":
+        b.binary("Pow", x, b.constant("three", exponent), "cube")
+    else:
+        b.op("Mul", [x, x], "square")
+        b.binary("Mul", x, "square", "cube")
+    b.binary("Mul", "cube", b.constant("cubic", cubic), "cubic_term")
+    b.binary("Add", x, "cubic_term", "inner")
+    b.binary("Mul", "inner", b.constant("scale", scale), "argument")
+    b.op("Tanh", ["argument"], "tanh")
+    b.binary("Add", "tanh", b.constant("one", one), "one_plus_tanh")
+    b.constant("half", half_value)
+    return gelu_product(b, x, "one_plus_tanh", half)
+
+
 def bert_self_attention():
     """transformers' BertSelfAttention (eager) with hidden size 8 and 2 heads, as a module of x."""
     import torch
@@ -244,15 +284,51 @@ HIDDEN = 8
 
 
 class Builder:
-    """Collects nodes and initializers; constants as initializers or as Constant nodes."""
+    """Collects nodes and initializers; constants as initializers or as Constant nodes.
 
-    def __init__(self, constants: str = "initializer", swap: bool = False):
+    Patterns are written with short value names ("erf", "d", "half"); inside `scope(prefix)` each
+    name it writes gets the prefix, so one graph can hold several patterns (the fuzz tests chain
+    them). A name that was not written in the scope (an input such as "x0") is used as given."""
+
+    def __init__(self, constants: str = "initializer", swap: bool = False, scalar_shape: tuple[int, ...] = ()):
         self.constants = constants
         self.swap = swap  # write the operands of Add and Mul the other way round
+        self.scalar_shape = scalar_shape  # the shape of scalar constants: () or ones, as exporters write them
+        self.reverse: set[str] = set()  # values whose node reads its two operands the other way round
+        self.prefix = ""
+        self.written: set[str] = set()
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
 
+    @contextmanager
+    def scope(self, prefix: str, **settings):
+        """Write with value names prefixed, and with other `settings` (constants, swap, scalar_shape,
+        reverse) for the time being."""
+        saved = {name: getattr(self, name) for name in ("prefix", *settings)}
+        self.prefix = prefix
+        for name, value in settings.items():
+            setattr(self, name, value)
+        try:
+            yield self
+        finally:
+            for name, value in saved.items():
+                setattr(self, name, value)
+
+    def name(self, value: str) -> str:
+        """The graph name of `value`: a value written in this scope by its short name, else `value`."""
+        full = self.prefix + value
+        return full if full in self.written else value
+
+    def _new(self, value: str) -> str:
+        full = value if self.prefix and value.startswith(self.prefix) else self.prefix + value
+        self.written.add(full)
+        return full
+
     def constant(self, name: str, value, dtype=np.float32) -> str:
+        name = self._new(name)
+        value = np.asarray(value, dtype)
+        if value.size == 1:
+            value = value.reshape(self.scalar_shape)
         if self.constants == "node":
             self.nodes.append(const(name, value, dtype))
         else:
@@ -261,12 +337,18 @@ class Builder:
 
     def weight(self, name: str, value) -> str:
         """A weight: always an initializer (exporters never write weights as Constant nodes)."""
+        name = self._new(name)
         self.initializers.append(init(name, value))
         return name
 
-    def op(self, op_type: str, inputs, output: str, **attributes) -> str:
-        self.nodes.append(oh.make_node(op_type, list(inputs), [output], **attributes))
-        return output
+    def op(self, op_type: str, inputs, output: str | list[str], **attributes) -> str:
+        """The node; `output` may be a list (of names, "" for an output left out): the first is returned."""
+        inputs = [self.name(i) for i in inputs]
+        outputs = [self._new(name) if name else "" for name in ([output] if isinstance(output, str) else output)]
+        if outputs[0] in self.reverse:
+            inputs.reverse()
+        self.nodes.append(oh.make_node(op_type, inputs, outputs, **attributes))
+        return outputs[0]
 
     def binary(self, op_type: str, a: str, b: str, output: str) -> str:
         """A binary op; with swap, commutative ones (Add, Mul) get their operands reversed."""
@@ -278,20 +360,24 @@ class Builder:
     def reduce_mean(self, x: str, output: str, axes, keepdims: int, opset: int, axes_as: str) -> str:
         if opset < 18:
             return self.op("ReduceMean", [x], output, axes=list(axes), keepdims=keepdims)
+        axes_name = self._new(f"{output}_axes")
         if axes_as == "constant-node":
-            self.nodes.append(const(f"{output}_axes", list(axes), np.int64))
+            self.nodes.append(const(axes_name, list(axes), np.int64))
         else:
-            self.initializers.append(init(f"{output}_axes", list(axes), np.int64))
-        return self.op("ReduceMean", [x, f"{output}_axes"], output, keepdims=keepdims)
+            self.initializers.append(init(axes_name, list(axes), np.int64))
+        return self.op("ReduceMean", [x, axes_name], output, keepdims=keepdims)
 
     def model(self, inputs, outputs, opset: int = 17, **kwargs) -> onnx.ModelProto:
+        if not isinstance(outputs, dict):
+            outputs = [self.name(o) for o in outputs]
         return graph_model(self.nodes, inputs, outputs, self.initializers, opset=opset, **kwargs)
 
 
-def gamma_beta(b: Builder, normalised: str, gamma: str, beta: str, swap: bool, shape=(HIDDEN,)) -> str:
+def gamma_beta(b: Builder, normalised: str, gamma: str, beta: str, swap: bool, shape=(HIDDEN,),
+               beta_shape=None) -> str:
     """normalised * gamma + beta. gamma: "initializer", "identity" (an Identity of an initializer, as
     torch writes a deduplicated weight), "input" (a computed value) or "none"; beta: "initializer"
-    or "none"."""
+    or "none"; beta_shape: beta's when it is not gamma's."""
     rng = np.random.default_rng(1)
     if gamma == "none":
         return normalised
@@ -304,8 +390,68 @@ def gamma_beta(b: Builder, normalised: str, gamma: str, beta: str, swap: bool, s
     scaled = b.op("Mul", [name, normalised] if swap else [normalised, name], "scaled")
     if beta == "none":
         return scaled
-    bias = b.weight("beta", rng.uniform(-0.5, 0.5, shape))
+    bias = b.weight("beta", rng.uniform(-0.5, 0.5, shape if beta_shape is None else beta_shape))
     return b.op("Add", [bias, scaled] if swap else [scaled, bias], "shifted")
+
+
+def write_layernorm(b: Builder, x: str, opset: int = 17, axes=(-1,), var_axes=None, keepdims: int = 1,
+                    axes_as: str = "initializer", square: str = "pow", divide: str = "div", casts=(),
+                    epsilon: float = 1e-5, exponent: float = 2.0, gamma: str = "initializer",
+                    beta: str = "initializer", swap: bool = False, gamma_shape=(HIDDEN,), beta_shape=None) -> str:
+    """LayerNorm of x written out, as torch's legacy exporter writes it; returns the output. casts:
+    the values followed by a float32 Cast, of "x", "d", "square", "var", "std", "norm"; gamma, beta:
+    as gamma_beta; swap: the operands of the Add and Mul nodes the other way round."""
+    x = b.cast(x) if "x" in casts else x
+    mean = b.reduce_mean(x, "mean", axes, keepdims, opset, axes_as)
+    d = b.op("Sub", [x, mean], "d")
+    centred = b.cast(d) if "d" in casts else d
+    if square == "pow":
+        sq = b.op("Pow", [centred, b.constant("two", exponent)], "square")
+    else:
+        sq = b.op("Mul", [centred, centred], "square")
+    sq = b.cast(sq) if "square" in casts else sq
+    var = b.reduce_mean(sq, "var", var_axes or axes, keepdims, opset, axes_as)
+    var = b.cast(var) if "var" in casts else var
+    eps = b.constant("epsilon", epsilon)
+    std = b.op("Sqrt", [b.op("Add", [eps, var] if swap else [var, eps], "var_eps")], "std")
+    std = b.cast(std) if "std" in casts else std
+    if divide == "div":
+        norm = b.op("Div", [centred, std], "norm")
+    else:
+        inverse = b.op("Reciprocal", [std], "inverse_std")
+        norm = b.op("Mul", [inverse, centred] if swap else [centred, inverse], "norm")
+    norm = b.cast(norm) if "norm" in casts else norm
+    return gamma_beta(b, norm, gamma, beta, swap, gamma_shape, beta_shape)
+
+
+def write_rmsnorm(b: Builder, x: str, opset: int = 17, axes=(-1,), keepdims: int = 1, axes_as: str = "initializer",
+                  square: str = "pow", invert: str = "div-one", casts=(), epsilon: float = 1e-6,
+                  gamma: str = "initializer", swap: bool = False, exponent: float = 2.0, numerator: float = 1.0,
+                  gamma_shape=(HIDDEN,)) -> str:
+    """RMSNorm of x written out (Llama, T5); returns the output. invert: "div-one" (x * (1 / root)),
+    "reciprocal" (x * Reciprocal(root)), "div-x" (x / root) or "none" (x * root); casts: values
+    followed by a float32 Cast, of "x", "square", "ms", "root", "inverse", "norm"."""
+    x = b.cast(x) if "x" in casts else x
+    sq = b.op("Pow", [x, b.constant("two", exponent)], "square") if square == "pow" else b.op("Mul", [x, x], "square")
+    sq = b.cast(sq) if "square" in casts else sq
+    ms = b.reduce_mean(sq, "ms", axes, keepdims, opset, axes_as)
+    ms = b.cast(ms) if "ms" in casts else ms
+    eps = b.constant("epsilon", epsilon)
+    root = b.op("Sqrt", [b.op("Add", [eps, ms] if swap else [ms, eps], "ms_eps")], "root")
+    root = b.cast(root) if "root" in casts else root
+    if invert == "div-x":
+        norm = b.op("Div", [x, root], "norm")
+    else:
+        if invert == "div-one":
+            inverse = b.op("Div", [b.constant("one", numerator), root], "inverse")
+        elif invert == "reciprocal":
+            inverse = b.op("Reciprocal", [root], "inverse")
+        else:
+            inverse = root
+        inverse = b.cast(inverse) if "inverse" in casts else inverse
+        norm = b.op("Mul", [inverse, x] if swap else [x, inverse], "norm")
+    norm = b.cast(norm) if "norm" in casts else norm
+    return gamma_beta(b, norm, gamma, "none", swap, gamma_shape)
 
 
 # ---- composite ops (SpikingSoftmax, SpikingLayerNorm, SpikingRMSNorm) ---------------------------------

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 from onnx import helper as oh
-from rule_kit import (assert_elementwise_conversion, Builder, convert, export, gelu_product, graph_model, init,
-                      near_misses_of, op_types, rules_found, search, sites_of)
+from rule_kit import (assert_elementwise_conversion, Builder, convert, export, graph_model, init, near_misses_of,
+                      op_types, rules_found, search, sites_of, write_gelu_erf)
 
 RULE = "gelu-erf"
 
@@ -41,14 +41,7 @@ def gelu_erf_graph(scale="div", half="last", swap=False, constants="initializer"
     swap: every binary op with its operands the other way round; constants: "initializer" or
     "node" (Constant nodes); also_output: an inner value that is also a graph output."""
     b = Builder(constants, swap)
-    if scale == "div":
-        scaled = b.binary("Div", "x0", b.constant("sqrt2", sqrt2), "scaled")
-    else:
-        scaled = b.binary("Mul", "x0", b.constant("inv_sqrt2", 1 / sqrt2), "scaled")
-    b.op("Erf", [scaled], "erf")
-    add = b.binary("Add", "erf", b.constant("one", one), "one_plus_erf")
-    b.constant("half", half_value)
-    gelu_product(b, "x0", add, half)
+    write_gelu_erf(b, "x0", scale, half, sqrt2, one, half_value)
     return b.model({"x0": ["batch", 8]}, ["y"] + ([also_output] if also_output else []))
 
 

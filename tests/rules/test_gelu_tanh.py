@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from rule_kit import (assert_elementwise_conversion, Builder, convert, exact, export, gelu_product,
-                      gelu_tanh_approximation, grid, near_misses_of, neuron_reference, op_types, rules_found, run,
-                      run_spiking, search, sites_of)
+from rule_kit import (assert_elementwise_conversion, Builder, convert, exact, export, gelu_tanh_approximation, grid,
+                      near_misses_of, neuron_reference, op_types, rules_found, run, run_spiking, search, sites_of,
+                      write_gelu_tanh)
 
 from onnx_snn.rules.gelu_tanh import GeluTanh
 
@@ -36,18 +36,7 @@ def gelu_tanh_graph(cube="pow", half="first", swap=False, constants="initializer
     "first" ((0.5 x) (1 + tanh)), "last" ((x (1 + tanh)) 0.5) or "middle" (((1 + tanh) 0.5) x);
     swap: binary ops with operands the other way round; constants: "initializer" or "node"."""
     b = Builder(constants, swap)
-    if cube == "pow":
-        b.binary("Pow", "x0", b.constant("three", exponent), "cube")
-    else:
-        b.op("Mul", ["x0", "x0"], "square")
-        b.binary("Mul", "x0", "square", "cube")
-    b.binary("Mul", "cube", b.constant("cubic", cubic), "cubic_term")
-    b.binary("Add", "x0", "cubic_term", "inner")
-    b.binary("Mul", "inner", b.constant("scale", scale), "argument")
-    b.op("Tanh", ["argument"], "tanh")
-    b.binary("Add", "tanh", b.constant("one", one), "one_plus_tanh")
-    b.constant("half", half_value)
-    gelu_product(b, "x0", "one_plus_tanh", half)
+    write_gelu_tanh(b, "x0", cube, half, cubic, scale, exponent, one, half_value)
     return b.model({"x0": ["batch", 8]}, ["y"] + ([also_output] if also_output else []))
 
 
@@ -86,6 +75,7 @@ def test_written_out_forms_are_one_site(cube, half, swap, constants):
 @pytest.mark.parametrize("form, reason", [
     (dict(cubic=0.05), "the argument of tanh is not x + 0.044715 x^3"),
     (dict(exponent=2.0), "the argument of tanh is not x + 0.044715 x^3"),
+    (dict(exponent=3.0003), "the argument of tanh is not x + 0.044715 x^3"),  # NaN for x < 0
     (dict(one=2.0), "tanh is not followed by Add 1"),
     (dict(half="first", half_value=0.4), "neither x, 0.5 nor 0.5 x"),
     (dict(half="last", half_value=0.4), "the product is not completed by 0.5 and x"),
@@ -93,8 +83,8 @@ def test_written_out_forms_are_one_site(cube, half, swap, constants):
     (dict(also_output="inner"), "inner value 'inner' is also used outside the pattern"),
     (dict(also_output="cube"), "inner value 'cube' is also used outside the pattern"),
     (dict(also_output="half_x"), "inner value 'half_x' is also used outside the pattern"),
-], ids=["cubic-0.05", "pow-2", "add-2", "half-first-0.4", "half-last-0.4", "half-middle-0.4", "inner-sum-used",
-        "cube-used", "half-x-used"])
+], ids=["cubic-0.05", "pow-2", "pow-3.0003", "add-2", "half-first-0.4", "half-last-0.4", "half-middle-0.4",
+        "inner-sum-used", "cube-used", "half-x-used"])
 def test_near_miss_is_not_rewritten_leaves_a_plain_tanh_and_says_why(form, reason):
     model = gelu_tanh_graph(**form)
     assert rules_found(model) == {"sigmoid-tanh": 1}  # the Tanh alone

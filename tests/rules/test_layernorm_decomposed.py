@@ -8,8 +8,8 @@ chain. -> SpikingLayerNorm, checked end to end against its reference and the ori
 import numpy as np
 import pytest
 import torch
-from rule_kit import (HIDDEN, Builder, assert_composite_conversion, export, gamma_beta, near_misses_of, rules_found,
-                      search, sites_of, weights)
+from rule_kit import (COMPOSITE_ERROR, HIDDEN, Builder, assert_composite_conversion, convert, export, near_misses_of,
+                      rules_found, run, run_spiking, search, sites_of, weights, write_layernorm)
 
 from onnx_snn.calibrate import Probe
 
@@ -32,34 +32,18 @@ class HandWrittenLayerNorm(torch.nn.Module):
 
 def layernorm_graph(opset=17, axes=(-1,), var_axes=None, keepdims=1, axes_as="initializer", square="pow",
                     divide="div", casts=(), epsilon=1e-5, gamma="initializer", beta="initializer", swap=False,
-                    constants="initializer", also_output=None, square_twice=False):
+                    constants="initializer", also_output=None, square_twice=False, exponent=2.0, gamma_shape=None,
+                    beta_shape=None):
     """LayerNorm of x0 [batch, 3, 8] written out. casts: the values followed by a float32 Cast, of
-    "x", "d", "square", "var", "std", "norm"; square_twice: d * d also computed for another output."""
+    "x", "d", "square", "var", "std", "norm"; square_twice: d * d also computed for another output;
+    gamma_shape: the normalised dims unless given; beta_shape: gamma's unless given."""
     b = Builder(constants)
-    x = b.cast("x0") if "x" in casts else "x0"
-    mean = b.reduce_mean(x, "mean", axes, keepdims, opset, axes_as)
-    d = b.op("Sub", [x, mean], "d")
-    centred = b.cast(d) if "d" in casts else d
-    if square == "pow":
-        sq = b.op("Pow", [centred, b.constant("two", 2.0)], "square")
-    else:
-        sq = b.op("Mul", [centred, centred], "square")
-    sq = b.cast(sq) if "square" in casts else sq
+    if gamma_shape is None:
+        gamma_shape = (3, HIDDEN) if len(axes) == 2 else (HIDDEN,)
+    y = write_layernorm(b, "x0", opset, axes, var_axes, keepdims, axes_as, square, divide, casts, epsilon, exponent,
+                        gamma=gamma, beta=beta, swap=swap, gamma_shape=gamma_shape, beta_shape=beta_shape)
     if square_twice:
-        also_output = b.op("Mul", [d, d], "square_again")
-    var = b.reduce_mean(sq, "var", var_axes or axes, keepdims, opset, axes_as)
-    var = b.cast(var) if "var" in casts else var
-    eps = b.constant("epsilon", epsilon)
-    std = b.op("Sqrt", [b.op("Add", [eps, var] if swap else [var, eps], "var_eps")], "std")
-    std = b.cast(std) if "std" in casts else std
-    if divide == "div":
-        norm = b.op("Div", [centred, std], "norm")
-    else:
-        inverse = b.op("Reciprocal", [std], "inverse_std")
-        norm = b.op("Mul", [inverse, centred] if swap else [centred, inverse], "norm")
-    norm = b.cast(norm) if "norm" in casts else norm
-    shape = (3, HIDDEN) if len(axes) == 2 else (HIDDEN,)
-    y = gamma_beta(b, norm, gamma, beta, swap, shape)
+        also_output = b.op("Mul", ["d", "d"], "square_again")
     inputs = {"x0": ["batch", 3, HIDDEN]} | ({"gamma_in": [HIDDEN]} if gamma == "input" else {})
     outputs = {y: ["batch", 3, HIDDEN]} | ({also_output: ["batch", 3, None]} if also_output else {})
     return b.model(inputs, outputs, opset=opset)
@@ -142,8 +126,10 @@ def test_two_trailing_axes_are_one_site_on_axis_minus_2():
 @pytest.mark.parametrize("casts", [("x",), ("d",), ("square",), ("var",), ("std",), ("norm",),
                                    ("d", "square", "var", "std", "norm")],
                          ids=["x", "d", "square", "var", "std", "norm", "all"])
-def test_float32_casts_along_the_chain_are_part_of_the_site(casts):
-    model = layernorm_graph(casts=casts)
+@pytest.mark.parametrize("square", ["pow", "mul"], ids=["pow-2", "d-times-d"])
+def test_float32_casts_along_the_chain_are_part_of_the_site(casts, square):
+    """(A Cast of d squared as d * d was a near miss until the fuzz tests found it.)"""
+    model = layernorm_graph(casts=casts, square=square)
     assert rules_found(model) == {RULE: 1}
     site = the_site(model)
     removed = {n.output[0] for n in site.nodes}
@@ -174,9 +160,12 @@ def test_scaled_value_used_elsewhere_is_a_site_without_beta():
     (dict(keepdims=0), "the mean is not taken over the trailing axes with keepdims"),
     (dict(axes=(-1,), var_axes=(-2, -1)), "the squares are not averaged over the same axes"),
     (dict(epsilon=0.5), "no small constant epsilon is added to the mean of squares (0.5)"),
+    # x^2.0001 is NaN for x < 0, though 2.0001 is inside the rules' tolerance for constants (the fuzz
+    # tests found such a LayerNorm converted: finite where the original is NaN)
+    (dict(exponent=2.0001), "x - mean is not squared (Pow 2 or d * d) exactly once"),
     (dict(gamma="none", beta="none"), "the normalised value is not scaled by a constant gamma"),
     (dict(gamma="input"), "the normalised value is not scaled by a constant gamma"),
-], ids=["axis-1", "axis-minus-2", "keepdims-0", "variance-over-other-axes", "epsilon-0.5", "no-gamma",
+], ids=["axis-1", "axis-minus-2", "keepdims-0", "variance-over-other-axes", "epsilon-0.5", "pow-2.0001", "no-gamma",
         "computed-gamma"])
 def test_near_miss_is_not_rewritten_and_says_why(form, reason):
     model = layernorm_graph(**form)
@@ -198,6 +187,29 @@ def test_inner_value_also_used_outside_is_a_near_miss(value, reason):
     assert sites == []
     assert [(m.rule, m.op_type) for m in misses] == [(RULE, "ReduceMean")]
     assert misses[0].reason and (reason is None or reason in misses[0].reason)
+
+
+@pytest.mark.parametrize("gamma_shape", [(1,), (), (3, HIDDEN), (3, 1)],
+                         ids=["scalar", "0-d", "per-position", "per-row"])
+def test_gamma_that_only_broadcasts_is_a_near_miss(gamma_shape):
+    """SpikingLayerNorm reads one gamma value per normalised element (found by the fuzz tests: these
+    converted to a model that fails when run)."""
+    sites, misses = search(layernorm_graph(gamma_shape=gamma_shape))
+    assert sites == []
+    assert [(m.rule, m.op_type) for m in misses] == [(RULE, "ReduceMean")]
+    assert "gamma of shape" in misses[0].reason
+
+
+def test_beta_that_only_broadcasts_stays_an_add_after_the_spiking_op():
+    model = layernorm_graph(beta_shape=(1,))
+    assert the_site(model).nodes[-1].output[0] == "scaled"
+    x = inputs()
+    spiking, report = convert(model, {"x0": x})
+    assert report.replaced == {RULE: 1}
+    assert [n.op_type for n in spiking.graph.node if n.op_type != "Constant"] == ["SpikingLayerNorm", "Add"]
+    expected = run(model, {"x0": x})[0]
+    assert np.max(np.abs(run_spiking(spiking, {"x0": x})[0] - expected)) <= COMPOSITE_ERROR["layernorm"] * np.max(
+        np.abs(expected))
 
 
 def test_positive_trailing_axis_is_a_near_miss_as_the_rank_is_not_known():
@@ -256,6 +268,15 @@ def test_written_out_form_with_casts_reciprocal_and_large_epsilon_converts():
     gamma = weights(model)["gamma"]
     assert_composite_conversion(model, "layernorm", RULE, inputs(scale=0.1), gamma=gamma, beta=None, axis=-1,
                                 epsilon=0.05)
+
+
+def test_weights_with_leading_ones_convert_flattened():
+    """SpikingLayerNorm reads beta as a Gemm bias (at most 2-D): [1, 1, 8] weights reach it as [1, 8]
+    (the fuzz tests found it failing to run)."""
+    model = layernorm_graph(gamma_shape=(1, 1, HIDDEN))
+    w = weights(model)
+    assert_composite_conversion(model, "layernorm", RULE, inputs(), kept=["Flatten", "Flatten"], gamma=w["gamma"],
+                                beta=w["beta"], axis=-1, epsilon=1e-5)
 
 
 def test_two_axes_form_converts_on_axis_minus_2():

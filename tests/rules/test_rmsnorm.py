@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 from onnx import helper as oh
-from rule_kit import (HIDDEN, Builder, assert_composite_conversion, export, gamma_beta, graph_model, init, op_types,
-                      rules_found, search, sites_of, weights)
+from rule_kit import (HIDDEN, Builder, assert_composite_conversion, convert, export, gamma_beta, graph_model, init,
+                      op_types, rules_found, search, sites_of, weights, write_rmsnorm)
 
 from onnx_snn.calibrate import Probe
 
@@ -32,32 +32,13 @@ def t5_layernorm():
 
 def rmsnorm_graph(opset=17, axes=(-1,), keepdims=1, axes_as="initializer", square="pow", invert="div-one", casts=(),
                   epsilon=1e-6, gamma="initializer", swap=False, constants="initializer", also_output=None,
-                  exponent=2.0, numerator=1.0):
+                  exponent=2.0, numerator=1.0, gamma_shape=(HIDDEN,)):
     """RMSNorm of x0 [batch, 3, 8] written out. invert: "div-one" (x * (1 / root)), "reciprocal"
     (x * Reciprocal(root)), "div-x" (x / root) or "none" (x * root); casts: values followed by a
     float32 Cast, of "x", "square", "ms", "root", "inverse", "norm"."""
     b = Builder(constants)
-    x = b.cast("x0") if "x" in casts else "x0"
-    sq = b.op("Pow", [x, b.constant("two", exponent)], "square") if square == "pow" else b.op("Mul", [x, x], "square")
-    sq = b.cast(sq) if "square" in casts else sq
-    ms = b.reduce_mean(sq, "ms", axes, keepdims, opset, axes_as)
-    ms = b.cast(ms) if "ms" in casts else ms
-    eps = b.constant("epsilon", epsilon)
-    root = b.op("Sqrt", [b.op("Add", [eps, ms] if swap else [ms, eps], "ms_eps")], "root")
-    root = b.cast(root) if "root" in casts else root
-    if invert == "div-x":
-        norm = b.op("Div", [x, root], "norm")
-    else:
-        if invert == "div-one":
-            inverse = b.op("Div", [b.constant("one", numerator), root], "inverse")
-        elif invert == "reciprocal":
-            inverse = b.op("Reciprocal", [root], "inverse")
-        else:
-            inverse = root
-        inverse = b.cast(inverse) if "inverse" in casts else inverse
-        norm = b.op("Mul", [inverse, x] if swap else [x, inverse], "norm")
-    norm = b.cast(norm) if "norm" in casts else norm
-    y = gamma_beta(b, norm, gamma, "none", swap)
+    y = write_rmsnorm(b, "x0", opset, axes, keepdims, axes_as, square, invert, casts, epsilon, gamma, swap, exponent,
+                      numerator, gamma_shape)
     inputs = {"x0": ["batch", 3, HIDDEN]} | ({"gamma_in": [HIDDEN]} if gamma == "input" else {})
     outputs = {y: ["batch", 3, HIDDEN]} | ({also_output: ["batch", 3, None]} if also_output else {})
     return b.model(inputs, outputs, opset=opset)
@@ -165,14 +146,37 @@ def test_square_also_used_outside_is_not_rewritten():
     assert search(rmsnorm_graph(also_output="square"))[0] == []
 
 
+@pytest.mark.parametrize("gamma_shape", [(1,), (3, HIDDEN), (3, 1)], ids=["scalar", "per-position", "per-row"])
+def test_gamma_that_only_broadcasts_is_a_near_miss(gamma_shape):
+    """SpikingRMSNorm reads one gamma value per normalised element (found by the fuzz tests: these
+    converted to a model that fails when run)."""
+    sites, misses = search(rmsnorm_graph(gamma_shape=gamma_shape))
+    assert sites == []
+    assert [(m.rule, m.op_type) for m in misses] == [(RULE, "Pow")] and "gamma of shape" in misses[0].reason
+
+
+def test_near_miss_anchored_on_x_times_x_is_in_the_report():
+    """The report lists near misses with their reason, also one anchored on a Mul (found by the fuzz
+    tests: the reason was lost, the Sqrt and Div listed as 'no rule matches this form')."""
+    model = rmsnorm_graph(square="mul", epsilon=0.5)
+    x = np.random.default_rng(5).standard_normal((4, 3, HIDDEN)).astype(np.float32)
+    _, report = convert(model, {"x0": x})
+    assert report.replaced == {}
+    assert {(e["op_type"], e["reason"]) for e in report.left} >= {
+        ("Mul", "near miss: no small constant epsilon is added to the mean of squares (0.5)")}
+
+
 def test_used_inv_std_output_of_the_op_is_a_near_miss():
     sites, misses = search(simplified_layernorm_graph(inv_std_used=True))
     assert sites == []
     assert [(m.rule, m.reason) for m in misses] == [(RULE, "its InvStdDev output is used")]
 
 
-@pytest.mark.parametrize("form", [dict(exponent=3.0), dict(exponent=2.5)], ids=["pow-3", "pow-2.5"])
+@pytest.mark.parametrize("form", [dict(exponent=3.0), dict(exponent=2.5), dict(exponent=2.0001)],
+                         ids=["pow-3", "pow-2.5", "pow-2.0001"])
 def test_other_powers_are_not_rmsnorm(form):
+    """Not even 2.0001, inside the tolerance of the rules' constants: x^2.0001 is NaN for x < 0 (found
+    by the fuzz tests: the RMSNorm of such a graph was finite where the original is NaN)."""
     assert search(rmsnorm_graph(**form)) == ([], [])
 
 
