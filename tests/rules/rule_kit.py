@@ -357,6 +357,10 @@ class Builder:
     def cast(self, name: str) -> str:
         return self.op("Cast", [name], f"{name}_f32", to=TensorProto.FLOAT)
 
+    def cast_if(self, name: str, key: str, casts) -> str:
+        """name followed by a float32 Cast when `key` is one of `casts`."""
+        return self.cast(name) if key in casts else name
+
     def reduce_mean(self, x: str, output: str, axes, keepdims: int, opset: int, axes_as: str) -> str:
         if opset < 18:
             return self.op("ReduceMean", [x], output, axes=list(axes), keepdims=keepdims)
@@ -394,6 +398,17 @@ def gamma_beta(b: Builder, normalised: str, gamma: str, beta: str, swap: bool, s
     return b.op("Add", [bias, scaled] if swap else [scaled, bias], "shifted")
 
 
+def square_of(b: Builder, x: str, square: str, exponent: float) -> str:
+    """x squared as Pow(x, exponent) (square="pow") or x * x."""
+    return b.op("Pow", [x, b.constant("two", exponent)], "square") if square == "pow" else b.op("Mul", [x, x], "square")
+
+
+def root_of(b: Builder, mean: str, epsilon: float, swap: bool, sum_name: str, root_name: str) -> str:
+    """Sqrt(mean + epsilon), the Add's operands swapped when `swap`."""
+    eps = b.constant("epsilon", epsilon)
+    return b.op("Sqrt", [b.op("Add", [eps, mean] if swap else [mean, eps], sum_name)], root_name)
+
+
 def write_layernorm(b: Builder, x: str, opset: int = 17, axes=(-1,), var_axes=None, keepdims: int = 1,
                     axes_as: str = "initializer", square: str = "pow", divide: str = "div", casts=(),
                     epsilon: float = 1e-5, exponent: float = 2.0, gamma: str = "initializer",
@@ -405,16 +420,9 @@ def write_layernorm(b: Builder, x: str, opset: int = 17, axes=(-1,), var_axes=No
     mean = b.reduce_mean(x, "mean", axes, keepdims, opset, axes_as)
     d = b.op("Sub", [x, mean], "d")
     centred = b.cast(d) if "d" in casts else d
-    if square == "pow":
-        sq = b.op("Pow", [centred, b.constant("two", exponent)], "square")
-    else:
-        sq = b.op("Mul", [centred, centred], "square")
-    sq = b.cast(sq) if "square" in casts else sq
-    var = b.reduce_mean(sq, "var", var_axes or axes, keepdims, opset, axes_as)
-    var = b.cast(var) if "var" in casts else var
-    eps = b.constant("epsilon", epsilon)
-    std = b.op("Sqrt", [b.op("Add", [eps, var] if swap else [var, eps], "var_eps")], "std")
-    std = b.cast(std) if "std" in casts else std
+    sq = b.cast_if(square_of(b, centred, square, exponent), "square", casts)
+    var = b.cast_if(b.reduce_mean(sq, "var", var_axes or axes, keepdims, opset, axes_as), "var", casts)
+    std = b.cast_if(root_of(b, var, epsilon, swap, "var_eps", "std"), "std", casts)
     if divide == "div":
         norm = b.op("Div", [centred, std], "norm")
     else:
@@ -432,13 +440,9 @@ def write_rmsnorm(b: Builder, x: str, opset: int = 17, axes=(-1,), keepdims: int
     "reciprocal" (x * Reciprocal(root)), "div-x" (x / root) or "none" (x * root); casts: values
     followed by a float32 Cast, of "x", "square", "ms", "root", "inverse", "norm"."""
     x = b.cast(x) if "x" in casts else x
-    sq = b.op("Pow", [x, b.constant("two", exponent)], "square") if square == "pow" else b.op("Mul", [x, x], "square")
-    sq = b.cast(sq) if "square" in casts else sq
-    ms = b.reduce_mean(sq, "ms", axes, keepdims, opset, axes_as)
-    ms = b.cast(ms) if "ms" in casts else ms
-    eps = b.constant("epsilon", epsilon)
-    root = b.op("Sqrt", [b.op("Add", [eps, ms] if swap else [ms, eps], "ms_eps")], "root")
-    root = b.cast(root) if "root" in casts else root
+    sq = b.cast_if(square_of(b, x, square, exponent), "square", casts)
+    ms = b.cast_if(b.reduce_mean(sq, "ms", axes, keepdims, opset, axes_as), "ms", casts)
+    root = b.cast_if(root_of(b, ms, epsilon, swap, "ms_eps", "root"), "root", casts)
     if invert == "div-x":
         norm = b.op("Div", [x, root], "norm")
     else:
