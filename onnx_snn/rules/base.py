@@ -194,13 +194,14 @@ def root_of_mean(ctx: MatchContext, mean: onnx.NodeProto, nodes: list[onnx.NodeP
     return float(epsilon), through_casts(ctx, sqrt.output[0], nodes)
 
 
-def scaled_by_weight(ctx: MatchContext, value: str, nodes: list[onnx.NodeProto]) -> tuple[str, onnx.NodeProto] | None:
-    """value * gamma with a constant gamma (Casts allowed before it): (gamma, the Mul), appending
-    the Mul to nodes; else None."""
-    normalised = through_casts(ctx, value, nodes)
-    scale = ctx.graph.only_consumer(normalised)
-    gamma = other_input(scale, normalised) if scale is not None and scale.op_type == "Mul" else None
+def scaled_per_feature(ctx: MatchContext, value: str, nodes: list[onnx.NodeProto],
+                       normalised: int | None) -> tuple[str, onnx.NodeProto] | str:
+    """value * gamma with a constant gamma of one value per element of the last `normalised` dims
+    (Casts allowed before the Mul): (gamma, the Mul), appending the Mul to nodes; else why not."""
+    value = through_casts(ctx, value, nodes)
+    scale = ctx.graph.only_consumer(value)
+    gamma = other_input(scale, value) if scale is not None and scale.op_type == "Mul" else None
     if gamma is None or not is_weight(ctx.graph, gamma):
-        return None
+        return "the normalised value is not scaled by a constant gamma"
     nodes.append(scale)
-    return gamma, scale
+    return not_per_feature(ctx.graph, "gamma", gamma, normalised) or (gamma, scale)

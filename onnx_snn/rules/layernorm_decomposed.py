@@ -10,7 +10,7 @@ import onnx
 
 from onnx_snn.rules.base import (MatchContext, NearMiss, Site, consumers_of, is_power, is_weight, node_name,
                                  not_per_feature, other_input, private_or_near_miss, reduce_axes, root_of_mean,
-                                 scaled_by_weight, through_casts)
+                                 scaled_per_feature, through_casts)
 from onnx_snn.rules.layernorm import layernorm_site
 
 NAME = "layernorm-decomposed"
@@ -78,13 +78,10 @@ class LayerNormDecomposed:
                 return miss("x - mean is not multiplied by 1 / std")
         nodes += [g.producer[name] for name in norm.input if name in centred[1:]]
         nodes.append(norm)
-        scaled = scaled_by_weight(ctx, norm.output[0], nodes)
-        if scaled is None:
-            return miss("the normalised value is not scaled by a constant gamma")
+        scaled = scaled_per_feature(ctx, norm.output[0], nodes, -axis)
+        if isinstance(scaled, str):
+            return miss(scaled)
         gamma, scale = scaled
-        problem = not_per_feature(g, "gamma", gamma, -axis)
-        if problem:
-            return miss(problem)
         last, beta = scale, None
         shift = g.only_consumer(scale.output[0])
         if shift is not None and shift.op_type == "Add":

@@ -9,7 +9,7 @@ import onnx
 
 from onnx_snn.calibrate import Probe
 from onnx_snn.rules.base import (MatchContext, NearMiss, Site, is_power, near, node_name, not_per_feature,
-                                 private_or_near_miss, reduce_axes, root_of_mean, scaled_by_weight, through_casts)
+                                 private_or_near_miss, reduce_axes, root_of_mean, scaled_per_feature, through_casts)
 from onnx_snn.rules.layernorm_decomposed import trailing_axis
 
 NAME = "rmsnorm"
@@ -84,12 +84,9 @@ class RMSNorm:
             if norm is None or norm.op_type != "Mul" or x not in norm.input:
                 return miss("x is not multiplied by the inverse root mean square")
         nodes.append(norm)
-        scaled = scaled_by_weight(ctx, norm.output[0], nodes)
-        if scaled is None:
-            return miss("the normalised value is not scaled by a constant gamma")
+        scaled = scaled_per_feature(ctx, norm.output[0], nodes, -axis)
+        if isinstance(scaled, str):
+            return miss(scaled)
         gamma, scale = scaled
-        problem = not_per_feature(g, "gamma", gamma, -axis)
-        if problem:
-            return miss(problem)
         return private_or_near_miss(NAME, ctx, node, nodes, scale.output[0]) or rmsnorm_site(
             node, nodes, x, gamma, scale.output[0], axis, epsilon)
