@@ -2,8 +2,7 @@
 // with SessionOptions (onnx_snn.session does that).
 #include "custom_op.h"
 #include "mbe_neuron.h"
-#include "spiking_layernorm.h"
-#include "spiking_rmsnorm.h"
+#include "spiking_norm.h"
 #include "spiking_softmax.h"
 
 #define ONNX_SNN_STRING_(x) #x

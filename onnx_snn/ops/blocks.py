@@ -105,15 +105,26 @@ def rsqrt_scale(rsqrt: SlotTables, v: np.ndarray) -> tuple[np.ndarray, np.int64]
     return (r * pow2(-(e // 2))).astype(np.float32), spikes
 
 
-def normalised_view(x: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
-    """x as [rows, N, 1], normalised over dims axis..rank-1 (LayerNormalization's axis)."""
+def normalised_view(x: np.ndarray, gamma: np.ndarray, axis: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """x as [rows, N, 1], normalised over dims axis..rank-1 (LayerNormalization's axis), N and gamma
+    as [1, N, 1]."""
     x = np.asarray(x, np.float32)
     rank = x.ndim
     if not -rank <= axis < rank:
         raise ValueError(f"axis {axis} is out of range for an input of rank {rank}")
     a = axis + rank if axis < 0 else axis
     n = math.prod(x.shape[a:])
-    return x.reshape(math.prod(x.shape[:a]), n, 1), n
+    gamma = np.asarray(gamma, np.float32)
+    if gamma.size != n:
+        raise ValueError(f"gamma has {gamma.size} values for {n} normalised values")
+    return x.reshape(math.prod(x.shape[:a]), n, 1), n, gamma.reshape(1, n, 1)
+
+
+def inverse_rms(rsqrt: SlotTables, v: np.ndarray, n: int, epsilon: float) -> tuple[np.ndarray, np.int64]:
+    """1 / sqrt(sum(v * v) / N + epsilon) per row of v [rows, N, 1]: the spiking product, the
+    fixed-order sum, rsqrt_scale; and the rsqrt neuron's spikes."""
+    mean_square = tree_sum(v * v, 1) / np.float32(n)
+    return rsqrt_scale(rsqrt, mean_square + np.float32(epsilon))
 
 
 # ---- function-body blocks ------------------------------------------------------------------------
@@ -248,6 +259,20 @@ class Body:
         r, spikes = self.neuron(prefix, m_even)
         shift = self.pow2(self.op("Mul", e_even, self.const(-0.5)))
         return self.op("Mul", r, shift), spikes
+
+    def normalised_rows(self, x: str) -> tuple[str, str, str, str]:
+        """x viewed as [rows, N, 1] over dims axis..rank-1 (the node's `axis`): (x's shape, N, the
+        view, N as a float)."""
+        shape, before, dim, after = self.axis_view(x, self.attribute("axis", "value_int"))
+        n = self.op("Mul", dim, after)
+        rows = self.op("Reshape", x, self.op("Concat", before, n, self.ints(1), axis=0), allowzero=1)
+        return shape, n, rows, self.op("Cast", n, to=TensorProto.FLOAT)
+
+    def inverse_rms(self, prefix: str, v: str, count: str) -> tuple[str, str]:
+        """1 / sqrt(sum(v * v) / N + epsilon) per row (the node's `epsilon`), as blocks.inverse_rms:
+        the value and the rsqrt neuron's spikes."""
+        mean_square = self.op("Div", self.tree_sum(self.op("Mul", v, v)), count)
+        return self.rsqrt_scale(prefix, self.op("Add", mean_square, self.attribute("epsilon", "value_float")))
 
     def function(self, op_type: str, inputs: list[str], outputs: list[str], attributes: list[str],
                  opset: int) -> onnx.FunctionProto:

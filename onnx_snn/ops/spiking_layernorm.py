@@ -30,7 +30,7 @@ Per row of N values, in float32, one rounding per operation, in this order:
 NaN in a row makes the row NaN; infinities saturate the input encoder (its output stays finite);
 empty tensors give empty outputs and zero spikes.
 
-Three implementations, kept bit-identical by tests: the C++ kernel (custom_ops/src/spiking_layernorm.h),
+Three implementations, kept bit-identical by tests: the C++ kernel (custom_ops/src/spiking_norm.h),
 the ONNX function below (standard ops; the neurons run through the MBENeuron function) and the numpy
 `reference` (onnx_snn.mbe.neuron.simulate for every neuron).
 """
@@ -67,17 +67,11 @@ def make_node(input: SlotTables, centered: SlotTables, rsqrt: SlotTables, x: str
 def function(opset: int) -> onnx.FunctionProto:
     """The op as an ONNX function of standard ops (and MBENeuron calls) at the model's opset (>= 14)."""
     b = blocks.Body()
-    axis = b.attribute("axis", "value_int")
-    epsilon = b.attribute("epsilon", "value_float")
-    shape, before, dim, after = b.axis_view("x", axis)
-    n = b.op("Mul", dim, after)
-    x3 = b.op("Reshape", "x", b.op("Concat", before, n, b.ints(1), axis=0), allowzero=1)  # [rows, N, 1]
-    count = b.op("Cast", n, to=TensorProto.FLOAT)
+    shape, n, x3, count = b.normalised_rows("x")
     xh, input_spikes = b.neuron("input_", x3)
     mu = b.op("Div", b.tree_sum(xh), count)
     dh, centered_spikes = b.neuron("centered_", b.op("Sub", xh, mu))
-    var = b.op("Div", b.tree_sum(b.op("Mul", dh, dh)), count)
-    rs, rsqrt_spikes = b.rsqrt_scale("rsqrt_", b.op("Add", var, epsilon))
+    rs, rsqrt_spikes = b.inverse_rms("rsqrt_", dh, count)
     affine_shape = b.op("Concat", b.ints(1), n, b.ints(1), axis=0)
     scaled = b.op("Mul", b.op("Mul", dh, rs), b.op("Reshape", "gamma", affine_shape, allowzero=1))
     # beta is optional: only an optional input of a standard op may take it. Gemm(A, B, beta) with
@@ -101,10 +95,7 @@ def reference(input: SlotTables, centered: SlotTables, rsqrt: SlotTables, x: np.
               ) -> tuple[np.ndarray, np.ndarray]:
     """The numpy reference: (y float32, spikes int64 [3])."""
     x = np.asarray(x, np.float32)
-    x3, n = blocks.normalised_view(x, axis)
-    gamma = np.asarray(gamma, np.float32)
-    if gamma.size != n:
-        raise ValueError(f"gamma has {gamma.size} values for {n} normalised values")
+    x3, n, gamma = blocks.normalised_view(x, gamma, axis)
     if beta is not None and np.size(beta) != n:
         raise ValueError(f"beta has {np.size(beta)} values for {n} normalised values")
     bias = np.zeros(n, np.float32) if beta is None else np.asarray(beta, np.float32).reshape(n) + np.float32(0)
@@ -113,7 +104,6 @@ def reference(input: SlotTables, centered: SlotTables, rsqrt: SlotTables, x: np.
         xh, input_spikes = blocks.run_neuron(input, x3)
         mu = blocks.tree_sum(xh, 1) / count
         dh, centered_spikes = blocks.run_neuron(centered, xh - mu)
-        var = blocks.tree_sum(dh * dh, 1) / count
-        rs, rsqrt_spikes = blocks.rsqrt_scale(rsqrt, var + np.float32(epsilon))
-        y = (dh * rs) * gamma.reshape(1, n, 1) + bias.reshape(1, n, 1)
+        rs, rsqrt_spikes = blocks.inverse_rms(rsqrt, dh, n, epsilon)
+        y = (dh * rs) * gamma + bias.reshape(1, n, 1)
     return y.astype(np.float32).reshape(x.shape), np.array([input_spikes, centered_spikes, rsqrt_spikes], np.int64)

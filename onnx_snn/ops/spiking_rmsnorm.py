@@ -20,7 +20,7 @@ Per row of N values, in float32, one rounding per operation, in this order:
 NaN in a row makes the row NaN; infinities saturate the input encoder (its output stays finite);
 empty tensors give empty outputs and zero spikes.
 
-Three implementations, kept bit-identical by tests: the C++ kernel (custom_ops/src/spiking_rmsnorm.h),
+Three implementations, kept bit-identical by tests: the C++ kernel (custom_ops/src/spiking_norm.h),
 the ONNX function below (standard ops; the neurons run through the MBENeuron function) and the numpy
 `reference` (onnx_snn.mbe.neuron.simulate for every neuron).
 """
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto
 from onnx import helper as oh
 
 from onnx_snn.mbe.neuron import SlotTables
@@ -56,15 +55,9 @@ def make_node(input: SlotTables, rsqrt: SlotTables, x: str, gamma: str, y: str, 
 def function(opset: int) -> onnx.FunctionProto:
     """The op as an ONNX function of standard ops (and MBENeuron calls) at the model's opset (>= 14)."""
     b = blocks.Body()
-    axis = b.attribute("axis", "value_int")
-    epsilon = b.attribute("epsilon", "value_float")
-    shape, before, dim, after = b.axis_view("x", axis)
-    n = b.op("Mul", dim, after)
-    x3 = b.op("Reshape", "x", b.op("Concat", before, n, b.ints(1), axis=0), allowzero=1)  # [rows, N, 1]
-    count = b.op("Cast", n, to=TensorProto.FLOAT)
+    shape, n, x3, count = b.normalised_rows("x")
     xh, input_spikes = b.neuron("input_", x3)
-    mean_square = b.op("Div", b.tree_sum(b.op("Mul", xh, xh)), count)
-    rs, rsqrt_spikes = b.rsqrt_scale("rsqrt_", b.op("Add", mean_square, epsilon))
+    rs, rsqrt_spikes = b.inverse_rms("rsqrt_", xh, count)
     gamma = b.op("Reshape", "gamma", b.op("Concat", b.ints(1), n, b.ints(1), axis=0), allowzero=1)
     y3 = b.op("Mul", b.op("Mul", xh, rs), gamma)
     b.op("Reshape", y3, shape, allowzero=1, out="y")
@@ -76,13 +69,9 @@ def reference(input: SlotTables, rsqrt: SlotTables, x: np.ndarray, gamma: np.nda
               epsilon: float = DEFAULT_EPSILON) -> tuple[np.ndarray, np.ndarray]:
     """The numpy reference: (y float32, spikes int64 [2])."""
     x = np.asarray(x, np.float32)
-    x3, n = blocks.normalised_view(x, axis)
-    gamma = np.asarray(gamma, np.float32)
-    if gamma.size != n:
-        raise ValueError(f"gamma has {gamma.size} values for {n} normalised values")
+    x3, n, gamma = blocks.normalised_view(x, gamma, axis)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         xh, input_spikes = blocks.run_neuron(input, x3)
-        mean_square = blocks.tree_sum(xh * xh, 1) / np.float32(n)
-        rs, rsqrt_spikes = blocks.rsqrt_scale(rsqrt, mean_square + np.float32(epsilon))
-        y = (xh * rs) * gamma.reshape(1, n, 1)
+        rs, rsqrt_spikes = blocks.inverse_rms(rsqrt, xh, n, epsilon)
+        y = (xh * rs) * gamma
     return y.astype(np.float32).reshape(x.shape), np.array([input_spikes, rsqrt_spikes], np.int64)

@@ -116,7 +116,7 @@ def normalisation_bound(timesteps: int, x: np.ndarray, expected: np.ndarray, gam
     has relative error <= rho on v^'s mantissa, so rs^ = rs (1 + s) with |s| <= sigma =
     (1 + rho)(1 - Ev / v)^-1/2 - 1. Hence |y^ - y| <= |gamma| rs (Ed (1 + sigma) + |d| sigma); or, as
     v^ >= eps, <= |gamma| ((|d| + Ed)(1 + rho) / sqrt(eps) + |d| rs) where Ev is not small against v."""
-    rows, n = normalised_view(x, axis)
+    rows, n, gamma = normalised_view(x, gamma, axis)
     rows = rows.reshape(-1, n).astype(np.float64)
     gamma = np.abs(gamma.astype(np.float64).reshape(1, n))
     error = encoder_error(timesteps, rows) + 4 * ULP * float(np.max(np.abs(rows)))  # E1, the rounding of x - mean
