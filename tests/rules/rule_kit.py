@@ -463,14 +463,15 @@ def write_rmsnorm(b: Builder, x: str, opset: int = 17, axes=(-1,), keepdims: int
 # Largest error against the original, measured on torch exports (softmax over 8 values; LayerNorm /
 # RMSNorm over 8 with gamma in [0.5, 1.5], beta in [-0.5, 0.5]) for inputs N(mu, s^2) with s from
 # 0.1 to 100, T=16 with the default bases (N=8 exp2, reciprocal, rsqrt; N=4 identity encoders then):
-#     softmax    5.5e-4 absolute (on probabilities)   (4.9e-4 with the presets refitted since)
+#     softmax    5.5e-4 absolute (on probabilities)   (4.9e-4 with the presets refitted since; 6.7e-4
+#                with exp2 on 4 bases, 2.3e-3 on 2, the default since, s to 100 and mu from -50 to 50)
 #     layernorm  9.2e-4 x max|y|                      (5.7e-4)
 #     rmsnorm    8.9e-4 x max|y|                      (5.6e-4)
 # It does not depend on the input's scale (the encoders are scaled to the calibrated range, the
-# rsqrt and reciprocal neurons see mantissas). The bounds are about 1.7x the worst measured. The
+# rsqrt and reciprocal neurons see mantissas). The bounds are about 1.5x the worst measured. The
 # spiking op must also equal its numpy reference run with the expected axis, epsilon, gamma, beta.
 COMPOSITE_ERROR = {  # op kind: (max abs error bound, relative to max|y| unless softmax)
-    "softmax": 1e-3,
+    "softmax": 3.5e-3,
     "layernorm": 1.5e-3,
     "rmsnorm": 1.5e-3,
 }
