@@ -45,7 +45,7 @@ def _convert(args: argparse.Namespace) -> int:
     if os.path.abspath(args.output) == os.path.abspath(args.input):
         raise UsageError(f"{args.output}: the output would overwrite the input model; choose another path")
     model, report = convert_with_report(args.input, timesteps=args.timesteps, calibration=args.calibration,
-                                        hybrid=args.hybrid, rules=args.rules,
+                                        hybrid=args.hybrid, rules=args.rules, bases=dict(args.bases or []),
                                         progress=not args.json and sys.stderr.isatty(),
                                         check=not args.no_check)
     if args.inline:
@@ -120,6 +120,12 @@ def _bases(text: str) -> tuple[str, int]:
     return function, int(count)
 
 
+def _bases_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--bases", nargs="+", type=_bases, metavar="FUNCTION=N", action="extend",
+                         help="bases of a neuron function, e.g. exp2=4 gelu=8 identity=4 (default: the "
+                              "converter's choice, onnx_snn.neurons.DEFAULT_BASES; `onnx-snn neurons` lists the presets)")
+
+
 def _tokenizer(folder: str | None):
     """A Hugging Face tokenizer from a folder, or all-MiniLM-L6-v2's (installed package)."""
     if folder:
@@ -162,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--timesteps", "-T", type=int, default=16, help="time steps T of every neuron (default 16)")
     convert.add_argument("--calibration", metavar="FILE.npz",
                          help="calibration inputs (arrays named like the model's inputs); default: synthesised")
+    _bases_option(convert)
     convert.add_argument("--hybrid", action="store_true", help="convert only the nonlinear ops (no encoders on linear layers)")
     convert.add_argument("--rules", nargs="+", metavar="RULE", choices=RULE_NAMES,
                          help=f"apply only these rules: {', '.join(RULE_NAMES)}")
@@ -188,8 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="convert at several T and measure a task at each; table, JSON, plot")
     sweep.add_argument("model", metavar="MODEL.onnx")
     sweep.add_argument("--task", choices=("embeddings", "causal-lm"), default="embeddings")
-    sweep.add_argument("--bases", nargs="+", type=_bases, metavar="FUNCTION=N", action="extend",
-                       help="bases of a neuron function, e.g. gelu=8 identity=4 (default: the converter's choice)")
+    _bases_option(sweep)
     sweep.add_argument("--max-windows", type=int, default=32, help="causal-lm: the first windows of the text (32)")
     sweep.add_argument("--timesteps", type=int, nargs="+", default=[6, 8, 10, 12, 16, 24])
     sweep.add_argument("--tokenizer", metavar="DIR", help="Hugging Face tokenizer folder (default: all-MiniLM-L6-v2's)")

@@ -26,6 +26,24 @@ def identity_bases(timesteps: int) -> int:
     0.9934); below, the offsets of four bases add the resolution T steps lack (T=8: 0.925 against
     0.437 with one)."""
     return 1 if timesteps >= 12 else 4
+def check_presets(timesteps: int, bases: dict[str, int]) -> None:
+    """Raise ValueError (one line) unless a preset ships for every neuron function at T = timesteps
+    with its bases (DEFAULT_BASES and identity_bases, overridden by `bases`)."""
+    from onnx_snn.mbe.presets import presets
+
+    shipped = {(p.function, p.bases, p.timesteps) for p in presets()}
+    steps = sorted({t for _, _, t in shipped})
+    if timesteps not in steps:
+        raise ValueError(f"no neurons for T = {timesteps}: presets ship for T in {steps}")
+    functions = sorted({f for f, _, _ in shipped})
+    for function, count in {**DEFAULT_BASES, "identity": identity_bases(timesteps), **bases}.items():
+        if function not in functions:
+            raise ValueError(f"no neuron function {function!r}: presets ship {', '.join(functions)}")
+        if (function, count, timesteps) not in shipped:
+            counts = sorted({b for f, b, t in shipped if f == function and t == timesteps})
+            raise ValueError(f"no {function} neuron with {count} bases: presets ship {counts} at T = {timesteps}")
+
+
 # identity encoders cover the calibrated magnitude with this headroom, and at least MIN_REACH
 RANGE_MARGIN = 1.1
 MIN_REACH = 1e-6

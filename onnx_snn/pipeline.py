@@ -13,7 +13,7 @@ import onnx
 from onnx_snn import calibrate as cal
 from onnx_snn import model_io, ops
 from onnx_snn.graph import Graph
-from onnx_snn.neurons import NeuronChoice
+from onnx_snn.neurons import NeuronChoice, check_presets
 from onnx_snn.report import LINEAR_OPS, Report, count_sites, left_nonlinear, linear_macs, spike_driven_macs
 from onnx_snn.rewrite import build_sites, find_sites
 from onnx_snn.rules import rule_set
@@ -49,6 +49,10 @@ def convert_with_report(
     check: bool = True,
 ) -> tuple[onnx.ModelProto, Report]:
     where = os.fspath(model) if not isinstance(model, onnx.ModelProto) else "model"
+    try:  # before the model is read and calibrated: a wrong T or bases fails at once
+        check_presets(timesteps, dict(bases or {}))
+    except ValueError as e:
+        raise ConversionError(f"{where}: {e}") from None
     spiking, model_dir = model_io.load(model)
     validate(spiking, model_dir, where)
     batches, synthesized = cal.iter_batches(spiking, calibration)

@@ -126,6 +126,33 @@ def test_unconvertible_models_get_one_line_naming_the_problem(tmp_path, case):
     assert path.read_bytes() == before and not out.exists()
 
 
+@pytest.mark.parametrize("option, expected", [(["--timesteps", "7"], "no neurons for T = 7"),
+                                              (["--bases", "exp2=3"], "no exp2 neuron with 3 bases"),
+                                              (["--bases", "erf=2"], "no neuron function 'erf'")])
+def test_neurons_without_a_preset_get_one_line_and_nothing_written(tmp_path, option, expected):
+    out = tmp_path / "out.onnx"
+    run = cli("convert", str(small_model(tmp_path / "in.onnx")), "-o", str(out), *option)
+    assert run.returncode == 1
+    assert len(run.stderr.strip().splitlines()) == 1 and expected in run.stderr and "Traceback" not in run.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option, exp2_bases", [([], 2), (["--bases", "exp2=4"], 4)])
+def test_bases_option_chooses_the_neurons(tmp_path, option, exp2_bases):
+    graph = oh.make_graph([oh.make_node("Softmax", ["x"], ["y"], axis=-1)], "softmax",
+                          [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 8])],
+                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 8])])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "in.onnx")
+    out = tmp_path / "out.onnx"
+    run = cli("convert", str(tmp_path / "in.onnx"), "-o", str(out), *option)
+    assert run.returncode == 0, run.stderr
+    (node,) = onnx.load(str(out)).graph.node
+    scales = next(a for a in node.attribute if a.name == "exp2_input_scale")
+    assert node.op_type == "SpikingSoftmax" and len(scales.floats) == exp2_bases
+
+
 def test_a_model_without_nonlinear_ops_converts_and_says_so(tmp_path):
     graph = oh.make_graph([oh.make_node("Add", ["x", "x"], ["y"])], "linear",
                           [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
