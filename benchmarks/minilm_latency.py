@@ -1,7 +1,7 @@
 """Spiking vs original all-MiniLM-L6-v2 latency in onnxruntime, side by side in one process:
 alternating runs, medians, the ratio with the raw figures (issue 6's target: ratio <= 1.3).
 
-    python benchmarks/minilm_latency.py [--batch 8] [--sequence 128] [--threads 1 2] [--repeats 7] [--timesteps 16]
+    python benchmarks/minilm_latency.py [--batch 8] [--sequence 128] [--threads 1 2] [--repeats 21] [--timesteps 16]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--sequence", type=int, default=128)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--timesteps", type=int, default=16)
     args = parser.parse_args()
 
