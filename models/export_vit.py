@@ -5,22 +5,9 @@ LayerNorm, Softmax and the attention products. Written to the cache folder; prin
 Needs the models extra: pip install -c constraints.txt ".[models]"
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-from onnx_snn.export import cache_dir, export_vit
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=cache_dir() / "models")
-    args = parser.parse_args(argv)
-    print(export_vit(args.out))
-    return 0
-
+from onnx_snn.export import export_command, export_vit
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(export_command(__doc__, {"vit": export_vit}))

@@ -3,10 +3,25 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
+from typing import Callable
 
 MINILM_FORMS = ("legacy14", "legacy17", "dynamo")
+
+
+def export_command(doc: str, exports: dict[str, Callable[[Path], Path]], argv: list[str] | None = None) -> int:
+    """The command line of the models/ scripts: --out DIR (default: the cache's models folder) and,
+    with several exports, --forms; runs them and prints each path written."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=cache_dir() / "models")
+    if len(exports) > 1:
+        parser.add_argument("--forms", nargs="+", choices=list(exports), default=list(exports))
+    args = parser.parse_args(argv)
+    for form in getattr(args, "forms", list(exports)):
+        print(exports[form](args.out))
+    return 0
 
 
 def cache_dir() -> Path:

@@ -199,7 +199,7 @@ def test_narrower_instruction_sets_run_the_same_operations(kernel):
     """The library picks the widest kernel the CPU has (AVX-512 here); ONNX_SNN_KERNEL caps it, so the
     baseline (SSE2) and AVX2 builds pass the bit-identity tests of every op too."""
     tests = Path(__file__).parent
-    files = [str(tests / f"test_{name}_op.py") for name in ("mbe_neuron", "spiking_softmax", "spiking_layernorm", "spiking_rmsnorm")]
+    files = [str(tests / f"test_{name}.py") for name in ("mbe_neuron_op", "spiking_softmax_op", "spiking_norm_ops")]
     selected = "every_implementation or presets_bit_identical or any_shape or edge_values or special or longer_than_a_task"
     # -P: the installed package (with its library), not the source tree
     result = subprocess.run([sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", *files, "-k", selected],

@@ -258,24 +258,24 @@ def write_gelu_tanh(b: "Builder", x: str, cube: str = "pow", half: str = "first"
     return gelu_product(b, x, "one_plus_tanh", half)
 
 
-def bert_self_attention():
-    """transformers' BertSelfAttention (eager) with hidden size 8 and 2 heads, as a module of x."""
+def bert_block(name: str = "BertSelfAttention", hidden: int = 8):
+    """transformers' Bert block `name` (eager attention) with 2 heads, as a module of x (its first output)."""
     import torch
     from transformers import BertConfig
-    from transformers.models.bert.modeling_bert import BertSelfAttention
+    from transformers.models.bert import modeling_bert
 
-    config = BertConfig(hidden_size=8, num_attention_heads=2, intermediate_size=16)
+    config = BertConfig(hidden_size=hidden, num_attention_heads=2, intermediate_size=16)
     config._attn_implementation = "eager"
 
-    class Attention(torch.nn.Module):
+    class Block(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.attention = BertSelfAttention(config)
+            self.block = getattr(modeling_bert, name)(config)
 
         def forward(self, x):
-            return self.attention(x)[0]
+            return self.block(x)[0]
 
-    return Attention()
+    return Block()
 
 
 # ---- normalisations written out ---------------------------------------------------------------------

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from onnx import helper as oh
-from rule_kit import (bert_self_attention, convert, encoder_error, export, graph_model, init, rules_found, run,
+from rule_kit import (bert_block, convert, encoder_error, export, graph_model, init, rules_found, run,
                       run_spiking, search, sites_of)
 
 from onnx_snn.calibrate import Probe
@@ -22,7 +22,7 @@ def matmul_graph(a="x0", b="x1", before=(), initializers=(), inputs=None, domain
 # ---- the forms the rule promises -----------------------------------------------------------------
 
 def test_bert_self_attention_has_two_products_with_both_operands_encoded():
-    model = export(bert_self_attention(), torch.randn(2, 3, 8))
+    model = export(bert_block(), torch.randn(2, 3, 8))
     sites = sites_of(model, RULE)
     assert len(sites) == 2
     assert all(len(s.encode) == 2 and len(s.probes) == 2 for s in sites)

@@ -8,7 +8,7 @@ chain. -> SpikingLayerNorm, checked end to end against its reference and the ori
 import numpy as np
 import pytest
 import torch
-from rule_kit import (COMPOSITE_ERROR, HIDDEN, Builder, assert_composite_conversion, convert, export, near_misses_of,
+from rule_kit import (COMPOSITE_ERROR, HIDDEN, Builder, assert_composite_conversion, bert_block, convert, export, near_misses_of,
                       rules_found, run, run_spiking, search, sites_of, weights, write_layernorm)
 
 from onnx_snn.calibrate import Probe
@@ -80,21 +80,7 @@ def test_hand_written_layernorm_export_is_one_site(opset):
 def test_bert_layer_with_fresh_weights_has_both_layernorms():
     """A freshly initialised BertLayer has identical LayerNorm weights (ones) and biases (zeros): the
     legacy exporter keeps one initializer and writes the other LayerNorm's as an Identity of it."""
-    from transformers import BertConfig
-    from transformers.models.bert.modeling_bert import BertLayer
-
-    config = BertConfig(hidden_size=HIDDEN, num_attention_heads=2, intermediate_size=16)
-    config._attn_implementation = "eager"
-
-    class Layer(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.layer = BertLayer(config)
-
-        def forward(self, x):
-            return self.layer(x)[0]
-
-    model = export(Layer(), torch.randn(2, 3, HIDDEN), opset=14)
+    model = export(bert_block("BertLayer", HIDDEN), torch.randn(2, 3, HIDDEN), opset=14)
     assert any(n.op_type == "Identity" for n in model.graph.node)
     sites, misses = search(model)
     assert len([s for s in sites if s.rule == RULE]) == 2

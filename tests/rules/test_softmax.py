@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from onnx import helper as oh
-from rule_kit import (assert_composite_conversion, bert_self_attention, convert, export, graph_model, rules_found,
+from rule_kit import (assert_composite_conversion, bert_block, convert, export, graph_model, rules_found,
                       run_spiking, search, sites_of)
 
 RULE = "softmax"
@@ -38,7 +38,7 @@ def test_torch_softmax_export_on_any_axis_is_one_site(dim):
 
 
 def test_bert_self_attention_has_one_softmax_between_two_products():
-    counts = rules_found(export(bert_self_attention(), torch.randn(2, 3, 8)))
+    counts = rules_found(export(bert_block(), torch.randn(2, 3, 8)))
     assert counts == {"softmax": 1, "activation-product": 2, "linear-input": 3}
 
 
