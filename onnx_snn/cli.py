@@ -83,8 +83,8 @@ def _eval(args: argparse.Namespace) -> int:
         print(json.dumps({"task": "causal-lm", **comparison.to_dict()}, indent=1) if args.json else comparison.format())
         return 0
     else:
-        model, _ = load(args.original)
-        batches, synthesized = load_batches(model, args.inputs)
+        model, model_dir = load(args.original)
+        batches, synthesized = load_batches(model, args.inputs, model_dir=model_dir)
         feeds = batches[0]
         names = [o.name for o in original.get_outputs()]
         result = {"task": "outputs", "inputs": "synthesised from the input signature" if synthesized else args.inputs,
