@@ -174,13 +174,19 @@ def synthesize(model: onnx.ModelProto, *, batches: int = 2, batch_size: int = 4,
     return result
 
 
+def past_present_pairs(inputs: Iterable[str], outputs: Iterable[str]) -> dict[str, str]:
+    """The KV-cache inputs of a decoder, each with the output that is its next value (the output
+    of the same suffix: present.0.key for past_key_values.0.key or past.0.key)."""
+    presents = {_past_suffix(name, PRESENT_PREFIXES): name for name in outputs}
+    presents.pop(None, None)
+    return {name: presents[_past_suffix(name, PAST_PREFIXES)] for name in inputs
+            if _past_suffix(name, PAST_PREFIXES) in presents}
+
+
 def _prefill_runner(model: onnx.ModelProto, model_dir: str | None, past_inputs: set[str]):
-    """A function of a prefill batch giving the past of the next step: each past input fed the
-    present output of the same suffix (present.0.key for past_key_values.0.key). Past inputs
-    without a present output keep their synthesised values."""
-    presents = {_past_suffix(o.name, PRESENT_PREFIXES): o.name for o in model.graph.output}
-    pairs = {name: presents[_past_suffix(name, PAST_PREFIXES)] for name in past_inputs
-             if _past_suffix(name, PAST_PREFIXES) in presents}
+    """A function of a prefill batch giving the past of the next step: each past input fed its
+    present output. Past inputs without a present output keep their synthesised values."""
+    pairs = past_present_pairs(past_inputs, (o.name for o in model.graph.output))
     if not pairs:
         return lambda feeds: {}
     options = read_external_data_from(ort.SessionOptions(), model_dir)
