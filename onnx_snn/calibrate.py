@@ -150,13 +150,21 @@ def synthesize(model: onnx.ModelProto, *, batches: int = 2, batch_size: int = 4,
     past_inputs = {name for name, _, dims in signature if _past_suffix(name, PAST_PREFIXES) is not None
                    and len(dims) >= 3 and not isinstance(dims[-2], int)}
 
+    def size(name: str, dims: list, axis: int, past: int, new: int) -> int:
+        """A symbolic dim's size: the batch, a past input's past length, a mask's past + new, else new."""
+        if axis == 0:
+            return batch_size
+        if name in past_inputs:
+            if axis != len(dims) - 2:
+                raise CalibrationError(f"past input {name!r} declares dim {axis} ({dims[axis]}) symbolic: its size "
+                                       "cannot be synthesised; give calibration inputs (--calibration FILE.npz)")
+            return past
+        return past + new if "mask" in name.lower() else new
+
     def batch(past: int, new: int) -> dict[str, np.ndarray]:
         feeds = {}
         for name, dtype, dims in signature:
-            length = past if name in past_inputs else past + new if past_inputs and "mask" in name.lower() else new
-            shape = [d if isinstance(d, int) and d > 0 else (batch_size if i == 0 else length) for i, d in enumerate(dims)]
-            if name in past_inputs:
-                shape[-2] = past
+            shape = [d if isinstance(d, int) and d > 0 else size(name, dims, i, past, new) for i, d in enumerate(dims)]
             feeds[name] = _synthesized_value(model, name, dtype, shape, past, past > 0, rng)
         return feeds
 
