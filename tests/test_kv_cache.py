@@ -179,6 +179,18 @@ def test_a_past_of_length_zero_is_valid_data_and_a_fixed_empty_dim_is_not(decode
     assert "logits: cosine 0.99" in run.stdout
 
 
+@pytest.mark.parametrize("past, present", [
+    ("past_key_values.3.key", "present.3.key"),  # optimum, onnxruntime-genai, export_causal_lm
+    ("past_key_values.0.decoder.value", "present.0.decoder.value"),  # optimum's encoder-decoders
+    ("past.1.key", "present.1.key"),
+    ("past_2", "present_2"),  # onnxruntime.transformers' GPT-2 (key and value stacked)
+])
+def test_past_inputs_pair_with_their_present_outputs(past, present):
+    inputs = ["input_ids", "attention_mask", past, "past_key_values.9.key"]
+    outputs = ["logits", "present.3.value", present, "present_key_values.0"]
+    assert cal.past_present_pairs(inputs, outputs) == {past: present}
+
+
 # ---------------------------------------------------------------------------- the real model (slow)
 
 SLOW_WINDOWS = 8
