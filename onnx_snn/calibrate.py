@@ -260,8 +260,9 @@ def _checked(signature: list[tuple[str, np.dtype, list]], batches: Iterable[Batc
                 raise CalibrationError(f"{where}: input {name!r} is {value.dtype}, the model expects {dtype}")
             if dims and value.ndim != len(dims):
                 raise CalibrationError(f"{where}: input {name!r} has rank {value.ndim}, the model expects {len(dims)}")
-            # a past length of 0 (a decoder's prefill) is empty: fine where the dim is symbolic
-            if value.size == 0 and (not dims or any(n == 0 and isinstance(d, int) for n, d in zip(value.shape, dims))):
+            # a past length of 0 (a decoder's prefill) is empty: fine where the dim is symbolic (not the batch)
+            if value.size == 0 and (not dims or value.shape[0] == 0
+                                    or any(n == 0 and isinstance(d, int) for n, d in zip(value.shape, dims))):
                 raise CalibrationError(f"{where}: input {name!r} is empty")
             feeds[name] = value
         missing = set(expected) - set(feeds)
