@@ -191,8 +191,7 @@ def export_causal_lm(model, path: Path, example_ids, example_mask, *, with_past:
         half = example_ids.shape[1] // 2
         with torch.no_grad():  # a real past: the cache of the first half
             prefix = model(input_ids=example_ids[:, :half], attention_mask=example_mask[:, :half], use_cache=True)
-        cache = getattr(prefix, "past_key_values", None) or prefix.cache
-        past = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+        past = [t for layer in prefix.past_key_values.layers for t in (layer.keys, layer.values)]
         kv_names = [f"{i}.{kind}" for i in range(len(past) // 2) for kind in ("key", "value")]
         positions = (torch.cumsum(example_mask, 1) - 1).clamp(min=0)
         module = LogitsAndPresent(model)
