@@ -184,8 +184,9 @@ class CachedDecoder:
         batch, new = ids.shape
         if past is None:
             past = {}
-            for name in self.pairs:
-                shape = [batch if i == 0 else d if isinstance(d, int) else 0 for i, d in enumerate(self.inputs[name].shape)]
+            for name in self.pairs:  # the past length (the dim before the last) 0, other symbolic dims the batch
+                dims = self.inputs[name].shape
+                shape = [d if isinstance(d, int) else 0 if i == len(dims) - 2 else batch for i, d in enumerate(dims)]
                 past[name] = np.zeros(shape, _NUMPY_TYPES[self.inputs[name].type])
         length = next(iter(past.values())).shape[-2]
         given = {"input_ids": ids, "attention_mask": np.ones((batch, length + new), np.int64),
