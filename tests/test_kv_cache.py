@@ -193,7 +193,7 @@ def test_past_inputs_pair_with_their_present_outputs(past, present):
 
 # ---------------------------------------------------------------------------- the real model (slow)
 
-SLOW_WINDOWS = 8
+SLOW_WINDOWS = 24  # 1,512 scored tokens: on 8 windows (504) the cache-vs-whole-window change varied by +-1.3%
 SLOW_WINDOW = 64
 SLOW_PREFILL = 16
 
