@@ -191,6 +191,41 @@ def test_past_inputs_pair_with_their_present_outputs(past, present):
     assert cal.past_present_pairs(inputs, outputs) == {past: present}
 
 
+def merged_decoder_signature(heads=2) -> onnx.ModelProto:
+    """A one-layer stand-in with the onnxruntime.transformers names (past.0.key, present.0.key) and
+    a merged decoder's use_cache_branch: present = Concat(past, the new tokens' embeddings)."""
+    from onnx import TensorProto
+    from onnx import helper as oh
+
+    table = onnx.numpy_helper.from_array(np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32), "table")
+    shape = onnx.numpy_helper.from_array(np.array([0, 0, 2, 4], np.int64), "split_heads")
+    nodes = [oh.make_node("Gather", ["table", "input_ids"], ["embedded"]),
+             oh.make_node("Reshape", ["embedded", "split_heads"], ["by_head"]),
+             oh.make_node("Transpose", ["by_head"], ["new_key"], perm=[0, 2, 1, 3]),
+             oh.make_node("Concat", ["past.0.key", "new_key"], ["present.0.key"], axis=2)]
+    inputs = [oh.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+              oh.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"]),
+              oh.make_tensor_value_info("past.0.key", TensorProto.FLOAT, ["batch", heads, "past", 4]),
+              oh.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1])]
+    graph = oh.make_graph(nodes, "merged", inputs,
+                          [oh.make_tensor_value_info("present.0.key", TensorProto.FLOAT, ["batch", 2, "total", 4])],
+                          [table, shape])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_synthesis_follows_the_names_and_the_use_cache_branch():
+    model = merged_decoder_signature()
+    prefill, decode = cal.synthesize(model, batches=1, sequence=6)
+    assert not prefill["use_cache_branch"].any() and decode["use_cache_branch"].all()
+    assert prefill["past.0.key"].shape == (4, 2, 0, 4) and prefill["input_ids"].max() < 50
+    assert decode["attention_mask"].shape == (4, 7) and decode["input_ids"].shape == (4, 1)
+    assert np.array_equal(decode["past.0.key"], ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, prefill)[0])
+    with pytest.raises(cal.CalibrationError, match="past input 'past.0.key' declares dim 1 .heads. symbolic"):
+        cal.synthesize(merged_decoder_signature(heads="heads"))
+
+
 # ---------------------------------------------------------------------------- the real model (slow)
 
 SLOW_WINDOWS = 24  # 1,512 scored tokens: on 8 windows (504) the cache-vs-whole-window change varied by +-1.3%
