@@ -12,14 +12,18 @@ from onnx_snn.rules.base import MatchContext, NearMiss, Neurons, Rule, Site, nod
 
 
 def find_sites(graph: Graph, rules: tuple[Rule, ...]) -> tuple[list[Site], list[NearMiss]]:
-    """Every site of every rule, rules in order: a node one rule takes is not offered to the next.
-    Near misses of nodes that a later rule takes after all are dropped."""
-    ctx = MatchContext(graph, {out for n in graph.graph.node if n.domain == DOMAIN for out in n.output[:1]})
+    """Every site of every rule in every scope (the main graph and the bodies of If, Loop and
+    Scan), rules in order: a node one rule takes is not offered to the next. Near misses of nodes
+    that a later rule takes after all are dropped."""
+    scopes = graph.scopes()
+    # names are unique over the model, so one set serves all scopes (a body may read an outer value)
+    spike_encoded = {out for scope in scopes for n in scope.graph.node if n.domain == DOMAIN for out in n.output[:1]}
+    contexts = [MatchContext(scope, spike_encoded) for scope in scopes]
     claimed: set[int] = set()
     sites: list[Site] = []
     near_misses: dict[int, NearMiss] = {}
     for rule in rules:
-        for node in graph.graph.node:
+        for ctx, node in ((ctx, node) for ctx in contexts for node in ctx.graph.graph.node):
             if node.op_type not in rule.anchors or id(node) in claimed:
                 continue
             result = rule.match(ctx, node)
@@ -35,22 +39,25 @@ def find_sites(graph: Graph, rules: tuple[Rule, ...]) -> tuple[list[Site], list[
 
 
 def build_sites(graph: Graph, sites: list[Site], neurons: Neurons) -> int:
-    """Replace every site and add the identity encoders (one per tensor, shared by all the layers
-    it feeds); returns the number of encoders. The graph is rewritten in place."""
+    """Replace every site and add the identity encoders (one per tensor and scope, shared by all
+    the layers it feeds there); returns the number of encoders. The graph is rewritten in place."""
     for site in sites:
         if site.build is not None:
-            graph.replace(site.nodes, site.build(graph, neurons))
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+            scope = graph.scope_of[id(site.anchor)]
+            scope.replace(site.nodes, site.build(scope, neurons))
+    consumers: dict[tuple[int, str], list[onnx.NodeProto]] = defaultdict(list)
     for site in sites:
         for tensor, consumer in site.encode:
-            if consumer not in consumers[tensor]:
-                consumers[tensor].append(consumer)
-    for tensor, users in consumers.items():
-        encoded = graph.fresh_name(f"{tensor}/spikes")
-        first = min(users, key=graph.position_of)
-        name = graph.fresh_name(f"{node_name(first)}/encode_{tensor}")
-        graph.add([mbe_neuron.make_node(neurons.for_tensor("identity", tensor), tensor, encoded, name=name)], before=first)
+            users = consumers[id(graph.scope_of[id(consumer)]), tensor]
+            if consumer not in users:
+                users.append(consumer)
+    for (_, tensor), users in consumers.items():
+        scope = graph.scope_of[id(users[0])]
+        encoded = scope.fresh_name(f"{tensor}/spikes")
+        first = min(users, key=scope.position_of)
+        name = scope.fresh_name(f"{node_name(first)}/encode_{tensor}")
+        scope.add([mbe_neuron.make_node(neurons.for_tensor("identity", tensor), tensor, encoded, name=name)], before=first)
         for user in users:
-            graph.rewire(user, tensor, encoded)
+            scope.rewire(user, tensor, encoded)
     graph.apply()
     return len(consumers)

@@ -140,7 +140,7 @@ def weight_source(graph: Graph, name: str) -> str | None:
     """The constant (initializer or Constant output) a value is, also through Identity nodes: torch's
     exporter keeps one copy of identical weights and writes the others as Identity of it."""
     while not graph.is_constant(name):
-        node = graph.producer.get(name)
+        node = graph.defining_node(name)
         if node is None or node.op_type != "Identity":
             return None
         name = node.input[0]
