@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -31,6 +31,14 @@ def bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
     """The subgraphs a node holds (an If's branches, a Loop's or Scan's body)."""
     return [g for attr in node.attribute
             for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs)]
+
+
+def every_node(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """The nodes of a graph and of every body in it."""
+    for node in graph.node:
+        yield node
+        for body in bodies(node):
+            yield from every_node(body)
 
 
 def outer_reads(node: onnx.NodeProto) -> set[str]:
@@ -59,7 +67,6 @@ class Graph:
         self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         self.position: dict[int, int] = {}
-        self.subgraphs: list[Graph] = []  # the bodies of this scope's nodes (each indexes its own)
         self.scope_of: dict[int, Graph] = {} if outer is None else outer.scope_of  # node id -> its scope
         for i, node in enumerate(self.graph.node):
             self.position[id(node)] = i
@@ -69,13 +76,13 @@ class Graph:
                     self.producer[name] = node
             for name in reads(node):  # Mul(x, x) reads x once; an If reads what its branches read
                 self.consumers[name].append(node)
-            self.subgraphs += [Graph(model, body, self) for body in bodies(node)]
         self.initializers = {t.name: t for t in self.graph.initializer}
         self.graph_inputs = {v.name for v in self.graph.input}
         self.graph_outputs = {v.name for v in self.graph.output}
         # one set of names for the whole model: a fresh name is fresh in every scope
         self._names = outer._names if outer is not None else set()
         self._names.update(self.producer, self.initializers, self.graph_inputs)
+        self.subgraphs = [Graph(model, body, self) for node in self.graph.node for body in bodies(node)]
         self._removed: set[int] = set()
         self._added: list[onnx.NodeProto] = []
 

@@ -60,12 +60,12 @@ def convert_with_report(
     graph = Graph(spiking)
     sites, near_misses = find_sites(graph, rule_set(hybrid, rules))
     probes = [p for site in sites for p in site.probes]
-    linear_tensors = [name for node in graph.graph.node if node.op_type in LINEAR_OPS
+    linear_tensors = [name for scope in graph.scopes() for node in scope.graph.node if node.op_type in LINEAR_OPS
                       for name in (*node.input, node.output[0]) if name]
     # calibration runs the original, before the rewrite: no copy of the model is needed
     calibration_result = cal.calibrate(spiking, model_dir, probes, batches, shape_tensors=linear_tensors,
                                        synthesized=synthesized, progress=progress)
-    macs_by_layer = linear_macs(graph, calibration_result.shapes)
+    macs_by_layer = linear_macs(graph, calibration_result.shapes, calibration_result.runs)
     neurons = NeuronChoice(timesteps, calibration_result.ranges, dict(bases or {}))
     encoders = build_sites(graph, sites, neurons)
     ops.attach_functions(spiking)

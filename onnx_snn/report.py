@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from onnx_snn.graph import Graph
+from onnx_snn.graph import Graph, bodies
 from onnx_snn.ops import DOMAIN
 from onnx_snn.rules.base import NearMiss, Site, node_name
 from onnx_snn.rules.linear_input import activation_inputs
@@ -82,19 +82,25 @@ class Report:
         return "\n".join(lines)
 
 
-def _activations(graph: onnx.GraphProto) -> set[str]:
-    """Values computed from activations: float graph inputs and embedding lookups (Gather from a
-    weight table by computed indices), and everything computed from those. Values computed only
-    from constants, shapes or integer inputs (positions: rotary embeddings) are not."""
-    initializers = {t.name for t in graph.initializer}
-    active = {v.name for v in graph.input if v.name not in initializers
+def _activations(scope: Graph, outer: frozenset[str] = frozenset()) -> set[str]:
+    """Values computed from activations: float graph (and body) inputs and embedding lookups
+    (Gather from a weight table by computed indices), and everything computed from those, in the
+    scope and its bodies (`outer`: the enclosing scopes' active values). Values computed only from
+    constants, shapes or integer inputs (positions: rotary embeddings) are not."""
+    active = {v.name for v in scope.graph.input if not scope.is_constant(v.name)
               and v.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)}
-    for node in graph.node:
+    active |= outer
+    inner = {id(sub.graph): sub for sub in scope.subgraphs}
+    for node in scope.graph.node:
         if node.op_type in _SHAPE_OPS:
             continue
-        lookup = node.op_type == "Gather" and node.input[0] in initializers and node.input[1] not in initializers
-        if lookup or any(name in active for name in node.input):
+        in_bodies = [_activations(inner[id(body)], frozenset(active)) for body in bodies(node)]
+        lookup = node.op_type == "Gather" and scope.is_constant(node.input[0]) and not scope.is_constant(node.input[1])
+        results = [v.name for body in bodies(node) for v in body.output]
+        if lookup or any(name in active for name in node.input) or any(name in a for a in in_bodies for name in results):
             active.update(o for o in node.output if o)
+        for values in in_bodies:
+            active |= values
     return active
 
 
@@ -102,9 +108,9 @@ def left_nonlinear(graph: Graph, near_misses: list[NearMiss]) -> list[dict]:
     """Every nonlinear op the spiking graph still has, with why, and every near miss (also one
     anchored on another op: RMSNorm's x * x)."""
     reasons = {m.node: m.reason for m in near_misses}
-    active = _activations(graph.graph)
+    active = _activations(graph)
     left = []
-    for node in graph.graph.node:
+    for scope, node in ((scope, node) for scope in graph.scopes() for node in scope.graph.node):
         name = node_name(node)
         if (node.op_type not in NONLINEAR_OPS and name not in reasons) or node.domain not in ("", "ai.onnx", "com.microsoft"):
             continue
@@ -112,7 +118,7 @@ def left_nonlinear(graph: Graph, near_misses: list[NearMiss]) -> list[dict]:
             reason = f"near miss: {reasons[name]}"
         elif not any(i in active for i in node.input if i):
             reason = "computes on constants, shapes or positions only (e.g. rotary embeddings), not on activations"
-        elif node.op_type in ("Div", "ReduceMean", "Pow") and all(graph.is_constant(i) for i in node.input[1:] if i):
+        elif node.op_type in ("Div", "ReduceMean", "Pow") and all(scope.is_constant(i) for i in node.input[1:] if i):
             continue  # scaling by a constant, or a mean: linear
         else:
             reason = "no rule matches this form"
@@ -120,27 +126,30 @@ def left_nonlinear(graph: Graph, near_misses: list[NearMiss]) -> list[dict]:
     return left
 
 
-def linear_macs(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
-    """MACs of every linear layer and product, by output name, from the shapes seen on the
-    calibration inputs (counted on the original graph: outputs keep their names)."""
+def linear_macs(graph: Graph, shapes: dict[str, tuple[int, ...]], runs: dict[str, int]) -> dict[str, int]:
+    """MACs of every linear layer and product, in the main graph and in bodies, by output name,
+    from the shapes seen on the calibration inputs (counted on the original graph: outputs keep
+    their names). A layer in a body counts its MACs on the first batch that ran it, times the times
+    it ran in that batch (`runs`: a loop's trip count), so both branches of an If are counted."""
     counts = {}
-    for node in graph.graph.node:
+    for node in (node for scope in graph.scopes() for node in scope.graph.node):
         if node.op_type in LINEAR_OPS and node.domain in ("", "ai.onnx"):
             count = node_macs(node, shapes)
             if count is not None:
-                counts[node.output[0]] = count
+                counts[node.output[0]] = count * runs.get(node.output[0], 1)
     return counts
 
 
 def spike_driven_macs(graph: Graph, counts: dict[str, int]) -> tuple[int, int]:
-    """(all MACs, those whose activation inputs are all MBE neuron outputs) of the spiking graph."""
+    """(all MACs, those whose activation inputs are all MBE neuron outputs) of the spiking graph,
+    its bodies included."""
     total = driven = 0
-    for node in graph.graph.node:
+    for scope, node in ((scope, node) for scope in graph.scopes() for node in scope.graph.node):
         count = counts.get(node.output[0]) if node.op_type in LINEAR_OPS else None
         if count is None:
             continue
         total += count
-        producers = [graph.producer.get(name) for name in activation_inputs(graph, node)]
+        producers = [scope.defining_node(name) for name in activation_inputs(scope, node)]
         if all(p is not None and p.domain == DOMAIN and p.op_type == "MBENeuron" for p in producers):
             driven += count
     return total, driven
