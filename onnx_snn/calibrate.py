@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnx_snn.graph import bodies, every_node
 from onnx_snn.runtime import read_external_data_from
 
 STATISTIC = "each batch's extremes; over batches, the most extreme but one (of 3 or more)"
@@ -86,7 +87,7 @@ def _signature(model: onnx.ModelProto) -> list[tuple[str, np.dtype, list]]:
 def _vocabulary_size(model: onnx.ModelProto, input_name: str) -> int | None:
     """Rows of the embedding table an id input indexes (Gather(table, ids)), if any."""
     shapes = {t.name: list(t.dims) for t in model.graph.initializer}
-    for node in model.graph.node:
+    for node in every_node(model.graph):  # also in the branches of a merged decoder
         if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == input_name and node.input[0] in shapes:
             return int(shapes[node.input[0]][0])
     return None
@@ -96,10 +97,10 @@ def synthesize(model: onnx.ModelProto, *, batches: int = 2, batch_size: int = 4,
                seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Inputs made from the model's input signature: token ids below the embedding's vocabulary,
     attention masks of ones with padding in the last rows, zero token types, counting position ids,
-    standard-normal floats (e.g. images). Symbolic dims: batch_size, then `sequence`."""
+    other booleans false in even batches and true in odd ones, standard-normal floats (e.g. images). Symbolic dims: batch_size, then `sequence`."""
     rng = np.random.default_rng(seed)
     result = []
-    for _ in range(batches):
+    for index in range(batches):
         feeds = {}
         for name, dtype, dims in _signature(model):
             shape = [d if isinstance(d, int) and d > 0 else (batch_size if i == 0 else sequence) for i, d in enumerate(dims)]
@@ -113,6 +114,8 @@ def synthesize(model: onnx.ModelProto, *, batches: int = 2, batch_size: int = 4,
                     value = np.zeros(shape, dtype)
                 elif "position" in lname:
                     value = np.broadcast_to(np.arange(shape[-1], dtype=dtype), shape).copy()
+                elif dtype == np.bool_:  # a condition (optimum's use_cache_branch): both ways, so both
+                    value = np.full(shape, index % 2 == 1)  # branches of an If are calibrated
                 else:
                     vocab = _vocabulary_size(model, name) or 1000
                     value = rng.integers(0, vocab, shape).astype(dtype)
@@ -275,8 +278,6 @@ _COMBINE = {"lo": ("Min", onnx.TensorProto.FLOAT, [math.inf]), "hi": ("Max", onn
 
 def _defined(graph: onnx.GraphProto) -> set[str]:
     """The values a graph and the bodies in it define."""
-    from onnx_snn.graph import bodies
-
     names = {v.name for v in graph.input} | {t.name for t in graph.initializer}
     for node in graph.node:
         names.update(node.output)
@@ -294,8 +295,6 @@ def _carry_out(graph: onnx.GraphProto, wanted: list[tuple[object, str]], opset: 
     without the value gives 'not computed': +inf, -inf, no record), and as an extra loop-carried
     value of a Loop or Scan, combined across iterations (Min, Max, Concat), so the trip count is
     in the records. Statistics of values in the bodies of other ops are not measured."""
-    from onnx_snn.graph import bodies
-
     make = onnx.helper.make_node
     here = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
     found: dict[tuple[object, str], str] = {}

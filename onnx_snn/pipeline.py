@@ -14,7 +14,8 @@ from onnx_snn import calibrate as cal
 from onnx_snn import model_io, ops
 from onnx_snn.graph import Graph
 from onnx_snn.neurons import NeuronChoice, check_presets
-from onnx_snn.report import LINEAR_OPS, Report, count_sites, left_nonlinear, linear_macs, spike_driven_macs
+from onnx_snn.report import (LINEAR_OPS, Report, count_sites, left_nonlinear, linear_macs, spike_driven_macs,
+                            uncounted_layers)
 from onnx_snn.rewrite import build_sites, find_sites
 from onnx_snn.rules import rule_set
 
@@ -80,7 +81,7 @@ def convert_with_report(
         encoders=encoders, left=left_nonlinear(graph, near_misses), macs_total=total, macs_spike_driven=driven,
         calibration={"batches": calibration_result.batches, "synthesized": synthesized,
                      "statistic": cal.STATISTIC},
-        warnings=sorted(set(neurons.warnings)),
+        warnings=sorted(set(neurons.warnings) | {w for w in [uncounted_layers(graph, macs_by_layer)] if w}),
     )
     if check:
         report.check = compare(calibration_result.first_outputs, spiking, model_dir, calibration_result.first_batch)

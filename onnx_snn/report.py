@@ -140,6 +140,17 @@ def linear_macs(graph: Graph, shapes: dict[str, tuple[int, ...]], runs: dict[str
     return counts
 
 
+def uncounted_layers(graph: Graph, counts: dict[str, int]) -> str | None:
+    """A warning if linear layers in bodies have no MAC count (no calibration batch ran them: an If
+    branch never taken), so the share is not read as covering them."""
+    missing = [node for scope in graph.scopes()[1:] for node in scope.graph.node
+               if node.op_type in LINEAR_OPS and node.output[0] not in counts]
+    if not missing:
+        return None
+    return (f"{len(missing)} linear layers in If/Loop/Scan bodies never ran on the calibration inputs: their MACs are "
+            "not counted and their neurons' ranges not measured; calibrate with inputs that run every branch")
+
+
 def spike_driven_macs(graph: Graph, counts: dict[str, int]) -> tuple[int, int]:
     """(all MACs, those whose activation inputs are all MBE neuron outputs) of the spiking graph,
     its bodies included."""

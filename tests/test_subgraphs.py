@@ -105,6 +105,19 @@ def test_merged_decoder_runs_either_branch_as_close_as_the_plain_conversion(deco
     np.testing.assert_allclose(error.mean(), plain_error.mean(), rtol=1e-3)
 
 
+def test_a_branch_no_batch_ran_is_reported_not_counted(decoders):
+    plain, merged, (_, plain_report), _ = decoders
+    _, report = convert_with_report(merged, calibration=calibration((True,)))
+    assert report.macs_total == plain_report.macs_total  # the branch that ran
+    assert len([w for w in report.warnings if "never ran on the calibration inputs" in w]) == 1
+    unmeasured = [w for w in report.warnings if "never measured" in w]
+    assert unmeasured and all(w.startswith("without_past/") for w in unmeasured)
+    # synthesised inputs take both branches (a boolean input alternates from batch to batch)
+    _, synthesized = convert_with_report(merged)
+    assert not [w for w in synthesized.warnings if "never" in w]
+    assert synthesized.replaced == report.replaced and synthesized.spike_driven_share == 1.0
+
+
 # ---------------------------------------------------------------------------- Loop and Scan bodies
 
 WIDTH, ROWS, TRIPS = 8, 4, 3
