@@ -7,7 +7,8 @@ the peak resident memory, and whether every node and every weight came back byte
 Layers: `onnx` (onnx_snn.model_io as the converter uses it today: the graph is read without its
 weights, which are streamed file to file on save), `onnx-graphsurgeon` (gs.import_onnx /
 gs.export_onnx around onnx.load / onnx.save) and `onnx-ir` (ir.load / ir.save, lazy external
-tensors)."""
+tensors). Then, on the graph already in memory (weights not loaded), the time to index it with
+onnx_snn.graph.Graph and to translate it to onnx-ir and back."""
 
 from __future__ import annotations
 
@@ -100,6 +101,25 @@ def main() -> None:
         peak = max(r["peak_rss_mib"] for r in runs)
         print(f"{layer:<18} median {seconds:6.2f} s  peak RSS {peak:7.0f} MiB  nodes identical {same}/{total}  "
               f"weights identical {weights_same}")
+
+    in_memory(args.model)
+
+
+def in_memory(path: str) -> None:
+    import onnx_ir as ir
+
+    from onnx_snn.graph import Graph
+
+    model = onnx.load(path, load_external_data=False)
+    for name, step in (("onnx_snn.graph.Graph(model)", lambda: Graph(model)),
+                       ("onnx_ir.from_proto(model)", lambda: ir.from_proto(model)),
+                       ("onnx_ir.to_proto(onnx_ir.from_proto(model))", lambda: ir.to_proto(ir.from_proto(model)))):
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        print(f"{name:<45} median {sorted(times)[1]:.3f} s")
 
 
 if __name__ == "__main__":

@@ -326,9 +326,10 @@ def _carry_out(graph: onnx.GraphProto, wanted: list[tuple[object, str]], opset: 
         return onnx.helper.make_tensor_value_info(name, _COMBINE[kind][1], [] if kind != "shape" else [None])
 
     for position, node in enumerate(list(graph.node)):
-        subs = bodies(node)
-        inside = [[(k, kind) for k, kind in wanted if (k if isinstance(k, str) else k.tensor) in _defined(b)] for b in subs]
-        if node.op_type not in ("If", "Loop", "Scan") or not any(inside):
+        subs = bodies(node) if node.op_type in ("If", "Loop", "Scan") and node.domain in ("", "ai.onnx") else []
+        defined = [_defined(b) for b in subs]
+        inside = [[(k, kind) for k, kind in wanted if (k if isinstance(k, str) else k.tensor) in names] for names in defined]
+        if not any(inside):
             continue
         at = f"{prefix}/n{position}"
         results = [_carry_out(b, w, opset, f"{at}.{i}") for i, (b, w) in enumerate(zip(subs, inside))]
