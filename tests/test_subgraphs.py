@@ -14,7 +14,9 @@ from onnx import TensorProto, numpy_helper
 from onnx import helper as oh
 
 import onnx_snn
+from onnx_snn import ops
 from onnx_snn.calibrate import Probe, calibrate
+from onnx_snn.graph import every_node
 from onnx_snn.pipeline import convert_with_report
 from onnx_snn.report import NONLINEAR_OPS
 from test_smollm2 import POSITIONS_ONLY, TINY_LAYERS, TINY_VOCAB, tiny_llama  # noqa: F401 (a fixture)
@@ -103,6 +105,14 @@ def test_merged_decoder_runs_either_branch_as_close_as_the_plain_conversion(deco
     error = np.abs(actual - original)
     assert error.max() <= plain_error.max() * (1 + 1e-4)
     np.testing.assert_allclose(error.mean(), plain_error.mean(), rtol=1e-3)
+    # without the library (the ops' functions, called from inside the branches) and inlined
+    feeds["use_cache_branch"] = np.array([use_cache_branch])
+    inlined = ops.inline(spiking)
+    assert {n.domain for n in every_node(inlined.graph)} == {""} and not inlined.functions
+    for model in (spiking, inlined):
+        other = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        # as in test_convert_minilm: the same ops, up to the order of long sums
+        assert np.abs(other - actual).max() < 0.05
 
 
 def test_a_branch_no_batch_ran_is_reported_not_counted(decoders):
