@@ -307,7 +307,7 @@ def _carry_out(graph: onnx.GraphProto, wanted: list[tuple[object, str]], opset: 
             nodes, found[key, "shape"] = _shape_nodes(tensor, name)
         else:
             if key.centered_axis is not None:
-                centering, tensor = _centered_nodes(key, name, opset)
+                centering, tensor = _centered_nodes(key, f"{name}/centering", opset)
                 graph.node.extend(centering)
             nodes, found[key, "lo"], found[key, "hi"] = _extremes_nodes(tensor, name)
         graph.node.extend(nodes)

@@ -302,6 +302,63 @@ def test_probes_in_an_if_inside_a_loop_are_carried_out_of_both():
     assert result.runs["z"] == 2  # odd iterations only
 
 
+@pytest.mark.parametrize("opset", [17, 18])  # ReduceMean's axes: an attribute, then an input
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_a_centred_probe_in_a_branch_is_measured_as_in_the_main_graph(opset, axis):
+    """LayerNorm's centred values (x minus its mean over the dims from the axis on) in an If branch."""
+    x = oh.make_tensor_value_info("x", TensorProto.FLOAT, [2, ROWS, WIDTH])
+    then_branch = oh.make_graph([oh.make_node("Relu", ["x"], ["r"]), oh.make_node("Neg", ["r"], ["t_out"])], "then", [],
+                                [oh.make_tensor_value_info("t_out", TensorProto.FLOAT, None)])
+    else_branch = oh.make_graph([oh.make_node("Neg", ["x"], ["e_out"])], "else", [],
+                                [oh.make_tensor_value_info("e_out", TensorProto.FLOAT, None)])
+    graph = oh.make_graph([oh.make_node("If", ["cond"], ["y"], then_branch=then_branch, else_branch=else_branch)], "g",
+                          [x, oh.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, [2, ROWS, WIDTH])])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
+    model.ir_version = 8
+    batches = [{"x": RNG.normal(size=(2, ROWS, WIDTH)).astype(np.float32), "cond": np.array(c)} for c in (True, False, True)]
+    probe = Probe("r", centered_axis=axis)
+    result = calibrate(model, None, [probe], batches, progress=False)
+    per_batch = []
+    for feeds in batches[::2]:  # the batches that ran the then branch
+        r = np.maximum(feeds["x"], 0)
+        centred = r - r.mean(axis=tuple(range(axis % 3, 3)), keepdims=True)
+        per_batch.append((centred.min(), centred.max()))
+    assert result.ranges[probe].lo == pytest.approx(min(lo for lo, _ in per_batch), rel=1e-5)
+    assert result.ranges[probe].hi == pytest.approx(max(hi for _, hi in per_batch), rel=1e-5)
+
+
+def test_a_layernorm_in_a_branch_converts_as_in_the_main_graph():
+    """Its centred probe measured in the branch gives the main graph's neuron: the same outputs."""
+    rng = np.random.default_rng(4)
+    weights = [numpy_helper.from_array(rng.uniform(0.5, 1.5, WIDTH).astype(np.float32), "gamma"),
+               numpy_helper.from_array(rng.normal(size=WIDTH).astype(np.float32), "beta")]
+    weights.append(numpy_helper.from_array(np.array(2.0, np.float32), "two"))
+    # its input computed in the branch, so measured there, on the batches that ran the branch only
+    norm = [oh.make_node("Mul", ["x", "two"], ["h"]),
+            oh.make_node("LayerNormalization", ["h", "gamma", "beta"], ["y"], axis=-1, epsilon=1e-5)]
+    x = oh.make_tensor_value_info("x", TensorProto.FLOAT, [ROWS, WIDTH])
+    y = oh.make_tensor_value_info("y", TensorProto.FLOAT, [ROWS, WIDTH])
+    main = oh.make_model(oh.make_graph(norm, "main", [x], [y], weights), opset_imports=[oh.make_opsetid("", 17)])
+    then_branch = oh.make_graph(norm, "then", [], [y])
+    else_branch = oh.make_graph([oh.make_node("Neg", ["x"], ["e_out"])], "else", [],
+                                [oh.make_tensor_value_info("e_out", TensorProto.FLOAT, None)])
+    branched = oh.make_model(oh.make_graph(
+        [oh.make_node("If", ["cond"], ["out"], then_branch=then_branch, else_branch=else_branch)], "branched",
+        [x, oh.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [oh.make_tensor_value_info("out", TensorProto.FLOAT, [ROWS, WIDTH])], weights), opset_imports=[oh.make_opsetid("", 17)])
+    main.ir_version = branched.ir_version = 8
+    xs = [(rng.normal(size=(ROWS, WIDTH)) * 3 + 1).astype(np.float32) for _ in range(2)]
+    main_spiking, main_report = convert_with_report(main, calibration=[{"x": v} for v in xs])
+    spiking, report = convert_with_report(branched, calibration=[{"x": v, "cond": np.array(True)} for v in xs]
+                                          + [{"x": xs[0] * 10, "cond": np.array(False)}])
+    assert report.replaced_by_kind == main_report.replaced_by_kind == {"layernorm": 1}
+    feeds = {"x": (rng.normal(size=(ROWS, WIDTH)) * 3 + 1).astype(np.float32)}
+    expected = onnx_snn.session(main_spiking).run(None, feeds)[0]
+    actual = onnx_snn.session(spiking).run(None, {**feeds, "cond": np.array(True)})[0]
+    np.testing.assert_array_equal(actual, expected)
+
+
 # ---------------------------------------------------------------------------- values a branch reads
 
 def with_branch_reading(inner: str, pattern: list[onnx.NodeProto], output: str) -> onnx.ModelProto:
