@@ -27,9 +27,12 @@ from onnx import numpy_helper
 _SMALL_CONSTANT = 1024
 
 
+_GRAPH_ATTRIBUTES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+
+
 def bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
     """The subgraphs a node holds (an If's branches, a Loop's or Scan's body)."""
-    return [g for attr in node.attribute
+    return [g for attr in node.attribute if attr.type in _GRAPH_ATTRIBUTES
             for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs)]
 
 
@@ -55,7 +58,8 @@ def outer_reads(node: onnx.NodeProto) -> set[str]:
 
 def reads(node: onnx.NodeProto) -> list[str]:
     """Every value a node reads: its inputs, then what its bodies read from outside, once each."""
-    return [name for name in dict.fromkeys([*node.input, *sorted(outer_reads(node))]) if name]
+    outer = sorted(outer_reads(node)) if node.attribute else []
+    return [name for name in dict.fromkeys([*node.input, *outer]) if name]
 
 
 class Graph:
@@ -68,12 +72,15 @@ class Graph:
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         self.position: dict[int, int] = {}
         self.scope_of: dict[int, Graph] = {} if outer is None else outer.scope_of  # node id -> its scope
+        inner: list[onnx.GraphProto] = []
         for i, node in enumerate(self.graph.node):
             self.position[id(node)] = i
             self.scope_of[id(node)] = self
             for name in node.output:
                 if name:
                     self.producer[name] = node
+            if node.attribute:
+                inner += bodies(node)
             for name in reads(node):  # Mul(x, x) reads x once; an If reads what its branches read
                 self.consumers[name].append(node)
         self.initializers = {t.name: t for t in self.graph.initializer}
@@ -82,7 +89,7 @@ class Graph:
         # one set of names for the whole model: a fresh name is fresh in every scope
         self._names = outer._names if outer is not None else set()
         self._names.update(self.producer, self.initializers, self.graph_inputs)
-        self.subgraphs = [Graph(model, body, self) for node in self.graph.node for body in bodies(node)]
+        self.subgraphs = [Graph(model, body, self) for body in inner]
         self._removed: set[int] = set()
         self._added: list[onnx.NodeProto] = []
 

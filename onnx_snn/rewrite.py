@@ -23,18 +23,19 @@ def find_sites(graph: Graph, rules: tuple[Rule, ...]) -> tuple[list[Site], list[
     sites: list[Site] = []
     near_misses: dict[int, NearMiss] = {}
     for rule in rules:
-        for ctx, node in ((ctx, node) for ctx in contexts for node in ctx.graph.graph.node):
-            if node.op_type not in rule.anchors or id(node) in claimed:
-                continue
-            result = rule.match(ctx, node)
-            if isinstance(result, NearMiss):
-                near_misses.setdefault(id(node), result)
-            elif isinstance(result, Site) and not any(id(n) in claimed for n in result.nodes):
-                claimed.update(id(n) for n in result.nodes)
-                near_misses.pop(id(node), None)
-                if result.spike_output:
-                    ctx.spike_encoded.add(result.spike_output)
-                sites.append(result)
+        for ctx in contexts:
+            for node in ctx.graph.graph.node:
+                if node.op_type not in rule.anchors or id(node) in claimed:
+                    continue
+                result = rule.match(ctx, node)
+                if isinstance(result, NearMiss):
+                    near_misses.setdefault(id(node), result)
+                elif isinstance(result, Site) and not any(id(n) in claimed for n in result.nodes):
+                    claimed.update(id(n) for n in result.nodes)
+                    near_misses.pop(id(node), None)
+                    if result.spike_output:
+                        spike_encoded.add(result.spike_output)
+                    sites.append(result)
     return sites, [m for key, m in near_misses.items() if key not in claimed]
 
 
