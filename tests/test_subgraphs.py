@@ -269,6 +269,14 @@ def gelu_neuron_error() -> float:
     return float(np.abs(y - gelu(x.astype(np.float64))).max())
 
 
+def test_energy_says_it_does_not_count_spikes_in_bodies():
+    from onnx_snn.energy import EnergyError, energy_report
+
+    spiking, _ = convert_with_report(loop_model(), calibration=[loop_batch(0)], check=False)
+    with pytest.raises(EnergyError, match="inside If/Loop/Scan bodies"):
+        energy_report(loop_model(), spiking)
+
+
 def test_probes_in_an_if_inside_a_loop_are_carried_out_of_both():
     """Nesting: a GELU in an If branch in a Loop body; the other branch holds no probe."""
     then_branch = oh.make_graph([oh.make_node("MatMul", ["h_in", "w"], ["z"]), *gelu_erf_nodes("z", "t_out", "gelu")],
