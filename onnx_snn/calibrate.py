@@ -60,8 +60,9 @@ class Calibration:
     synthesized: bool  # no data given: inputs were made from the model's input signature
     first_batch: dict[str, np.ndarray]  # for the check: the first batch,
     first_outputs: dict[str, np.ndarray]  # and the original's outputs on it
-    runs: dict[str, int] = field(default_factory=dict)  # times each shape tensor was computed in that
-    # batch: a Loop or Scan body's trip count, 1 outside bodies (weights: absent)
+    # every shape a value in a body had, in the order computed, in the first batch that ran it: one
+    # a Loop or Scan iteration (shapes may change from one to the next), none if no batch ran it
+    body_shapes: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
 
 
 class CalibrationError(ValueError):
@@ -424,6 +425,7 @@ def calibrate(
     shape_tensors = list(dict.fromkeys(shape_tensors))
     shapes = {name: weights[name] for name in shape_tensors if name in weights}  # the rest from the first batch
     shape_tensors = [name for name in shape_tensors if name not in weights]
+    main = {o for n in model.graph.node for o in n.output} | inputs
     centered = [p for p in probes if p.centered_axis is not None]
     plain = list(dict.fromkeys(p.tensor for p in probes if p.centered_axis is None))
     probe_model, extremes, centered_values, shape_outputs = _probe_model(model, plain, centered, shape_tensors)
@@ -436,7 +438,7 @@ def calibrate(
     del probe_model
     model_outputs = [o.name for o in model.graph.output]
     every_batch = list(dict.fromkeys([*centered_values, *(n for pair in extremes.values() for n in pair)]))
-    runs: dict[str, int] = {}
+    body_shapes: dict[str, list[tuple[int, ...]]] = {}
     running = {p: RunningRange() for p in probes}
     first: tuple[dict, dict] = ({}, {})
     if progress:
@@ -452,7 +454,9 @@ def calibrate(
         for name, out in pending.items():
             records = _shape_records(values[out])
             if records:
-                shapes[name], runs[name] = records[0], len(records)
+                shapes[name] = records[0]
+                if name not in main:
+                    body_shapes[name] = records
         if count == 0:
             first = (feeds, {name: values[name] for name in model_outputs})
         for probe in probes:
@@ -468,4 +472,4 @@ def calibrate(
         del values
         count += 1
     ranges = {p: r.range() for p, r in running.items() if r.batches}
-    return Calibration(ranges, shapes, count, synthesized, *first, runs)
+    return Calibration(ranges, shapes, count, synthesized, *first, body_shapes)

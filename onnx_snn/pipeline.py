@@ -66,7 +66,7 @@ def convert_with_report(
     # calibration runs the original, before the rewrite: no copy of the model is needed
     calibration_result = cal.calibrate(spiking, model_dir, probes, batches, shape_tensors=linear_tensors,
                                        synthesized=synthesized, progress=progress)
-    macs_by_layer = linear_macs(graph, calibration_result.shapes, calibration_result.runs)
+    macs_by_layer = linear_macs(graph, calibration_result.shapes, calibration_result.body_shapes)
     neurons = NeuronChoice(timesteps, calibration_result.ranges, dict(bases or {}))
     encoders = build_sites(graph, sites, neurons)
     ops.attach_functions(spiking)

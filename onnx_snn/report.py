@@ -126,18 +126,32 @@ def left_nonlinear(graph: Graph, near_misses: list[NearMiss]) -> list[dict]:
     return left
 
 
-def linear_macs(graph: Graph, shapes: dict[str, tuple[int, ...]], runs: dict[str, int]) -> dict[str, int]:
+def linear_macs(graph: Graph, shapes: dict[str, tuple[int, ...]],
+                body_shapes: dict[str, list[tuple[int, ...]]]) -> dict[str, int]:
     """MACs of every linear layer and product, in the main graph and in bodies, by output name,
     from the shapes seen on the calibration inputs (counted on the original graph: outputs keep
-    their names). A layer in a body counts its MACs on the first batch that ran it, times the times
-    it ran in that batch (`runs`: a loop's trip count), so both branches of an If are counted."""
+    their names). A layer in a body counts the MACs of every time it ran in the first batch that
+    ran it (`body_shapes`: each iteration of a loop, with its shapes), so both branches of an If
+    are counted, and a loop's layers once per iteration."""
     counts = {}
     for node in (node for scope in graph.scopes() for node in scope.graph.node):
         if node.op_type in LINEAR_OPS and node.domain in ("", "ai.onnx"):
-            count = node_macs(node, shapes)
-            if count is not None:
-                counts[node.output[0]] = count * runs.get(node.output[0], 1)
+            per_run = [node_macs(node, run) for run in _runs(node, shapes, body_shapes)]
+            if per_run and None not in per_run:
+                counts[node.output[0]] = sum(per_run)
     return counts
+
+
+def _runs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]],
+          body_shapes: dict[str, list[tuple[int, ...]]]) -> list[dict[str, tuple[int, ...]]]:
+    """The shapes of a node's values each time it ran: once outside bodies; in a body, those of each
+    run (a value computed as often as the node, in the same body, has its shape of that run)."""
+    runs = body_shapes.get(node.output[0])
+    if runs is None:
+        return [shapes]
+    same = [name for name in node.input if len(body_shapes.get(name, ())) == len(runs)]
+    return [{**shapes, node.output[0]: shape, **{name: body_shapes[name][k] for name in same}}
+            for k, shape in enumerate(runs)]
 
 
 def uncounted_layers(graph: Graph, counts: dict[str, int]) -> str | None:

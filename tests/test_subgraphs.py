@@ -224,8 +224,8 @@ def test_calibration_reaches_into_loop_and_scan_bodies(build, make_batch, matmul
     z = [x @ W for feeds in batches for x in matmul_inputs(feeds)]
     assert result.ranges[Probe("z")].lo == pytest.approx(min(v.min() for v in z), rel=1e-5)
     assert result.ranges[Probe("z")].hi == pytest.approx(max(v.max() for v in z), rel=1e-5)
-    assert result.runs["z"] == runs and result.shapes["z"] == z[0].shape
-    assert "w" not in result.runs and result.shapes["w"] == (WIDTH, WIDTH)
+    assert result.body_shapes["z"] == [v.shape for v in z[:runs]] and result.shapes["z"] == z[0].shape
+    assert "w" not in result.body_shapes and result.shapes["w"] == (WIDTH, WIDTH)
 
 
 @pytest.mark.parametrize("build, make_batch, runs", [(loop_model, loop_batch, TRIPS), (scan_model, scan_batch, ROWS)],
@@ -269,6 +269,24 @@ def gelu_neuron_error() -> float:
     return float(np.abs(y - gelu(x.astype(np.float64))).max())
 
 
+def test_a_loop_whose_shapes_grow_counts_each_iteration_at_its_shape():
+    """h <- Concat(h, GELU(h W)): h doubles its rows each iteration, and so do the MatMul's MACs."""
+    body = oh.make_graph(
+        [oh.make_node("Identity", ["cond_in"], ["cond_out"]), oh.make_node("MatMul", ["h_in", "w"], ["z"]),
+         *gelu_erf_nodes("z", "g", "gelu"), oh.make_node("Concat", ["h_in", "g"], ["h_out"], axis=0)],
+        "loop_body",
+        [oh.make_tensor_value_info("i", TensorProto.INT64, []), oh.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         oh.make_tensor_value_info("h_in", TensorProto.FLOAT, None)],
+        [oh.make_tensor_value_info("cond_out", TensorProto.BOOL, []), oh.make_tensor_value_info("h_out", TensorProto.FLOAT, None)])
+    model = model_of([oh.make_node("Loop", ["trips", "", "x"], ["y"], body=body)],
+                     [oh.make_tensor_value_info("trips", TensorProto.INT64, []),
+                      oh.make_tensor_value_info("x", TensorProto.FLOAT, [ROWS, WIDTH])],
+                     [oh.make_tensor_value_info("y", TensorProto.FLOAT, [None, WIDTH])])
+    _, report = convert_with_report(model, calibration=[loop_batch(seed) for seed in range(2)])
+    assert report.macs_total == sum(ROWS * 2 ** k for k in range(TRIPS)) * WIDTH * WIDTH
+    assert report.spike_driven_share == 1.0 and report.replaced_by_kind == {"gelu": 1, "linear": 1}
+
+
 def test_energy_says_it_does_not_count_spikes_in_bodies():
     from onnx_snn.energy import EnergyError, energy_report
 
@@ -307,7 +325,7 @@ def test_probes_in_an_if_inside_a_loop_are_carried_out_of_both():
             h = -h
     assert result.ranges[Probe("z")].lo == pytest.approx(min(v.min() for v in z), rel=1e-5)
     assert result.ranges[Probe("z")].hi == pytest.approx(max(v.max() for v in z), rel=1e-5)
-    assert result.runs["z"] == 2  # odd iterations only
+    assert len(result.body_shapes["z"]) == 2  # odd iterations only
 
 
 @pytest.mark.parametrize("opset", [17, 18])  # ReduceMean's axes: an attribute, then an input
