@@ -115,6 +115,28 @@ def test_merged_decoder_runs_either_branch_as_close_as_the_plain_conversion(deco
         assert np.abs(other - actual).max() < 0.05
 
 
+def test_a_merged_gpt2_decoder_converts_both_branches(tmp_path):
+    """GPT-2's forms (LayerNormalization, its tanh GELU, Gemm-free MatMul + Add) in both branches."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from onnx_snn.export import export_causal_lm
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=TINY_VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64,
+                                     attn_implementation="eager")
+    ids = torch.tensor([[5, 17, 99, 3]])
+    path = export_causal_lm(transformers.GPT2LMHeadModel(config).eval(), tmp_path / "gpt2.onnx", ids, torch.ones_like(ids))
+    plain = onnx.load(str(path))
+    batches = calibration()
+    _, plain_report = convert_with_report(plain, calibration=[{k: v for k, v in b.items() if k != "use_cache_branch"}
+                                                              for b in batches[:4]], check=False)
+    _, report = convert_with_report(merged_decoder(plain), calibration=batches, check=False)
+    assert plain_report.replaced_by_kind.keys() >= {"layernorm", "gelu", "softmax", "product", "linear"}
+    assert report.replaced == {rule: 2 * count for rule, count in plain_report.replaced.items()}
+    assert report.macs_total == 2 * plain_report.macs_total and report.spike_driven_share == 1.0
+    assert all(e["reason"].startswith(POSITIONS_ONLY) for e in report.left), report.left
+
+
 def test_a_branch_no_batch_ran_is_reported_not_counted(decoders):
     plain, merged, (_, plain_report), _ = decoders
     _, report = convert_with_report(merged, calibration=calibration((True,)))
