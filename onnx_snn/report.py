@@ -400,7 +400,7 @@ def left_nonlinear(graph: Graph, near_misses: list[NearMiss]) -> list[dict]:
         name, domain = node_name(node), domain_of(node)
         if domain == DOMAIN:
             continue
-        known = domain == "" or node.op_type in NONLINEAR_OPS.get(domain, ()) | KNOWN_LINEAR_OPS.get(domain, set())
+        known = domain == "" or node.op_type in NONLINEAR_OPS.get(domain, set()) | KNOWN_LINEAR_OPS.get(domain, set())
         if name in reasons:
             reason = f"near miss: {reasons[name]}"
         elif not known:
