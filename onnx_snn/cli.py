@@ -136,7 +136,15 @@ def _tokenizer(folder: str | None):
     if folder:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(folder)
+        from onnx_snn.evaluate import EvaluationError
+
+        if not os.path.isdir(folder):  # else transformers takes it for a hub name
+            raise EvaluationError(f"{folder}: no such folder (--tokenizer takes a Hugging Face tokenizer folder)")
+        try:
+            return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError) as e:
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EvaluationError(f"{folder}: not a Hugging Face tokenizer folder ({message})") from None
     from onnx_snn.export import minilm_tokenizer
 
     return minilm_tokenizer()
@@ -235,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command. A user's mistake (a bad file, bad data) is one line on stderr and exit status 1
     (2 for usage), never a traceback."""
     from onnx_snn.calibrate import CalibrationError
+    from onnx_snn.data import MissingDataError
     from onnx_snn.energy import EnergyError
     from onnx_snn.evaluate import EvaluationError
     from onnx_snn.model_io import ModelError
@@ -248,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"onnx-snn: {e}", file=sys.stderr)
         return 2
-    except (ModelError, ConversionError, CalibrationError, EnergyError, EvaluationError, LibraryError) as e:
+    except (ModelError, ConversionError, CalibrationError, EnergyError, EvaluationError, LibraryError,
+            MissingDataError) as e:
         print(f"onnx-snn: {e}", file=sys.stderr)
         return 1
 
