@@ -254,3 +254,16 @@ def test_strict_refuses_a_model_that_is_not_fully_spiking():
     assert report.shortfall() is None and report.spike_driven_share == 1.0
     with pytest.raises(ConversionError, match=r"1 nonlinear op left \(Tanh 1\); the model is not fully spiking"):
         convert_with_report(model_ok, calibration={"x": x(4, 8)}, rules=["linear-input"], strict=True)
+
+
+def test_a_mac_bearing_op_without_a_count_makes_the_share_unknown():
+    """An LSTM: its MACs (and sigmoid/tanh) run inside it; the count is not implemented, so no share
+    is claimed for the MatMul beside it either."""
+    model = model_of([oh.make_node("MatMul", ["x", "w"], ["h"]), oh.make_node("LSTM", ["h", "W", "R"], ["y"], hidden_size=3)],
+                     [("x", F, [5, 2, 4])], [("y", F, [5, 1, 2, 3])],
+                     [weight("w", (4, 4)), weight("W", (1, 12, 4)), weight("R", (1, 12, 3))])
+    _, report = convert_with_report(model, calibration={"x": x(5, 2, 4)})
+    assert report.macs_unknown == ["y"] and report.macs_total == 5 * 2 * 4 * 4  # the LSTM (named by its output)
+    assert report.spike_driven_share is None and report.to_dict()["spike_driven_mac_share"] is None
+    assert "LSTM" in {e["op_type"] for e in report.left}
+    assert report.shortfall() == "1 nonlinear op left (LSTM 1); the MACs of 1 linear layer(s) not known"
