@@ -53,6 +53,7 @@ KNOWN_LINEAR_OPS = {
 }
 # outputs of these are not activations even when their inputs are
 _SHAPE_OPS = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin"}
+IN_SUBGRAPH = "inside an If/Loop/Scan body, where the rules do not look"
 POSITION_ONLY = "computes on constants, shapes or positions only (e.g. rotary embeddings), not on activations"
 
 
@@ -431,6 +432,8 @@ def left_nonlinear(graph: Graph, near_misses: list[NearMiss]) -> list[dict]:
             continue  # scaling by a constant, or a mean: linear
         elif (domain, node.op_type) in ATTENTION_OPS:
             reason = "attention op: its softmax and products run inside it on decoded values; no rule converts it"
+        elif where:
+            reason = IN_SUBGRAPH
         else:
             reason = "no rule matches this form"
         left.append({"node": where + name, "op_type": node.op_type, "domain": domain, "reason": reason,

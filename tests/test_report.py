@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from onnx_snn import calibrate as cal
 from onnx_snn.graph import Graph
 from onnx_snn.pipeline import ConversionError, convert_with_report
-from onnx_snn.report import count_macs, left_nonlinear, mac_tensors
+from onnx_snn.report import IN_SUBGRAPH, count_macs, left_nonlinear, mac_tensors
 
 MS = "com.microsoft"
 RNG = np.random.default_rng(0)
@@ -170,7 +170,8 @@ def test_a_mac_bearing_op_whose_shapes_were_not_seen_makes_the_share_unknown():
     (unknown,) = report.macs_unknown
     assert unknown == "y then_branch: h"  # the If (named by its output), its branch, the MatMul
     assert report.spike_driven_share is None and "unknown" in report.format()
-    assert any(e["op_type"] == "Tanh" and "then_branch" in e["node"] for e in report.left)  # the branch's Tanh
+    (branch_tanh,) = [e for e in report.left if "then_branch" in e["node"]]
+    assert branch_tanh["op_type"] == "Tanh" and branch_tanh["reason"] == IN_SUBGRAPH and branch_tanh["on_activations"]
 
 
 def small_model(*nodes, inputs=(("x", F, ["b", 8]),), initializers=(), output=("b", "n")):
