@@ -299,7 +299,7 @@ class Report:
             counts = ", ".join(f"{op} {n}" for op, n in Counter(e["op_type"] for e in left).most_common())
             parts.append(f"{len(left)} nonlinear op{'s' if len(left) > 1 else ''} left ({counts})")
         if not self.hybrid and self.macs_unknown:
-            parts.append(f"the MACs of {len(self.macs_unknown)} linear layer(s) not known")
+            parts.append(f"the MACs of {len(self.macs_unknown)} op(s) not counted")
         elif not self.hybrid and self.macs_spike_driven < self.macs_total:
             parts.append(f"{100 * (1 - self.macs_spike_driven / self.macs_total):.1f}% of MACs not spike-driven")
         return "; ".join(parts) or None
@@ -341,9 +341,9 @@ class Report:
     def _format_share(self) -> str:
         if self.macs_unknown:
             shown = ", ".join(self.macs_unknown[:3]) + (", ..." if len(self.macs_unknown) > 3 else "")
-            return (f"unknown: the MACs of {len(self.macs_unknown)} linear layer(s) could not be counted (shapes not "
-                    f"seen in calibration: {shown}); of the {self.macs_total:,} counted, {self.macs_spike_driven:,} "
-                    "are spike-driven")
+            return (f"unknown: the MACs of {len(self.macs_unknown)} op(s) could not be counted (shapes not seen in "
+                    f"calibration, or no count for the op: {shown}); of the {self.macs_total:,} counted, "
+                    f"{self.macs_spike_driven:,} are spike-driven")
         if not self.macs_total:
             return "none: no linear layers (no MACs), so no layer is spike-driven"
         return (f"{100 * self.macs_spike_driven / self.macs_total:.1f}% ({self.macs_spike_driven:,} of "

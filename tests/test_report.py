@@ -267,4 +267,4 @@ def test_a_mac_bearing_op_without_a_count_makes_the_share_unknown():
     assert report.macs_unknown == ["y"] and report.macs_total == 5 * 2 * 4 * 4  # the LSTM (named by its output)
     assert report.spike_driven_share is None and report.to_dict()["spike_driven_mac_share"] is None
     assert "LSTM" in {e["op_type"] for e in report.left}
-    assert report.shortfall() == "1 nonlinear op left (LSTM 1); the MACs of 1 linear layer(s) not known"
+    assert report.shortfall() == "1 nonlinear op left (LSTM 1); the MACs of 1 op(s) not counted"
