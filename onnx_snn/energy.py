@@ -239,9 +239,13 @@ def energy_report(original: str | os.PathLike | onnx.ModelProto, spiking: str | 
     # the ANN: MACs of every linear layer and product, from the shapes on these inputs
     ann_linear = [n for n in ann.graph.node if mac_op(n) is not None]
     macs_by_op: dict[str, int] = defaultdict(int)
+    warnings: set[str] = set()
     for shapes, _ in _run(ann, ann_dir, where_a, batches, synthesized, _linear_tensors(ann_linear), {}, library=False):
         for node in ann_linear:
-            macs_by_op[node_name(node)] += node_macs(node, shapes) or 0
+            count = node_macs(node, shapes)
+            if count is None:
+                warnings.add(f"{where_a}: {node_name(node)} ({node.op_type}): MACs not counted, E_ANN leaves them out")
+            macs_by_op[node_name(node)] += count or 0
 
     # the SNN: spike counts of every spiking op, and the shapes its fan-outs need
     graph = Graph(snn)
@@ -253,7 +257,6 @@ def energy_report(original: str | os.PathLike | onnx.ModelProto, spiking: str | 
     ops = [_op_stats(node, targets.get(id(node), []), products) for node in spiking_nodes]
     wanted = _linear_tensors(linear) + [n.input[0] for n in spiking_nodes if n.op_type in COMPOSITES]
     macs_left = 0
-    warnings: set[str] = set()
     for shapes, spikes in _run(snn, snn_dir, where_s, batches, synthesized, wanted, {id(n): n for n in spiking_nodes},
                                library=True):
         macs = {}
