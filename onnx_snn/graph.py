@@ -27,13 +27,19 @@ from onnx import numpy_helper
 _SMALL_CONSTANT = 1024
 
 
-_GRAPH_ATTRIBUTES = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+def named_bodies(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
+    """The subgraphs a node holds (an If's branches, a Loop's or Scan's body), by attribute name."""
+    found = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            found.append((attr.name, attr.g))
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            found += [(f"{attr.name}[{i}]", g) for i, g in enumerate(attr.graphs)]
+    return found
 
 
 def bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    """The subgraphs a node holds (an If's branches, a Loop's or Scan's body)."""
-    return [g for attr in node.attribute if attr.type in _GRAPH_ATTRIBUTES
-            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs)]
+    return [body for _, body in named_bodies(node)]
 
 
 def every_node(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
@@ -62,17 +68,23 @@ def reads(node: onnx.NodeProto) -> list[str]:
     return [name for name in dict.fromkeys([*node.input, *outer]) if name]
 
 
+def node_name(node: onnx.NodeProto) -> str:
+    return node.name or (node.output[0] if node.output else node.op_type)
+
+
 class Graph:
-    def __init__(self, model: onnx.ModelProto, graph: onnx.GraphProto | None = None, outer: Graph | None = None):
+    def __init__(self, model: onnx.ModelProto, graph: onnx.GraphProto | None = None, outer: Graph | None = None,
+                 where: str = ""):
         self.model = model
         self.graph = model.graph if graph is None else graph
         self.outer = outer
+        self.where = where  # '' for the main graph, else the path to the body, e.g. 'If_0 then_branch: '
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         self.position: dict[int, int] = {}
         self.scope_of: dict[int, Graph] = {} if outer is None else outer.scope_of  # node id -> its scope
-        inner: list[onnx.GraphProto] = []
+        inner: list[tuple[str, onnx.GraphProto]] = []
         for i, node in enumerate(self.graph.node):
             self.position[id(node)] = i
             self.scope_of[id(node)] = self
@@ -80,7 +92,7 @@ class Graph:
                 if name:
                     self.producer[name] = node
             if node.attribute:
-                inner += bodies(node)
+                inner += [(f"{where}{node_name(node)} {attribute}: ", body) for attribute, body in named_bodies(node)]
             for name in reads(node):  # Mul(x, x) reads x once; an If reads what its branches read
                 self.consumers[name].append(node)
         self.initializers = {t.name: t for t in self.graph.initializer}
@@ -89,7 +101,7 @@ class Graph:
         # one set of names for the whole model: a fresh name is fresh in every scope
         self._names = outer._names if outer is not None else set()
         self._names.update(self.producer, self.initializers, self.graph_inputs)
-        self.subgraphs = [Graph(model, body, self) for body in inner]
+        self.subgraphs = [Graph(model, body, self, path) for path, body in inner]
         self._removed: set[int] = set()
         self._added: list[onnx.NodeProto] = []
 

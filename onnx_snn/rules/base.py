@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 
 import onnx
 
-from onnx_snn.graph import Graph
+from onnx_snn.graph import Graph, node_name
 
 if TYPE_CHECKING:
     from onnx_snn.mbe.neuron import SlotTables
@@ -85,10 +85,6 @@ def other_input(node: onnx.NodeProto, name: str) -> str | None:
     if node.input[1] == name:
         return node.input[0]
     return None
-
-
-def node_name(node: onnx.NodeProto) -> str:
-    return node.name or (node.output[0] if node.output else node.op_type)
 
 
 def elementwise_site(rule: str, kind: str, function: str, anchor: onnx.NodeProto, nodes: list[onnx.NodeProto],
