@@ -65,6 +65,20 @@ class CalibrationError(ValueError):
     pass
 
 
+class BrokenModelError(CalibrationError):
+    """onnxruntime cannot load the original model (e.g. some float16 conversions write a Cast's
+    output as float16 and leave the Cast to float32): the model itself is broken."""
+
+
+def _check_loads(model: onnx.ModelProto, options: ort.SessionOptions) -> None:
+    try:
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's errors share no base class
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BrokenModelError(f"onnxruntime cannot load the original model, so it cannot be calibrated; "
+                               f"fix or re-export it: {first}") from None
+
+
 def _dtype(elem_type: int) -> np.dtype:
     return onnx.helper.tensor_dtype_to_np_dtype(elem_type)
 
@@ -284,7 +298,12 @@ def calibrate(
     # run each reduction as soon as its tensor is computed, so the activations are freed as the run
     # goes: in the default order they were all held to the end (+0.8 GB on SmolLM2)
     options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-    session = ort.InferenceSession(probe_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(probe_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception:  # onnxruntime's errors share no base class
+        del probe_model
+        _check_loads(model, options)
+        raise  # the original loads: the probes are at fault, a bug here
     del probe_model
     model_outputs = [o.name for o in model.graph.output]
     every_batch = list(dict.fromkeys([*centered, *(n for pair in extremes.values() for n in pair)]))

@@ -14,6 +14,7 @@ from onnx_snn import calibrate as cal
 from onnx_snn import model_io, ops
 from onnx_snn.graph import Graph
 from onnx_snn.neurons import NeuronChoice, check_presets
+from onnx_snn.precision import element_types
 from onnx_snn.report import LINEAR_OPS, Report, count_sites, left_nonlinear, linear_macs, spike_driven_macs
 from onnx_snn.rewrite import build_sites, find_sites
 from onnx_snn.rules import rule_set
@@ -58,16 +59,20 @@ def convert_with_report(
     batches, synthesized = cal.iter_batches(spiking, calibration)
 
     graph = Graph(spiking)
-    sites, near_misses = find_sites(graph, rule_set(hybrid, rules))
+    types = element_types(spiking)
+    sites, near_misses = find_sites(graph, rule_set(hybrid, rules), types)
     probes = [p for site in sites for p in site.probes]
     linear_tensors = [name for node in graph.graph.node if node.op_type in LINEAR_OPS
                       for name in (*node.input, node.output[0]) if name]
     # calibration runs the original, before the rewrite: no copy of the model is needed
-    calibration_result = cal.calibrate(spiking, model_dir, probes, batches, shape_tensors=linear_tensors,
-                                       synthesized=synthesized, progress=progress)
+    try:
+        calibration_result = cal.calibrate(spiking, model_dir, probes, batches, shape_tensors=linear_tensors,
+                                           synthesized=synthesized, progress=progress)
+    except cal.BrokenModelError as e:
+        raise ConversionError(f"{where}: {e}") from None
     macs_by_layer = linear_macs(graph, calibration_result.shapes)
     neurons = NeuronChoice(timesteps, calibration_result.ranges, dict(bases or {}))
-    encoders = build_sites(graph, sites, neurons)
+    encoders = build_sites(graph, sites, neurons, types)
     ops.attach_functions(spiking)
     # functions need IR 8; newer than IR_VERSION is what older onnxruntime versions reject
     spiking.ir_version = max(8, min(spiking.ir_version or ops.IR_VERSION, ops.IR_VERSION))

@@ -140,10 +140,19 @@ def spike_driven_macs(graph: Graph, counts: dict[str, int]) -> tuple[int, int]:
         if count is None:
             continue
         total += count
-        producers = [graph.producer.get(name) for name in activation_inputs(graph, node)]
+        producers = [_through_cast(graph, name) for name in activation_inputs(graph, node)]
         if all(p is not None and p.domain == DOMAIN and p.op_type == "MBENeuron" for p in producers):
             driven += count
     return total, driven
+
+
+def _through_cast(graph: Graph, name: str) -> onnx.NodeProto | None:
+    """The producer of a value, or of a Cast's input: in a 16-bit model an MBE neuron's float32
+    output reaches the layer through a Cast to the model's type (onnx_snn.precision)."""
+    producer = graph.producer.get(name)
+    if producer is not None and producer.op_type == "Cast":
+        return graph.producer.get(producer.input[0])
+    return producer
 
 
 def node_macs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int | None:
