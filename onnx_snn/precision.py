@@ -23,7 +23,10 @@ _INFERENCE_CONSTANT = 1024
 def element_types(model: onnx.ModelProto) -> dict[str, int]:
     """The element type of every value of the main graph whose type the model declares or onnx type
     inference finds. Inference runs on a copy of the graph in which the weights are typed inputs,
-    so no weight is read or copied (external data stays on disk)."""
+    so no weight is read or copied (external data stays on disk). onnx does not know onnxruntime's
+    contrib ops (com.microsoft Gelu, FastGelu, SkipLayerNormalization, ...): their outputs take the
+    type their float inputs share, as those ops' type constraints say, and inference is run again
+    from there."""
     graph = model.graph
     small = [t for t in graph.initializer
              if t.data_location != TensorProto.EXTERNAL and _elements(t) <= _INFERENCE_CONSTANT]
@@ -35,19 +38,41 @@ def element_types(model: onnx.ModelProto) -> dict[str, int]:
         oh.make_graph(list(graph.node), graph.name or "graph", [*graph.input, *weights_as_inputs], list(graph.output),
                       small, value_info=list(graph.value_info)),
         opset_imports=list(model.opset_import), functions=list(model.functions), ir_version=model.ir_version)
-    try:
-        light = onnx.shape_inference.infer_shapes(light, strict_mode=False)
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError):
-        pass  # what the model declares is still known
-    types = {t.name: t.data_type for t in graph.initializer}
-    for info in (*light.graph.input, *light.graph.output, *light.graph.value_info):
-        if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
-            types.setdefault(info.name, info.type.tensor_type.elem_type)
-    for node in graph.node:  # Constant outputs: the type of their value
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            value = next((a.t for a in node.attribute if a.name == "value"), None)
-            types.setdefault(node.output[0], value.data_type if value is not None else TensorProto.FLOAT)
-    return types
+    while True:
+        try:
+            light = onnx.shape_inference.infer_shapes(light, strict_mode=False)
+        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError):
+            pass  # what the model declares is still known
+        types = {t.name: t.data_type for t in graph.initializer}
+        for info in (*light.graph.input, *light.graph.output, *light.graph.value_info):
+            if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
+                types.setdefault(info.name, info.type.tensor_type.elem_type)
+        for node in graph.node:  # Constant outputs: the type of their value
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                value = next((a.t for a in node.attribute if a.name == "value"), None)
+                types.setdefault(node.output[0], value.data_type if value is not None else TensorProto.FLOAT)
+        contrib = _contrib_types(graph, types)
+        if not contrib:
+            return types
+        light.graph.value_info.extend(oh.make_tensor_value_info(name, t, None) for name, t in contrib.items())
+
+
+def _contrib_types(graph: onnx.GraphProto, types: dict[str, int]) -> dict[str, int]:
+    """Types of the untyped outputs of ops onnx has no schema for, whose inputs are all typed and
+    whose float inputs share one type (added to `types` as they are found)."""
+    found = {}
+    for node in graph.node:
+        if onnx.defs.has(node.op_type, node.domain) or all(not o or o in types for o in node.output):
+            continue
+        inputs = [types.get(name) for name in node.input if name]
+        floats = {t for t in inputs if t in FLOAT_TYPES}
+        if None in inputs or len(floats) != 1:
+            continue
+        elem_type = floats.pop()
+        for name in node.output:
+            if name and name not in types:
+                types[name] = found[name] = elem_type
+    return found
 
 
 def _elements(tensor: onnx.TensorProto) -> int:

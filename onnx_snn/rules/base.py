@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from onnx_snn.graph import Graph
+from onnx_snn.precision import FLOAT_TYPES
 
 if TYPE_CHECKING:
     from onnx_snn.mbe.neuron import SlotTables
@@ -135,11 +136,12 @@ def reduce_axes(ctx: MatchContext, node: onnx.NodeProto) -> list[int] | None:
 
 
 def through_casts(ctx: MatchContext, name: str, casts: list[onnx.NodeProto]) -> str:
-    """Follow float32 Casts forward from `name` (each the value's only reader); the Casts passed are
-    appended to `casts`. Exporters insert them around normalisations."""
+    """Follow Casts to float32 (or, in a 16-bit model, float16 or bfloat16) forward from `name` (each
+    the value's only reader); the Casts passed are appended to `casts`. Exporters insert them around
+    normalisations; the replacement computes in float32 and writes the last value's type."""
     while True:
         user = ctx.graph.only_consumer(name)
-        if user is None or user.op_type != "Cast" or ctx.graph.attribute(user, "to") != onnx.TensorProto.FLOAT:
+        if user is None or user.op_type != "Cast" or ctx.graph.attribute(user, "to") not in FLOAT_TYPES:
             return name
         casts.append(user)
         name = user.output[0]
