@@ -148,26 +148,23 @@ def relative_error(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.sqrt(np.mean((actual - expected) ** 2) / np.mean(expected ** 2)))
 
 
+def spiking_error(model: onnx.ModelProto, feeds: dict, calibration) -> float:
+    """The relative error of the model's spiking conversion on `feeds`."""
+    spiking, _ = convert_with_report(model, calibration=calibration, check=False)
+    return relative_error(original_outputs(model, feeds), session(spiking).run(None, feeds)[0])
+
+
 @pytest.fixture(scope="module", params=["bert", "gpt2", "llama"])
 def float32_model(request):
     """(kind, the float32 model, its spiking conversion's relative error on the held-out batch)."""
     model = tiny(request.param)
-    spiking, _ = convert_with_report(model, calibration=CALIBRATION, check=False)
-    error = relative_error(original_outputs(model, HELD_OUT), session(spiking).run(None, HELD_OUT)[0])
-    return request.param, model, error
+    return request.param, model, spiking_error(model, HELD_OUT, CALIBRATION)
 
 
-# ---------------------------------------------------------------------------- float16
-
-
-@pytest.mark.parametrize("keep_io_types", [False, True], ids=["all-16-bit", "keep-io-types"])
-def test_float16_models_convert_and_stay_close(float32_model, keep_io_types):
-    kind, model32, error32 = float32_model
-    model = to_float16(model32, keep_io_types, block_float32_casts=kind != "bert")
-    spiking, report = convert_with_report(model, calibration=CALIBRATION, check=False)
-
-    assert report.replaced_by_kind.get("layernorm" if kind != "llama" else "rmsnorm", 0) >= 2 * LAYERS
-    assert report.replaced_by_kind["softmax"] == LAYERS
+def assert_float16_conversion(model32: onnx.ModelProto, error32: float, model: onnx.ModelProto, feeds: dict,
+                              calibration, keep_io_types: bool):
+    """What every float16 conversion must show; the report."""
+    spiking, report = convert_with_report(model, calibration=calibration)
     assert {e["op_type"] for e in report.left} <= {"Sin", "Cos", "Div"}
     assert all(e["reason"].startswith(POSITIONS_ONLY) for e in report.left), report.left
     assert report.spike_driven_share == 1.0
@@ -176,9 +173,10 @@ def test_float16_models_convert_and_stay_close(float32_model, keep_io_types):
         assert converted[tensor.name] == tensor.SerializeToString(), tensor.name
     # the interface is the original's: float16 outputs stay float16
     assert [(v.name, v.type) for v in spiking.graph.output] == [(v.name, v.type) for v in model.graph.output]
+    assert report.check and all(c["cosine"] > 0.99 for c in report.check.values())  # the check ran on 16-bit outputs
 
-    expected = original_outputs(model, HELD_OUT)
-    actual = session(spiking).run(None, HELD_OUT)[0]
+    expected = original_outputs(model, feeds)
+    actual = session(spiking).run(None, feeds)[0]
     assert actual.dtype == expected.dtype == (np.float32 if keep_io_types else np.float16)
     # Bound, by the triangle inequality: spiking16 - original16 = (spiking16 - spiking32)
     # + (spiking32 - original32) + (original32 - original16). The middle term is the conversion's
@@ -188,8 +186,52 @@ def test_float16_models_convert_and_stay_close(float32_model, keep_io_types):
     # float32, but their inputs and outputs are rounded to float16 where the original's are), taken
     # as rounding16 again. Measured: error32 0.0028 / 0.039 / 0.011 (BERT / GPT-2 / Llama),
     # rounding16 0.0005 / 0.0005 / 0.0014, the float16 conversions 0.0029 / 0.039 / 0.011.
-    rounding16 = relative_error(original_outputs(model32, HELD_OUT), expected)
+    feeds32 = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in feeds.items()}
+    rounding16 = relative_error(original_outputs(model32, feeds32), expected)
     assert relative_error(expected, actual) <= error32 + 2 * rounding16
+
+    # without the library (onnxruntime inlines the ops' functions) and inlined into standard ONNX,
+    # the same outputs: the ops are bit-identical but for the order of long sums, as in
+    # tests/test_convert_minilm.py (measured here: identical)
+    for other in (original_outputs(spiking, feeds), original_outputs(ops.inline(spiking), feeds)):
+        a, b = actual.astype(np.float64).ravel(), other.astype(np.float64).ravel()
+        assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.99999
+        assert np.max(np.abs(a - b)) < 0.05
+    return report
+
+
+# ---------------------------------------------------------------------------- float16
+
+
+@pytest.mark.parametrize("keep_io_types", [False, True], ids=["all-16-bit", "keep-io-types"])
+def test_float16_models_convert_and_stay_close(float32_model, keep_io_types):
+    kind, model32, error32 = float32_model
+    model = to_float16(model32, keep_io_types, block_float32_casts=kind != "bert")
+    report = assert_float16_conversion(model32, error32, model, HELD_OUT, CALIBRATION, keep_io_types)
+    assert report.replaced_by_kind["layernorm" if kind != "llama" else "rmsnorm"] == 2 * LAYERS + 1
+    assert report.replaced_by_kind["softmax"] == LAYERS
+    assert report.replaced_by_kind["gelu" if kind != "llama" else "silu"] == LAYERS
+
+
+def test_float16_inputs_are_synthesised():
+    """A model with a float16 input (all 16-bit: image-like features in, no ids) converts without
+    calibration data: the inputs synthesised from its signature are float16, and the check compares
+    float16 outputs."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Linear(16, HIDDEN), torch.nn.GELU(), torch.nn.LayerNorm(HIDDEN),
+                                torch.nn.Linear(HIDDEN, 8), torch.nn.Softmax(-1))
+    model32 = export(block, ["x"], [torch.randn(2, 5, 16)])
+    model = to_float16(model32, keep_io_types=False)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    from onnx_snn.calibrate import synthesize
+
+    feeds = synthesize(model, seed=1)[0]
+    assert feeds["x"].dtype == np.float16
+    feeds32 = {"x": feeds["x"].astype(np.float32)}
+    report = assert_float16_conversion(model32, spiking_error(model32, feeds32, None), model, feeds, None, False)
+    assert report.calibration["synthesized"]
+    assert report.replaced_by_kind == {"gelu": 1, "layernorm": 1, "linear": 2, "softmax": 1}
 
 
 @pytest.fixture(scope="module")
