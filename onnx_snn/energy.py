@@ -61,8 +61,9 @@ COMPOSITES = {
     spiking_rmsnorm.OP_TYPE: ("rmsnorm", spiking_rmsnorm.NEURONS, {"input": 3, "rsqrt": "row"}),
 }
 PER_ROW = {"reciprocal", "rsqrt"}  # inner neurons that run once per row
-# ops that only move values: a spike's fan-out is followed through them
-LAYOUT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
+# ops that only move values: a spike's fan-out is followed through them (and Cast: in a 16-bit
+# model a spiking op's float32 output reaches the layers through a Cast to the model's type)
+LAYOUT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast"}
 _LAYER = re.compile(r"(?:^|[/._])(?:layers?|h|blocks?)[._](\d+)(?=$|[/._])")
 
 

@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 
 from onnx_snn import ops
+from onnx_snn.energy import energy_report
 from onnx_snn.graph import Graph
 from onnx_snn.neurons import NeuronChoice
 from onnx_snn.pipeline import ConversionError, convert_with_report
@@ -174,6 +175,8 @@ def assert_float16_conversion(model32: onnx.ModelProto, error32: float, model: o
     # the interface is the original's: float16 outputs stay float16
     assert [(v.name, v.type) for v in spiking.graph.output] == [(v.name, v.type) for v in model.graph.output]
     assert report.check and all(c["cosine"] > 0.99 for c in report.check.values())  # the check ran on 16-bit outputs
+    # the energy estimate follows spikes through the Casts to float16 too
+    assert energy_report(model, spiking, feeds).macs_left == 0
 
     expected = original_outputs(model, feeds)
     actual = session(spiking).run(None, feeds)[0]
