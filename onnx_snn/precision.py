@@ -7,6 +7,8 @@ stay float32 only, and the 16-bit model keeps its types everywhere else."""
 
 from __future__ import annotations
 
+import math
+
 import onnx
 from onnx import TensorProto
 from onnx import helper as oh
@@ -29,7 +31,7 @@ def element_types(model: onnx.ModelProto) -> dict[str, int]:
     from there."""
     graph = model.graph
     small = [t for t in graph.initializer
-             if t.data_location != TensorProto.EXTERNAL and _elements(t) <= _INFERENCE_CONSTANT]
+             if t.data_location != TensorProto.EXTERNAL and math.prod(t.dims) <= _INFERENCE_CONSTANT]
     small_names = {t.name for t in small}
     declared_inputs = {v.name for v in graph.input}
     weights_as_inputs = [oh.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in graph.initializer
@@ -47,10 +49,6 @@ def element_types(model: onnx.ModelProto) -> dict[str, int]:
         for info in (*light.graph.input, *light.graph.output, *light.graph.value_info):
             if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
                 types.setdefault(info.name, info.type.tensor_type.elem_type)
-        for node in graph.node:  # Constant outputs: the type of their value
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                value = next((a.t for a in node.attribute if a.name == "value"), None)
-                types.setdefault(node.output[0], value.data_type if value is not None else TensorProto.FLOAT)
         contrib = _contrib_types(graph, types)
         if not contrib:
             return types
@@ -73,13 +71,6 @@ def _contrib_types(graph: onnx.GraphProto, types: dict[str, int]) -> dict[str, i
             if name and name not in types:
                 types[name] = found[name] = elem_type
     return found
-
-
-def _elements(tensor: onnx.TensorProto) -> int:
-    count = 1
-    for d in tensor.dims:
-        count *= d
-    return count
 
 
 def type_name(elem_type: int) -> str:
