@@ -351,6 +351,22 @@ def test_float_types_are_found(elem_type):
     assert [s.rule for s in sites] == ["softmax"] and not near_misses
 
 
+@pytest.mark.parametrize("expected", [1 / np.sqrt(2), np.sqrt(2), np.sqrt(2 / np.pi), 0.044715])
+def test_16_bit_constants_match_their_rounded_value_only(expected):
+    """The patterns' constants, stored in float16 or bfloat16, are off by more than CONSTANT_RTOL
+    (1/sqrt(2) is 0.70703125 in both): a rule takes exactly the rounded value, and nothing near it."""
+    import ml_dtypes
+
+    from onnx_snn.rules.base import CONSTANT_RTOL, near
+
+    for dtype in (np.float16, ml_dtypes.bfloat16):
+        rounded = float(np.asarray(expected, np.float32).astype(dtype))
+        assert near(rounded, expected)
+        step = float(np.finfo(np.float16).eps if dtype == np.float16 else ml_dtypes.finfo(dtype).eps) * expected
+        off = rounded - step / 4 if rounded < expected else rounded + step / 4  # a quarter step further off
+        assert abs(off - expected) > CONSTANT_RTOL * expected and not near(off, expected)
+
+
 # ---------------------------------------------------------------------------- the real MiniLM (slow)
 
 
