@@ -42,12 +42,18 @@ def bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
     return [body for _, body in named_bodies(node)]
 
 
+def graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The graph, then every body in it (at any depth)."""
+    yield graph
+    for node in graph.node:
+        for body in bodies(node):
+            yield from graphs(body)
+
+
 def every_node(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
     """The nodes of a graph and of every body in it."""
-    for node in graph.node:
-        yield node
-        for body in bodies(node):
-            yield from every_node(body)
+    for g in graphs(graph):
+        yield from g.node
 
 
 def outer_reads(node: onnx.NodeProto) -> set[str]:

@@ -14,6 +14,7 @@ from onnx_snn import calibrate as cal
 from onnx_snn import model_io, ops
 from onnx_snn.graph import Graph
 from onnx_snn.neurons import NeuronChoice, check_presets
+from onnx_snn.precision import element_types
 from onnx_snn.report import Report, count_macs, count_sites, left_nonlinear, mac_tensors, spike_driven_macs
 from onnx_snn.rewrite import build_sites, find_sites
 from onnx_snn.rules import rule_set
@@ -65,14 +66,15 @@ def convert_with_report(
         chosen = rule_set(hybrid, rules)
     except ValueError as e:  # rules unknown, or left out by hybrid
         raise ConversionError(f"{where}: {e}") from None
-    sites, near_misses = find_sites(graph, chosen)
+    types = element_types(spiking)
+    sites, near_misses = find_sites(graph, chosen, types)
     probes = [p for site in sites for p in site.probes]
     # calibration runs the original, before the rewrite: no copy of the model is needed
     calibration_result = cal.calibrate(spiking, model_dir, probes, batches, shape_tensors=mac_tensors(graph.graph),
                                        synthesized=synthesized, progress=progress, where=where)
     macs_by_layer = count_macs(graph, calibration_result.shapes, calibration_result.body_shapes)
     neurons = NeuronChoice(timesteps, calibration_result.ranges, dict(bases or {}))
-    encoders = build_sites(graph, sites, neurons)
+    encoders = build_sites(graph, sites, neurons, types)
     ops.attach_functions(spiking)
     # functions need IR 8; newer than IR_VERSION is what older onnxruntime versions reject
     spiking.ir_version = max(8, min(spiking.ir_version or ops.IR_VERSION, ops.IR_VERSION))
