@@ -293,9 +293,10 @@ def _carry_out(graph: onnx.GraphProto, wanted: list[tuple[object, str]], opset: 
     value of `graph`: kind "lo"/"hi" of a Probe key (its finite extremes), "shape" of a tensor name
     key (its shape records). A statistic of a body's value is computed in the body and carried out
     through the node holding it, recursively: as an extra output of both If branches (the branch
-    without the value gives 'not computed': +inf, -inf, no record), and as an extra loop-carried
-    value of a Loop or Scan, combined across iterations (Min, Max, Concat), so the trip count is
-    in the records. Statistics of values in the bodies of other ops are not measured."""
+    without the value gives 'not computed': +inf, -inf, no record), as an extra loop-carried value
+    of a Loop combined across iterations (Min, Max, Concat), and as an extra scan output of a Scan
+    combined after it; so every iteration is in the statistic, and its shape in the records.
+    Statistics of values in the bodies of other ops are not measured."""
     make = onnx.helper.make_node
     here = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
     found: dict[tuple[object, str], str] = {}

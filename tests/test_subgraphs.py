@@ -193,8 +193,9 @@ def loop_model() -> onnx.ModelProto:
                     [oh.make_tensor_value_info("y", TensorProto.FLOAT, [ROWS, WIDTH])])
 
 
-def scan_model() -> onnx.ModelProto:
-    """Over the rows of x: s <- Softmax(s + GELU(x_t W)), and every step's GELU(x_t W) out."""
+def scan_model(**axes) -> onnx.ModelProto:
+    """Over the rows of x: s <- Softmax(s + GELU(x_t W)), and every step's GELU(x_t W) out (`axes`:
+    scan_input_axes / scan_output_axes written out, as some exporters do)."""
     body = oh.make_graph(
         [oh.make_node("MatMul", ["x_t", "w"], ["z"]), *gelu_erf_nodes("z", "g", "gelu"),
          oh.make_node("Add", ["s_in", "g"], ["pre"]), oh.make_node("Softmax", ["pre"], ["s_out"], axis=-1),
@@ -202,7 +203,7 @@ def scan_model() -> onnx.ModelProto:
         "scan_body",
         [oh.make_tensor_value_info("s_in", TensorProto.FLOAT, [WIDTH]), oh.make_tensor_value_info("x_t", TensorProto.FLOAT, [WIDTH])],
         [oh.make_tensor_value_info("s_out", TensorProto.FLOAT, [WIDTH]), oh.make_tensor_value_info("g_out", TensorProto.FLOAT, [WIDTH])])
-    scan = oh.make_node("Scan", ["s0", "x"], ["s", "g_all"], body=body, num_scan_inputs=1, name="scan")
+    scan = oh.make_node("Scan", ["s0", "x"], ["s", "g_all"], body=body, num_scan_inputs=1, name="scan", **axes)
     return model_of([scan], [oh.make_tensor_value_info("s0", TensorProto.FLOAT, [WIDTH]),
                              oh.make_tensor_value_info("x", TensorProto.FLOAT, [ROWS, WIDTH])],
                     [oh.make_tensor_value_info("s", TensorProto.FLOAT, [WIDTH]),
@@ -237,8 +238,9 @@ def scan_matmul_inputs(feeds) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("build, make_batch, matmul_inputs, runs", [
-    (loop_model, loop_batch, loop_matmul_inputs, TRIPS), (scan_model, scan_batch, scan_matmul_inputs, ROWS)],
-    ids=["Loop", "Scan"])
+    (loop_model, loop_batch, loop_matmul_inputs, TRIPS), (scan_model, scan_batch, scan_matmul_inputs, ROWS),
+    (lambda: scan_model(scan_input_axes=[0], scan_output_axes=[0]), scan_batch, scan_matmul_inputs, ROWS)],
+    ids=["Loop", "Scan", "Scan-with-axes"])
 def test_calibration_reaches_into_loop_and_scan_bodies(build, make_batch, matmul_inputs, runs):
     model = build()
     batches = [make_batch(seed) for seed in range(2)]
