@@ -10,6 +10,8 @@ produces does not stretch the range. Values beyond the range saturate the neuron
 
 Batches are streamed, run one at a time, and only running statistics are kept (RunningRange): the
 session itself reduces each probed tensor to its extremes, so no run returns all activations at once.
+A value inside an If, Loop or Scan body, which a session cannot return, is reduced in its body and
+its extremes (and shapes) carried out through the enclosing nodes (_carry_out).
 """
 
 from __future__ import annotations
