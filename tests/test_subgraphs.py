@@ -82,9 +82,9 @@ def test_both_branches_of_a_merged_decoder_are_rewritten_and_counted(decoders):
     assert len(report.left) == 2 * len(plain_report.left)
     (node,) = spiking.graph.node
     for attr in node.attribute:
-        ops = [n.op_type for n in attr.g.node]
-        assert sum(op in SPIKING_OPS for op in ops) > 0
-        assert {op for op in ops if op in NONLINEAR_OPS} <= {"Sin", "Cos", "Div"}
+        op_types = [n.op_type for n in attr.g.node]
+        assert sum(op in SPIKING_OPS for op in op_types) > 0
+        assert {op for op in op_types if op in NONLINEAR_OPS} <= {"Sin", "Cos", "Div"}
     # weights are the outer graph's, untouched
     before = {t.name: t.SerializeToString() for t in merged.graph.initializer}
     after = {t.name: t.SerializeToString() for t in spiking.graph.initializer}
