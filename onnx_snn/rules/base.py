@@ -17,7 +17,7 @@ import ml_dtypes  # onnx's dependency: numpy's bfloat16
 import numpy as np
 import onnx
 
-from onnx_snn.graph import Graph
+from onnx_snn.graph import Graph, node_name
 from onnx_snn.precision import FLOAT_TYPES
 
 if TYPE_CHECKING:
@@ -97,10 +97,6 @@ def other_input(node: onnx.NodeProto, name: str) -> str | None:
     return None
 
 
-def node_name(node: onnx.NodeProto) -> str:
-    return node.name or (node.output[0] if node.output else node.op_type)
-
-
 def elementwise_site(rule: str, kind: str, function: str, anchor: onnx.NodeProto, nodes: list[onnx.NodeProto],
                      x: str, y: str) -> Site:
     """A pattern computing y = function(x) elementwise, replaced by one MBENeuron fitted to the
@@ -151,7 +147,7 @@ def weight_source(graph: Graph, name: str) -> str | None:
     """The constant (initializer or Constant output) a value is, also through Identity nodes: torch's
     exporter keeps one copy of identical weights and writes the others as Identity of it."""
     while not graph.is_constant(name):
-        node = graph.producer.get(name)
+        node = graph.defining_node(name)
         if node is None or node.op_type != "Identity":
             return None
         name = node.input[0]
