@@ -13,9 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol
 
+import ml_dtypes  # onnx's dependency: numpy's bfloat16
+import numpy as np
 import onnx
 
-from onnx_snn.graph import Graph
+from onnx_snn.graph import Graph, node_name
+from onnx_snn.precision import FLOAT_TYPES
 
 if TYPE_CHECKING:
     from onnx_snn.mbe.neuron import SlotTables
@@ -66,7 +69,14 @@ class Rule(Protocol):
 
 
 def near(value: float | None, expected: float, rtol: float = CONSTANT_RTOL) -> bool:
-    return value is not None and abs(value - expected) <= rtol * abs(expected)
+    """value is expected within rtol, or is exactly expected rounded to float16 or bfloat16 (the
+    constant of a 16-bit model: 1/sqrt(2) is 0.70703125 in both)."""
+    return value is not None and (abs(value - expected) <= rtol * abs(expected) or value in _rounded_16bit(expected))
+
+
+def _rounded_16bit(expected: float) -> set[float]:
+    # from the float32 constant an exporter wrote, and from the exact value
+    return {float(t(e)) for t in (np.float16, ml_dtypes.bfloat16) for e in (expected, np.float32(expected))}
 
 
 def is_power(graph: Graph, node: onnx.NodeProto, base: str | None, exponent: float) -> bool:
@@ -85,10 +95,6 @@ def other_input(node: onnx.NodeProto, name: str) -> str | None:
     if node.input[1] == name:
         return node.input[0]
     return None
-
-
-def node_name(node: onnx.NodeProto) -> str:
-    return node.name or (node.output[0] if node.output else node.op_type)
 
 
 def elementwise_site(rule: str, kind: str, function: str, anchor: onnx.NodeProto, nodes: list[onnx.NodeProto],
@@ -126,11 +132,12 @@ def reduce_axes(ctx: MatchContext, node: onnx.NodeProto) -> list[int] | None:
 
 
 def through_casts(ctx: MatchContext, name: str, casts: list[onnx.NodeProto]) -> str:
-    """Follow float32 Casts forward from `name` (each the value's only reader); the Casts passed are
-    appended to `casts`. Exporters insert them around normalisations."""
+    """Follow Casts to float32 (or, in a 16-bit model, float16 or bfloat16) forward from `name` (each
+    the value's only reader); the Casts passed are appended to `casts`. Exporters insert them around
+    normalisations; the replacement computes in float32 and writes the last value's type."""
     while True:
         user = ctx.graph.only_consumer(name)
-        if user is None or user.op_type != "Cast" or ctx.graph.attribute(user, "to") != onnx.TensorProto.FLOAT:
+        if user is None or user.op_type != "Cast" or ctx.graph.attribute(user, "to") not in FLOAT_TYPES:
             return name
         casts.append(user)
         name = user.output[0]
@@ -140,7 +147,7 @@ def weight_source(graph: Graph, name: str) -> str | None:
     """The constant (initializer or Constant output) a value is, also through Identity nodes: torch's
     exporter keeps one copy of identical weights and writes the others as Identity of it."""
     while not graph.is_constant(name):
-        node = graph.producer.get(name)
+        node = graph.defining_node(name)
         if node is None or node.op_type != "Identity":
             return None
         name = node.input[0]
