@@ -59,6 +59,7 @@ class NearMiss:
 class MatchContext:
     graph: Graph
     spike_encoded: set[str]  # tensors that carry MBE neuron outputs once the earlier sites are built
+    types: dict[str, int] = field(default_factory=dict)  # element types (precision.element_types), where known
 
 
 class Rule(Protocol):
