@@ -19,6 +19,7 @@ from onnx_snn.rules.layernorm import LayerNormOp
 from onnx_snn.rules.layernorm_decomposed import LayerNormDecomposed
 from onnx_snn.rules.linear_input import LinearInput
 from onnx_snn.rules.ms_attention import MsAttention
+from onnx_snn.rules.ms_multihead_attention import MsMultiHeadAttention
 from onnx_snn.rules.quick_gelu import QuickGelu
 from onnx_snn.rules.rmsnorm import RMSNorm
 from onnx_snn.rules.sigmoid_tanh import SigmoidTanh
@@ -27,7 +28,8 @@ from onnx_snn.rules.skip_layernorm import SkipLayerNorm
 from onnx_snn.rules.softmax import SoftmaxRule
 
 # expanded first, always (they change no value): onnxruntime's fused ops as standard ops
-FUSED_RULES: tuple[Rule, ...] = (EmbedLayerNorm(), SkipLayerNorm(), MsAttention(), BiasGelu(), QuickGelu(), FusedMatMul())
+FUSED_RULES: tuple[Rule, ...] = (EmbedLayerNorm(), SkipLayerNorm(), MsAttention(), MsMultiHeadAttention(),
+                                BiasGelu(), QuickGelu(), FusedMatMul())
 NONLINEAR_RULES: tuple[Rule, ...] = (
     GeluErf(), GeluTanh(), GeluOp(), Silu(), SigmoidTanh(), SoftmaxRule(), LayerNormOp(), LayerNormDecomposed(),
     RMSNorm(),

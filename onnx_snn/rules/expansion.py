@@ -84,11 +84,12 @@ def split_heads(emit: Emitter, value: str, heads: int, perm: list[int]) -> str:
     return emit("Transpose", emit("Reshape", value, emit.ints(0, 0, heads, -1)), perm=perm)
 
 
-def attend(emit: Emitter, q: str, k: str, v: str, heads: int, scale: float, masks: list[str], output: str) -> None:
+def attend(emit: Emitter, q: str, k: str, v: str, heads: int, scale: float | str, masks: list[str], output: str) -> None:
     """softmax(scale Q K^T + masks) V over heads, as two MatMuls and a Softmax (the products the
-    activation-product rule encodes, the softmax the softmax rule converts); [B, S, N*H] in and out."""
+    activation-product rule encodes, the softmax the softmax rule converts); [B, S, N*H] in and out.
+    scale: a number, or a value computed at run time."""
     scores = emit("MatMul", split_heads(emit, q, heads, [0, 2, 1, 3]), split_heads(emit, k, heads, [0, 2, 3, 1]))
-    scores = emit("Mul", scores, emit.const(scale))
+    scores = emit("Mul", scores, scale if isinstance(scale, str) else emit.const(scale))
     for mask in masks:
         scores = emit("Add", scores, mask)
     context = emit("MatMul", emit("Softmax", scores, axis=-1), split_heads(emit, v, heads, [0, 2, 1, 3]))
@@ -126,10 +127,10 @@ def padding_mask(emit: Emitter, mask: str, rank: int, filter_value: float) -> st
     return additive(emit, masked, filter_value, [1, 2] if rank == 2 else [1])
 
 
-def causal_mask(emit: Emitter, queries: str, filter_value: float) -> str:
-    """Keys after the query's own position masked (no past): [S, S]."""
+def causal_mask(emit: Emitter, queries: str, keys: str, filter_value: float) -> str:
+    """Keys after the query's own position masked (no past): [S, T]."""
     rows = emit("Unsqueeze", positions(emit, queries, 1), emit.ints(1))
-    columns = emit("Unsqueeze", positions(emit, queries, 1), emit.ints(0))
+    columns = emit("Unsqueeze", positions(emit, keys, 1), emit.ints(0))
     return additive(emit, emit("Greater", columns, rows), filter_value, [])
 
 
@@ -171,5 +172,5 @@ def masks(emit: Emitter, mask: str | None, rank: int | None, queries: str, keys:
         found.append(end_position_mask(emit, mask, keys, filter_value) if rank == 1
                      else padding_mask(emit, mask, rank, filter_value))
     if unidirectional:
-        found.append(causal_mask(emit, queries, filter_value))
+        found.append(causal_mask(emit, queries, keys, filter_value))
     return found
