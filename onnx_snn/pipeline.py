@@ -12,7 +12,7 @@ import onnx
 
 from onnx_snn import calibrate as cal
 from onnx_snn import model_io, ops
-from onnx_snn.graph import Graph
+from onnx_snn.graph import Graph, every_node
 from onnx_snn.neurons import NeuronChoice, check_presets
 from onnx_snn.precision import element_types
 from onnx_snn.report import Report, count_macs, count_sites, left_nonlinear, mac_tensors, spike_driven_macs
@@ -105,7 +105,8 @@ def validate(model: onnx.ModelProto, model_dir: str | None, where: str) -> None:
     if opset is None or not ops.common.MIN_OPSET <= opset <= MAX_OPSET:
         raise ConversionError(f"{where}: opset {opset} is not supported (opsets {ops.common.MIN_OPSET} to {MAX_OPSET}); "
                               "re-export the model, or convert it with onnx.version_converter")
-    if any(o.domain == ops.DOMAIN for o in model.opset_import):
+    # by its nodes: onnxruntime's optimizer imports every domain the runtime knows, used or not
+    if any(n.domain == ops.DOMAIN for n in every_node(model.graph)):
         raise ConversionError(f"{where}: already a spiking model (it uses the {ops.DOMAIN} domain)")
     model_io.check_external_data(model, model_dir, where)
     try:
