@@ -378,7 +378,8 @@ def _activations(scope: Graph, outer: frozenset[str] = frozenset()) -> set[str]:
 def left_nonlinear(graph: Graph, near_misses: list[NearMiss]) -> list[dict]:
     """Every nonlinear op the spiking graph still has, in any domain and in subgraphs, with why, and
     every near miss (also one anchored on another op: RMSNorm's x * x). An op of a domain (or of
-    onnxruntime's) that is not known is listed too: whether it is linear cannot be told."""
+    onnxruntime's) that is not known is listed too: whether it is linear cannot be told. Linear ops
+    with position-dependent coefficients (RotaryEmbedding) are listed as such, not on activations."""
     reasons = {m.node: m.reason for m in near_misses}
     active = _activations(graph)
     left = []

@@ -250,6 +250,17 @@ def test_position_only_ops_are_listed_but_not_counted_against_the_model():
     assert entry["op_type"] == "Sin" and not entry["on_activations"] and "positions only" in entry["reason"]
 
 
+def test_rotary_embedding_is_listed_as_position_dependent_and_linear():
+    """com.microsoft RotaryEmbedding is kept: linear in its input, the angles from positions only."""
+    model = small_model(oh.make_node("RotaryEmbedding", ["x", "positions", "cos", "sin"], ["y"], domain=MS),
+                        inputs=[("x", F, [1, 2, 8]), ("positions", TensorProto.INT64, [1, 2])],
+                        initializers=[weight("cos", (4, 4)), weight("sin", (4, 4))], output=(1, 2, 8))
+    (entry,) = left_nonlinear(Graph(model), [])
+    assert entry["op_type"] == "RotaryEmbedding" and not entry["on_activations"]
+    assert entry["reason"].startswith("linear in its input: rotates pairs of its elements by angles that depend on "
+                                      "positions only")
+
+
 def test_strict_refuses_a_model_that_is_not_fully_spiking():
     model_ok = small_model(oh.make_node("MatMul", ["x", "w"], ["h"]), oh.make_node("Tanh", ["h"], ["y"]),
                            initializers=[weight("w", (8, 3))])
