@@ -15,6 +15,7 @@ from onnx_snn.rules.fused_matmul import FusedMatMul
 from onnx_snn.rules.gelu_erf import GeluErf
 from onnx_snn.rules.gelu_op import GeluOp
 from onnx_snn.rules.gelu_tanh import GeluTanh
+from onnx_snn.rules.group_query_attention import GroupQueryAttention
 from onnx_snn.rules.layernorm import LayerNormOp
 from onnx_snn.rules.layernorm_decomposed import LayerNormDecomposed
 from onnx_snn.rules.linear_input import LinearInput
@@ -29,7 +30,7 @@ from onnx_snn.rules.softmax import SoftmaxRule
 
 # expanded first, always (they change no value): onnxruntime's fused ops as standard ops
 FUSED_RULES: tuple[Rule, ...] = (EmbedLayerNorm(), SkipLayerNorm(), MsAttention(), MsMultiHeadAttention(),
-                                BiasGelu(), QuickGelu(), FusedMatMul())
+                                GroupQueryAttention(), BiasGelu(), QuickGelu(), FusedMatMul())
 NONLINEAR_RULES: tuple[Rule, ...] = (
     GeluErf(), GeluTanh(), GeluOp(), Silu(), SigmoidTanh(), SoftmaxRule(), LayerNormOp(), LayerNormDecomposed(),
     RMSNorm(),
