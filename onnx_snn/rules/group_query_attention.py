@@ -9,7 +9,8 @@ As the kernel does: a token's position is s in a first prompt (sequence = total 
 seqlens_k + 1 - sequence + s; it attends to the keys up to its own position and the row's last
 valid one (seqlens_k); the present K / V hold, per row, the past's valid tokens, the new ones, then
 zeros.
-Near misses: separate key / value inputs, a shared past/present buffer, position_ids,
+The present K / V are as long as past + new (a runtime that binds one buffer to past and present,
+onnxruntime-genai's past_present_share_buffer, must not). Near misses: separate key / value inputs, position_ids,
 attention_bias, head_sink, local_window_size, softcap, smooth_softmax, rotary_interleaved, a
 rotary dimension other than the head size, an unknown head size."""
 
@@ -58,8 +59,6 @@ class GroupQueryAttention:
             why = f"a rotary dimension other than the head size {head_size} (cos_cache {cos_shape})"
         if not why and (given(node, 3) is None) != (given(node, 4) is None):
             why = "past_key without past_value or the reverse"
-        if not why and given(node, 3) and ctx.graph.declared_rank(node.output[1] if len(node.output) > 1 else "") == 3:
-            why = "a shared past/present buffer"
         if why:
             return miss(NAME, node, why)
         scale = g.attribute(node, "scale", 0.0) or 1 / math.sqrt(head_size)

@@ -30,12 +30,13 @@ def weight(name: str, shape, seed: int = 1, scale: float = 0.3) -> onnx.TensorPr
 
 
 def ms_model(nodes, feeds: dict[str, np.ndarray], outputs: dict[str, int | tuple[int, int]], initializers=(),
-             opset: int = 17, declared: dict[str, int] | None = None) -> onnx.ModelProto:
+             opset: int = 17, declared: dict[str, int] | None = None, symbolic: bool = False) -> onnx.ModelProto:
     """A model of `nodes`: inputs typed and shaped as `feeds`, outputs {name: element type, or
     (element type, rank)} of symbolic dims (rank 3 unless given); `declared`: value_info of these
-    ranks (symbolic dims)."""
+    ranks (symbolic dims); symbolic: the inputs' dims symbolic too (their ranks declared)."""
     outputs = {name: t if isinstance(t, tuple) else (t, 3) for name, t in outputs.items()}
-    inputs = [oh.make_tensor_value_info(name, oh.np_dtype_to_tensor_dtype(value.dtype), list(value.shape))
+    inputs = [oh.make_tensor_value_info(name, oh.np_dtype_to_tensor_dtype(value.dtype),
+                                        [f"{name}_{i}" for i in range(value.ndim)] if symbolic else list(value.shape))
               for name, value in feeds.items()]
     value_info = [oh.make_tensor_value_info(name, F, [f"{name}_{i}" for i in range(rank)])
                   for name, rank in (declared or {}).items()]
