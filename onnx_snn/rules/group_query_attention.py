@@ -24,7 +24,7 @@ from onnx import TensorProto
 
 from onnx_snn.rules.base import MatchContext, NearMiss, Site, weight_shape
 from onnx_snn.rules.expansion import (MS_DOMAIN, Emitter, additive, expansion_site, given, length, miss,
-                                      not_expandable, positions, split_heads)
+                                      not_expandable, positions)
 
 NAME = "group-query-attention"
 # inputs: query, key, value, past_key, past_value, seqlens_k, total_sequence_length, cos_cache, sin_cache,
