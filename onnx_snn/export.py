@@ -108,6 +108,37 @@ def export_minilm(form: str, out_dir: Path | None = None) -> Path:
     return path
 
 
+def optimize_for_onnxruntime(path: Path, model_type: str, num_heads: int, hidden_size: int, opt_level: int = 1) -> Path:
+    """The model at `path` through onnxruntime's transformers optimizer (its fused com.microsoft ops:
+    Attention, SkipLayerNormalization, ...), as deployments run it; written beside it as
+    `<name>.ort-optimized-<opt_level>.onnx`. Cached: an existing file is reused."""
+    import warnings
+
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    out = path.with_name(f"{path.stem}.ort-optimized-{opt_level}.onnx")
+    if out.is_file():
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimized = optimize_model(str(path), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size,
+                                   opt_level=opt_level, only_onnxruntime=False)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        optimized.save_model_to_file(str(tmp))
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+def export_minilm_optimized(opt_level: int = 1) -> Path:
+    """all-MiniLM-L6-v2 (the legacy opset-17 export) through onnxruntime's transformers optimizer."""
+    return optimize_for_onnxruntime(export_minilm("legacy17"), "bert", num_heads=12, hidden_size=384,
+                                    opt_level=opt_level)
+
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

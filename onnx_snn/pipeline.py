@@ -12,12 +12,12 @@ import onnx
 
 from onnx_snn import calibrate as cal
 from onnx_snn import model_io, ops
-from onnx_snn.graph import Graph
+from onnx_snn.graph import Graph, every_node
 from onnx_snn.neurons import NeuronChoice, check_presets
 from onnx_snn.precision import element_types
 from onnx_snn.report import Report, count_macs, count_sites, left_nonlinear, mac_tensors, spike_driven_macs
-from onnx_snn.rewrite import build_sites, find_sites
-from onnx_snn.rules import rule_set
+from onnx_snn.rewrite import build_sites, expand_fused, find_sites
+from onnx_snn.rules import FUSED_RULES, rule_set
 
 MAX_OPSET = 21
 
@@ -67,7 +67,10 @@ def convert_with_report(
     except ValueError as e:  # rules unknown, or left out by hybrid
         raise ConversionError(f"{where}: {e}") from None
     types = element_types(spiking)
+    expanded, fused_left = expand_fused(graph, FUSED_RULES, types)  # onnxruntime's fused ops, as standard ops
+    types = element_types(spiking) if expanded else types
     sites, near_misses = find_sites(graph, chosen, types)
+    near_misses += fused_left
     probes = [p for site in sites for p in site.probes]
     # calibration runs the original, before the rewrite: no copy of the model is needed
     calibration_result = cal.calibrate(spiking, model_dir, probes, batches, shape_tensors=mac_tensors(graph.graph),
@@ -80,7 +83,7 @@ def convert_with_report(
     spiking.ir_version = max(8, min(spiking.ir_version or ops.IR_VERSION, ops.IR_VERSION))
     model_io.check(spiking, full_check=True)
 
-    replaced, by_kind = count_sites(sites)
+    replaced, by_kind = count_sites(expanded + sites)
     total, driven, unknown = spike_driven_macs(graph, macs_by_layer)
     report = Report(
         model=where, timesteps=timesteps, hybrid=hybrid, replaced=replaced, replaced_by_kind=by_kind,
@@ -102,7 +105,8 @@ def validate(model: onnx.ModelProto, model_dir: str | None, where: str) -> None:
     if opset is None or not ops.common.MIN_OPSET <= opset <= MAX_OPSET:
         raise ConversionError(f"{where}: opset {opset} is not supported (opsets {ops.common.MIN_OPSET} to {MAX_OPSET}); "
                               "re-export the model, or convert it with onnx.version_converter")
-    if any(o.domain == ops.DOMAIN for o in model.opset_import):
+    # by its nodes: onnxruntime's optimizer imports every domain the runtime knows, used or not
+    if any(n.domain == ops.DOMAIN for n in every_node(model.graph)):
         raise ConversionError(f"{where}: already a spiking model (it uses the {ops.DOMAIN} domain)")
     model_io.check_external_data(model, model_dir, where)
     try:

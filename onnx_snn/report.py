@@ -54,6 +54,10 @@ KNOWN_LINEAR_OPS = {
 # outputs of these are not activations even when their inputs are
 _SHAPE_OPS = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin"}
 POSITION_ONLY = "computes on constants, shapes or positions only (e.g. rotary embeddings), not on activations"
+# linear ops on activations whose coefficients depend on positions: kept, and listed so a reader sees them
+POSITION_LINEAR_OPS = {("com.microsoft", "RotaryEmbedding")}
+POSITION_LINEAR = ("linear in its input: rotates pairs of its elements by angles that depend on positions only "
+                   "(kept; its output is encoded where a layer or product reads it)")
 
 
 def domain_of(node: onnx.NodeProto) -> str:
@@ -374,7 +378,8 @@ def _activations(scope: Graph, outer: frozenset[str] = frozenset()) -> set[str]:
 def left_nonlinear(graph: Graph, near_misses: list[NearMiss]) -> list[dict]:
     """Every nonlinear op the spiking graph still has, in any domain and in subgraphs, with why, and
     every near miss (also one anchored on another op: RMSNorm's x * x). An op of a domain (or of
-    onnxruntime's) that is not known is listed too: whether it is linear cannot be told."""
+    onnxruntime's) that is not known is listed too: whether it is linear cannot be told. Linear ops
+    with position-dependent coefficients (RotaryEmbedding) are listed as such, not on activations."""
     reasons = {m.node: m.reason for m in near_misses}
     active = _activations(graph)
     left = []
@@ -387,6 +392,8 @@ def left_nonlinear(graph: Graph, near_misses: list[NearMiss]) -> list[dict]:
             reason = f"near miss: {reasons[name]}"
         elif not known:
             reason = f"unknown op (domain {node.domain!r}): cannot tell whether it is linear"
+        elif (domain, node.op_type) in POSITION_LINEAR_OPS:
+            reason = POSITION_LINEAR
         elif node.op_type not in NONLINEAR_OPS.get(domain, ()):
             continue
         elif active.isdisjoint(reads(node)):
@@ -398,7 +405,7 @@ def left_nonlinear(graph: Graph, near_misses: list[NearMiss]) -> list[dict]:
         else:
             reason = "no rule matches this form"
         left.append({"node": scope.where + name, "op_type": node.op_type, "domain": domain, "reason": reason,
-                     "on_activations": reason != POSITION_ONLY})
+                     "on_activations": reason not in (POSITION_ONLY, POSITION_LINEAR)})
     return left
 
 

@@ -59,6 +59,7 @@ class NearMiss:
 class MatchContext:
     graph: Graph
     spike_encoded: set[str]  # tensors that carry MBE neuron outputs once the earlier sites are built
+    types: dict[str, int] = field(default_factory=dict)  # element types (precision.element_types), where known
 
 
 class Rule(Protocol):
@@ -143,19 +144,20 @@ def through_casts(ctx: MatchContext, name: str, casts: list[onnx.NodeProto]) -> 
         name = user.output[0]
 
 
-def weight_source(graph: Graph, name: str) -> str | None:
+def weight_source(graph: Graph, name: str, through: tuple[str, ...] = ("Identity",)) -> str | None:
     """The constant (initializer or Constant output) a value is, also through Identity nodes: torch's
     exporter keeps one copy of identical weights and writes the others as Identity of it."""
     while not graph.is_constant(name):
         node = graph.defining_node(name)
-        if node is None or node.op_type != "Identity":
+        if node is None or node.op_type not in through:
             return None
         name = node.input[0]
     return name
 
 
 def is_weight(graph: Graph, name: str) -> bool:
-    return weight_source(graph, name) is not None
+    """A constant, also through Identity and Transpose nodes (a FusedMatMul's transB, expanded)."""
+    return weight_source(graph, name, ("Identity", "Transpose")) is not None
 
 
 def weight_shape(graph: Graph, name: str) -> tuple[int, ...] | None:
