@@ -6,10 +6,6 @@ the model converts once its opset (22) is accepted (issue 13, item 1)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -21,9 +17,10 @@ from onnx_snn.precision import element_types
 from onnx_snn.rewrite import expand_fused
 from onnx_snn.rules import FUSED_RULES
 from onnx_snn.runtime import session
+from onnx_snn.variants import LAYERS, genai_built
 
 pytest.importorskip("onnxruntime_genai")
-LAYERS, KV_HEADS, HEAD = 2, 2, 16
+KV_HEADS, HEAD = 2, 16
 B, S = 2, 6
 
 
@@ -31,27 +28,8 @@ B, S = 2, 6
 def built(tmp_path_factory):
     """The builder's model.onnx from a random-weight Llama saved as a Hugging Face folder (with a
     word-level tokenizer: the builder writes one out)."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    folder = tmp_path_factory.mktemp("genai")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
-                                      num_attention_heads=4, num_key_value_heads=KV_HEADS, max_position_embeddings=128,
-                                      rms_norm_eps=1e-5)
-    model = transformers.LlamaForCausalLM(config)
-    for name, p in model.named_parameters():  # weights large enough for activations to span the neurons
-        torch.nn.init.uniform_(p, 0.5, 1.5) if name.endswith("norm.weight") else torch.nn.init.normal_(p, std=0.15)
-    model.save_pretrained(folder / "hf")
-    tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(256)}, unk_token="t0"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="t0", bos_token="t1",
-                                         eos_token="t2").save_pretrained(folder / "hf")
-    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", "tiny-llama", "-i", folder / "hf",
-                    "-o", folder / "fp32", "-p", "fp32", "-e", "cpu", "-c", folder / "cache"], check=True,
-                   capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    return folder / "fp32" / "model.onnx"
+    pytest.importorskip("transformers")
+    return genai_built(tmp_path_factory.mktemp("genai"))
 
 
 def feeds(ids: np.ndarray, mask: np.ndarray, presents: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
