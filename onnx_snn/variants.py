@@ -228,3 +228,17 @@ def genai_built(folder: Path, precision: str = "fp32") -> Path:
                     "-o", folder / precision, "-p", precision, "-e", "cpu", "-c", folder / "cache"], check=True,
                    capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return folder / precision / "model.onnx"
+
+
+GENAI_KV_HEADS, GENAI_HEAD = 2, HIDDEN // 4
+
+
+def genai_feeds(ids: np.ndarray, mask: np.ndarray, presents: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Inputs of genai_built's model: the past is `presents` (outputs by name of the step before) or
+    empty (a first prompt). Its head dim is declared symbolic, so inputs cannot be synthesised."""
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    for layer in range(LAYERS):
+        for kind in ("key", "value"):
+            inputs[f"past_key_values.{layer}.{kind}"] = (presents[f"present.{layer}.{kind}"] if presents else
+                                                         np.zeros((len(ids), GENAI_KV_HEADS, 0, GENAI_HEAD), np.float32))
+    return inputs

@@ -17,10 +17,9 @@ from onnx_snn.precision import element_types
 from onnx_snn.rewrite import expand_fused
 from onnx_snn.rules import FUSED_RULES
 from onnx_snn.runtime import session
-from onnx_snn.variants import LAYERS, genai_built
+from onnx_snn.variants import genai_built, genai_feeds
 
 pytest.importorskip("onnxruntime_genai")
-KV_HEADS, HEAD = 2, 16
 B, S = 2, 6
 
 
@@ -32,23 +31,14 @@ def built(tmp_path_factory):
     return genai_built(tmp_path_factory.mktemp("genai"))
 
 
-def feeds(ids: np.ndarray, mask: np.ndarray, presents: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-    inputs = {"input_ids": ids, "attention_mask": mask}
-    for layer in range(LAYERS):
-        for kind in ("key", "value"):
-            inputs[f"past_key_values.{layer}.{kind}"] = (presents[f"present.{layer}.{kind}"] if presents else
-                                                         np.zeros((len(ids), KV_HEADS, 0, HEAD), np.float32))
-    return inputs
-
-
 def prompt_and_step(run) -> list[tuple[dict, dict]]:
     """(inputs, outputs by name) of a right-padded prompt and the decode step after it."""
     rng = np.random.default_rng(0)
     mask = np.ones((B, S), np.int64)
     mask[1, 4:] = 0
-    first = feeds(rng.integers(3, 256, (B, S)), mask, None)
+    first = genai_feeds(rng.integers(3, 256, (B, S)), mask, None)
     outputs = run(first)
-    step = feeds(rng.integers(3, 256, (B, 1)), np.concatenate([mask, np.ones((B, 1), np.int64)], 1), outputs)
+    step = genai_feeds(rng.integers(3, 256, (B, 1)), np.concatenate([mask, np.ones((B, 1), np.int64)], 1), outputs)
     return [(first, outputs), (step, run(step))]
 
 
@@ -86,8 +76,8 @@ def test_converts_and_runs_with_the_kv_cache(built, tmp_path):
     checked = prompt_and_step(original)
     # calibration takes no empty input (a first prompt's past): a second chunk of a prompt, and a decode step
     rng = np.random.default_rng(5)
-    first = feeds(rng.integers(3, 256, (4, 8)), np.ones((4, 8), np.int64), None)
-    chunk = feeds(rng.integers(3, 256, (4, 8)), np.ones((4, 16), np.int64), original(first))
+    first = genai_feeds(rng.integers(3, 256, (4, 8)), np.ones((4, 8), np.int64), None)
+    chunk = genai_feeds(rng.integers(3, 256, (4, 8)), np.ones((4, 16), np.int64), original(first))
     spiking, report = pipeline.convert_with_report(model, timesteps=16, calibration=[chunk, checked[1][0]])
     assert report.spike_driven_share == 1.0
     assert {e["op_type"] for e in report.left} == {"RotaryEmbedding"}

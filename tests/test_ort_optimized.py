@@ -17,10 +17,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from onnx_snn.calibrate import synthesize
 from onnx_snn.pipeline import convert_with_report
 from onnx_snn.report import POSITION_ONLY
 from onnx_snn.runtime import session
-from onnx_snn.variants import HIDDEN, ort_optimized, tiny
+from onnx_snn.variants import HIDDEN, VOCAB, ort_optimized, tiny
 from test_precision import CALIBRATION, HELD_OUT
 
 pytest.importorskip("onnxruntime.transformers.optimizer")
@@ -68,6 +69,13 @@ def test_converts_fully(converted):
     left = {n.op_type for n in spiking.graph.node if n.domain == MS}
     assert left == set(), f"fused ops left: {left}"
     assert report.replaced_by_kind["fused"] == sum(n for (domain, op), n in FUSED[kind, level].items() if domain == MS)
+
+
+def test_synthesised_ids_are_below_the_vocabulary(converted):
+    """Without calibration data the ids are drawn below the embedding table's rows, whether the
+    lookup is a Gather or onnxruntime's EmbedLayerNormalization."""
+    _, _, fused, _, _ = converted
+    assert all(batch["input_ids"].max() < VOCAB for batch in synthesize(fused))
 
 
 def test_weights_are_byte_identical(converted):
