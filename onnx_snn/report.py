@@ -393,6 +393,8 @@ def left_nonlinear(graph: Graph, near_misses: list[NearMiss]) -> list[dict]:
             reason = POSITION_ONLY
         elif domain == "" and node.op_type in ("Div", "ReduceMean", "Pow") and all(scope.is_constant(i) for i in node.input[1:] if i):
             continue  # scaling by a constant, or a mean: linear
+        elif domain == "" and node.op_type == "Div" and active.isdisjoint(node.input[1:]):
+            continue  # divided by what is computed from constants or shapes only (Attention's softcap): linear
         elif (domain, node.op_type) in ATTENTION_OPS:
             reason = "attention op: its softmax and products run inside it on decoded values; no rule converts it"
         else:

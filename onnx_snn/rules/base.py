@@ -143,12 +143,13 @@ def through_casts(ctx: MatchContext, name: str, casts: list[onnx.NodeProto]) -> 
         name = user.output[0]
 
 
-def weight_source(graph: Graph, name: str) -> str | None:
-    """The constant (initializer or Constant output) a value is, also through Identity nodes: torch's
-    exporter keeps one copy of identical weights and writes the others as Identity of it."""
+def weight_source(graph: Graph, name: str, through: tuple[str, ...] = ("Identity", "Transpose")) -> str | None:
+    """The constant (initializer or Constant output) a value is, also through Identity nodes (torch's
+    exporter keeps one copy of identical weights and writes the others as Identity of it) and
+    Transposes (its dynamo exporter writes a tied output layer as a Transpose of the embeddings)."""
     while not graph.is_constant(name):
         node = graph.defining_node(name)
-        if node is None or node.op_type != "Identity":
+        if node is None or node.op_type not in through:
             return None
         name = node.input[0]
     return name
@@ -159,7 +160,7 @@ def is_weight(graph: Graph, name: str) -> bool:
 
 
 def weight_shape(graph: Graph, name: str) -> tuple[int, ...] | None:
-    source = weight_source(graph, name)
+    source = weight_source(graph, name, through=("Identity",))  # a Transpose would reorder the shape
     return None if source is None else graph.constant_shape(source)
 
 
