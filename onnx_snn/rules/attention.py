@@ -23,7 +23,8 @@ EXPANDED = ("Attention",)  # standard ops expanded into their function bodies
 
 def expand(model: onnx.ModelProto) -> int:
     """Replace every standard Attention node (also in If/Loop/Scan bodies) by the nodes of its
-    function; returns how many there were. Modifies `model`; weights are not touched."""
+    function; returns how many (0 if onnx cannot build a function: an input's type is not known).
+    Modifies `model`; weights are not touched."""
     count = sum(1 for n in every_node(model.graph) if n.op_type in EXPANDED and n.domain in ("", "ai.onnx"))
     if not count:
         return 0
@@ -31,8 +32,11 @@ def expand(model: onnx.ModelProto) -> int:
     # for the time it runs (the function built does not read an omitted input)
     for graph in graphs(model.graph):
         graph.value_info.append(onnx.helper.make_tensor_value_info("", onnx.TensorProto.FLOAT, None))
-    model.CopyFrom(onnx.inliner.inline_selected_functions(model, [("", op) for op in EXPANDED],
-                                                          inline_schema_functions=True))
+    try:
+        model.CopyFrom(onnx.inliner.inline_selected_functions(model, [("", op) for op in EXPANDED],
+                                                              inline_schema_functions=True))
+    except RuntimeError:  # an input of a type nothing declares or infers: the op stays (the report lists it)
+        count = 0
     for graph in graphs(model.graph):
         kept = [v for v in graph.value_info if v.name]
         del graph.value_info[:]

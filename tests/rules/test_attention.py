@@ -11,7 +11,9 @@ from onnx import TensorProto
 from onnx import helper as oh
 from rule_kit import convert, run, run_spiking
 
+from onnx_snn.graph import Graph
 from onnx_snn.ops.common import IR_VERSION
+from onnx_snn.report import left_nonlinear
 from onnx_snn.rules import attention
 from onnx_snn.runtime import newest_opset
 
@@ -119,3 +121,16 @@ def test_attention_converts_to_a_spiking_softmax_between_two_spike_driven_produc
     for name in expected:
         if not name.startswith("present"):
             assert cosine(expected[name], actual[name]) >= 0.999, (name, cosine(expected[name], actual[name]))
+
+
+def test_an_attention_onnx_cannot_expand_stays_and_is_listed_with_why():
+    # Q from an op of a domain nobody knows: its type is not known, so onnx builds no function
+    model, feeds = attention_model(23)
+    model.graph.node.insert(0, oh.make_node("Swirl", ["q"], ["q_swirled"], domain="my.custom"))
+    model.graph.node[1].input[0] = "q_swirled"
+    model.opset_import.append(oh.make_opsetid("my.custom", 1))
+    before = model.SerializeToString()
+    assert attention.expand(model) == 0
+    assert model.SerializeToString() == before
+    (entry,) = [e for e in left_nonlinear(Graph(model), []) if e["op_type"] == "Attention"]
+    assert entry["on_activations"] and "could not expand it" in entry["reason"]
