@@ -2,8 +2,7 @@
     v = ReduceMean(x^2) (Pow 2 or x * x); r = 1 / Sqrt(v + eps) (Reciprocal, or a Div of 1);
     y = x * r (or x / Sqrt(v + eps)); y = y * gamma   (float32 Casts along the chain)
 and the RMSNormalization (opset 23) and SimplifiedLayerNormalization ops. -> SpikingRMSNorm, checked
-end to end against its
-reference and the original."""
+end to end against its reference and the original."""
 
 import numpy as np
 import pytest
