@@ -17,7 +17,6 @@ import onnx.inliner
 
 from onnx_snn.graph import every_node, graphs
 
-NAME = "attention"
 EXPANDED = ("Attention",)  # standard ops expanded into their function bodies
 
 

@@ -187,6 +187,12 @@ def test_rmsnormalization_scale_that_only_broadcasts_is_a_near_miss():
     assert [(m.rule, m.op_type) for m in misses] == [(RULE, "RMSNormalization")] and "gamma of shape" in misses[0].reason
 
 
+def test_rmsnormalization_left_is_in_the_report_with_why():
+    _, report = convert(rmsnormalization_graph(scale_shape=(1,)), {"x0": inputs()})
+    (entry,) = [e for e in report.left if e["op_type"] == "RMSNormalization"]
+    assert entry["on_activations"] and entry["reason"].startswith("near miss: its gamma of shape [1]")
+
+
 def test_used_inv_std_output_of_the_op_is_a_near_miss():
     sites, misses = search(simplified_layernorm_graph(inv_std_used=True))
     assert sites == []
