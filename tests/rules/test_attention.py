@@ -134,3 +134,19 @@ def test_an_attention_onnx_cannot_expand_stays_and_is_listed_with_why():
     assert model.SerializeToString() == before
     (entry,) = [e for e in left_nonlinear(Graph(model), []) if e["op_type"] == "Attention"]
     assert entry["on_activations"] and "could not expand it" in entry["reason"]
+
+
+def test_an_attention_in_an_if_branch_is_expanded_and_converted():
+    model, feeds = attention_model(23, mask="bool")
+    attention_node = model.graph.node.pop()
+    shape = [B, 4, S, D]
+    branch = {name: oh.make_graph([node], name, [], [oh.make_tensor_value_info("y_" + name, TensorProto.FLOAT, shape)])
+              for name, node in [("then", oh.make_node("Attention", list(attention_node.input), ["y_then"])),
+                                 ("else", oh.make_node("Identity", ["q"], ["y_else"]))]}
+    model.graph.node.append(oh.make_node("If", ["flag"], ["y"], then_branch=branch["then"], else_branch=branch["else"]))
+    model.graph.input.append(oh.make_tensor_value_info("flag", TensorProto.BOOL, []))
+    feeds["flag"] = np.array(True)
+    onnx.checker.check_model(model, full_check=True)
+    spiking, report = convert(model, feeds)
+    assert report.replaced_by_kind == {"softmax": 1, "product": 2}
+    assert cosine(run(model, feeds)[0], run_spiking(spiking, feeds)[0]) >= 0.999
