@@ -1,7 +1,7 @@
 """The conversion pipeline, top to bottom in convert_with_report: load and validate -> expand ONNX
-Attention into its function (rules/attention.py) -> find the rules' sites -> calibrate their ranges on the original -> build the spiking ops -> attach the ops'
-functions -> check (onnx.checker, then both models on the same inputs) -> report. Saving is
-model_io.save (the CLI's last step)."""
+Attention into its function (rules/attention.py) -> find the rules' sites -> calibrate their ranges
+on the original -> build the spiking ops -> attach the ops' functions -> check (onnx.checker, then
+both models on the same inputs) -> report. Saving is model_io.save (the CLI's last step)."""
 
 from __future__ import annotations
 
