@@ -1,6 +1,6 @@
 """SpikingSoftmax: C++ kernel == ONNX function (onnxruntime without the library, and inlined) ==
-onnx.reference == numpy reference, on random neurons, inputs, shapes, axes and opsets 14 to the newest and on
-edge values; the blocks the composite ops share (fixed-order sum, frexp, pow2); accuracy with the
+onnx.reference == numpy reference, on random neurons, inputs, shapes, axes and opsets 14 to the
+newest and on edge values; the blocks the composite ops share (fixed-order sum, frexp, pow2); accuracy with the
 shipped presets; validation, threading, the optional spike output.
 
 Bit for bit, not within a tolerance: every implementation runs the same float32 operations in the
