@@ -156,3 +156,15 @@ def test_an_attention_in_an_if_branch_is_expanded_and_converted():
     spiking, report = convert(model, feeds)
     assert report.replaced_by_kind == {"softmax": 1, "product": 2}
     assert cosine(run(model, feeds)[0], run_spiking(spiking, feeds)[0]) >= 0.999
+
+
+def test_a_float16_attention_converts():
+    # the spiking ops compute in float32 behind Casts (onnx_snn/precision.py)
+    model, feeds = attention_model(23, mask="float", attributes={"softcap": 5.0})
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    feeds = {name: value.astype(np.float16) for name, value in feeds.items()}
+    spiking, report = convert(model, feeds)
+    assert report.replaced_by_kind == {"softmax": 1, "product": 2, "tanh": 1} and report.spike_driven_share == 1.0
+    actual = run_spiking(spiking, feeds)[0]
+    assert actual.dtype == np.float16 and cosine(run(model, feeds)[0], actual) >= 0.999
