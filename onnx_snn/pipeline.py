@@ -59,7 +59,7 @@ def convert_with_report(
     spiking, model_dir = model_io.load(model)
     validate(spiking, model_dir, where)
     attention.expand(spiking)  # into its ONNX function: the softmax and product rules convert its parts
-    batches, synthesized = cal.iter_batches(spiking, calibration)
+    batches, synthesized = cal.iter_batches(spiking, calibration, model_dir=model_dir)
 
     graph = Graph(spiking)
     try:
