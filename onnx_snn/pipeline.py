@@ -99,7 +99,7 @@ def convert_with_report(
 def validate(model: onnx.ModelProto, model_dir: str | None, where: str) -> None:
     """Refuse what cannot be converted, with the reason."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    oldest, newest = ops.common.MIN_OPSET, newest_opset(ops.common.MIN_OPSET)
+    oldest, newest = ops.common.MIN_OPSET, newest_opset()
     if opset is None:
         raise ConversionError(f"{where}: the model imports no standard ONNX opset; re-export it")
     if opset < oldest:
@@ -130,7 +130,8 @@ def downgrade_advice(model: onnx.ModelProto, newest: int) -> str:
     blocking = sorted(op for op in used if first_version.get(op, newest + 1) > newest)
     advice = f"re-export the model at opset {newest} or lower (torch: torch.onnx.export(..., opset_version={newest}))"
     if blocking:
-        return f"{advice}; onnx.version_converter cannot: {', '.join(blocking)} has no version at opset {newest}"
+        verb = "has" if len(blocking) == 1 else "have"
+        return f"{advice}; onnx.version_converter cannot: {', '.join(blocking)} {verb} no version at opset {newest}"
     return f"{advice}, or convert it: onnx.version_converter.convert_version(model, {newest})"
 
 

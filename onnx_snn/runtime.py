@@ -34,21 +34,24 @@ def get_library_path() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def newest_opset(oldest: int) -> int:
+def newest_opset() -> int:
     """The newest standard opset that both the installed onnx (its schemas) and onnxruntime run, found
     by loading a one-node model at each opset from onnx's newest down (onnxruntime has no API that
-    tells its own); `oldest` - 1 if none from `oldest` on loads."""
-    for opset in range(onnx.defs.onnx_opset_version(), oldest - 1, -1):
+    tells its own); MIN_OPSET - 1 if none from MIN_OPSET on loads."""
+    from onnx_snn.ops.common import IR_VERSION, MIN_OPSET
+
+    for opset in range(onnx.defs.onnx_opset_version(), MIN_OPSET - 1, -1):
         graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe",
                                        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
                                        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
-        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)], ir_version=10)
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)],
+                                       ir_version=IR_VERSION)
         try:
             ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
             return opset
         except (_ort_state.Fail, _ort_state.InvalidGraph, _ort_state.NotImplemented):
             continue
-    return oldest - 1
+    return MIN_OPSET - 1
 
 
 _REGISTERED = "onnx_snn.library_registered"

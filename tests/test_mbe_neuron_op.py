@@ -24,7 +24,7 @@ from onnx_snn.ops import mbe_neuron
 from onnx_snn.ops.common import IR_VERSION, single_node_model
 from onnx_snn.runtime import newest_opset
 
-NEWEST_OPSET = newest_opset(14)  # the function bodies at every opset onnx and onnxruntime both run
+NEWEST_OPSET = newest_opset()  # the function bodies at every opset onnx and onnxruntime both run
 
 
 def neuron_graph(neuron: MBEParameters | SlotTables, shape=("n",), opset=17):

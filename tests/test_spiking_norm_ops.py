@@ -32,7 +32,7 @@ from onnx_snn.mbe.neuron import SlotTables
 from onnx_snn.ops import mbe_neuron, spiking_layernorm, spiking_rmsnorm
 from onnx_snn.runtime import newest_opset
 
-NEWEST_OPSET = newest_opset(14)  # the function bodies at every opset onnx and onnxruntime both run
+NEWEST_OPSET = newest_opset()  # the function bodies at every opset onnx and onnxruntime both run
 
 
 def exact_layer_norm(x: np.ndarray, epsilon: float) -> np.ndarray:

@@ -31,7 +31,7 @@ from onnx_snn.mbe.neuron import simulate
 from onnx_snn.ops import CALLS, FUNCTIONS, blocks, mbe_neuron, spiking_softmax
 from onnx_snn.runtime import newest_opset
 
-NEWEST_OPSET = newest_opset(14)  # the function bodies at every opset onnx and onnxruntime both run
+NEWEST_OPSET = newest_opset()  # the function bodies at every opset onnx and onnxruntime both run
 
 NEURON_PAIRS = [  # (exp2, reciprocal): arbitrary neurons, the ops must simulate whatever they get
     (random_neuron(11, 3, 8).tables, random_neuron(12, 4, 8).tables),

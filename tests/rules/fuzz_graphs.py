@@ -535,7 +535,7 @@ def cases(draw, pattern: str, near_miss: bool) -> Case:
     mutated = {place} if near_miss else set()
     if near_miss:
         mutated |= {i for i, p in enumerate(patterns) if p in NEAR_MISSES and draw(st.booleans())}
-    opset = draw(st.integers(max([14] + [MIN_OPSET.get(p, 14) for p in patterns]), newest_opset(14)))
+    opset = draw(st.integers(max([14] + [MIN_OPSET.get(p, 14) for p in patterns]), newest_opset()))
     rank = draw(st.integers(2, 4))
     batch, rows, features = draw(st.integers(1, 3)), draw(st.sampled_from([1, 3, 8])), draw(st.sampled_from([4, 8]))
     shape = (batch, *(2,) * (rank - 3), *(rows,) * (rank > 2), features)  # [B, 8], [B, S, 8], [B, 2, S, 8]

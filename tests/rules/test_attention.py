@@ -18,7 +18,7 @@ from onnx_snn.rules import attention
 from onnx_snn.runtime import newest_opset
 
 B, S, P, D = 2, 5, 3, 8  # batch, new tokens, past tokens, head size
-OPSETS = sorted({23, 24, newest_opset(14)})
+OPSETS = sorted({23, 24, newest_opset()})
 # the forms, by what is set: heads (query, kv); 3-D inputs; mask; past; attributes; outputs used
 CASES = {
     "plain": dict(),
