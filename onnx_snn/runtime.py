@@ -14,6 +14,8 @@ import onnx
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
+from onnx_snn.ops.common import IR_VERSION, MIN_OPSET
+
 _LIBRARY_NAMES = {"linux": "libonnx_snn_ops.so", "darwin": "libonnx_snn_ops.dylib", "win32": "onnx_snn_ops.dll"}
 
 
@@ -38,8 +40,6 @@ def newest_opset() -> int:
     """The newest standard opset that both the installed onnx (its schemas) and onnxruntime run, found
     by loading a one-node model at each opset from onnx's newest down (onnxruntime has no API that
     tells its own); MIN_OPSET - 1 if none from MIN_OPSET on loads."""
-    from onnx_snn.ops.common import IR_VERSION, MIN_OPSET
-
     for opset in range(onnx.defs.onnx_opset_version(), MIN_OPSET - 1, -1):
         graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe",
                                        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
