@@ -145,8 +145,9 @@ def through_casts(ctx: MatchContext, name: str, casts: list[onnx.NodeProto]) -> 
 
 
 def weight_source(graph: Graph, name: str, through: tuple[str, ...] = ("Identity",)) -> str | None:
-    """The constant (initializer or Constant output) a value is, also through Identity nodes: torch's
-    exporter keeps one copy of identical weights and writes the others as Identity of it."""
+    """The constant (initializer or Constant output) a value is, also through the ops in `through`:
+    Identity (torch's exporter keeps one copy of identical weights and writes the others as Identity of
+    it); is_weight adds Transpose (a FusedMatMul's transB expanded, dynamo's tied output layer)."""
     while not graph.is_constant(name):
         node = graph.defining_node(name)
         if node is None or node.op_type not in through:
@@ -161,7 +162,7 @@ def is_weight(graph: Graph, name: str) -> bool:
 
 
 def weight_shape(graph: Graph, name: str) -> tuple[int, ...] | None:
-    source = weight_source(graph, name)
+    source = weight_source(graph, name, through=("Identity",))  # a Transpose would reorder the shape
     return None if source is None else graph.constant_shape(source)
 
 

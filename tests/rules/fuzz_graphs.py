@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from rule_kit import Builder, graph_model, run, write_gelu_erf, write_gelu_tanh, write_layernorm, write_rmsnorm
 
 from onnx_snn.rules.base import CONSTANT_RTOL
+from onnx_snn.runtime import newest_opset
 
 ELEMENTWISE_REACH = {"gelu": 8.0, "silu": 8.0, "sigmoid": 8.0, "tanh": 4.0}  # the neurons' domains: [-r, r]
 PATTERNS = ("gelu-erf", "gelu-tanh", "gelu-op", "silu", "sigmoid", "tanh", "softmax", "layernorm-op",
@@ -531,7 +532,7 @@ def cases(draw, pattern: str, near_miss: bool) -> Case:
     mutated = {place} if near_miss else set()
     if near_miss:
         mutated |= {i for i, p in enumerate(patterns) if p in NEAR_MISSES and draw(st.booleans())}
-    opset = draw(st.integers(max([14] + [MIN_OPSET.get(p, 14) for p in patterns]), 21))
+    opset = draw(st.integers(max([14] + [MIN_OPSET.get(p, 14) for p in patterns]), newest_opset()))
     rank = draw(st.integers(2, 4))
     batch, rows, features = draw(st.integers(1, 3)), draw(st.sampled_from([1, 3, 8])), draw(st.sampled_from([4, 8]))
     shape = (batch, *(2,) * (rank - 3), *(rows,) * (rank > 2), features)  # [B, 8], [B, S, 8], [B, 2, S, 8]
