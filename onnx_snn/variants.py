@@ -1,6 +1,7 @@
 """The model variants users bring, built in-process for the tests and scripts/supported_models.py:
 tiny random-weight transformers models (BERT, GPT-2, Llama: hidden 64, 2 layers), their exports
-(torch's legacy exporter; a decoder with its KV cache, onnx_snn.export.export_causal_lm), and the
+(torch's legacy exporter; its dynamo exporter at an opset; a decoder with its KV cache,
+onnx_snn.export.export_causal_lm), and the
 variants model hubs ship beside model.onnx (float16 both ways, bfloat16, a merged decoder,
 onnxruntime's transformers optimizer, onnxruntime-genai's model builder).
 
@@ -105,6 +106,27 @@ def tiny(kind: str, opset: int = 17, **options) -> onnx.ModelProto:
     """tiny_module(kind, **options) exported by torch's legacy exporter: inputs input_ids and
     attention_mask, output y."""
     return export_legacy(tiny_module(kind, **options), ["input_ids", "attention_mask"], example_tokens(), opset)
+
+
+def dynamo_program(module):
+    """The module traced by torch.export on the example tokens, batch and sequence dynamic: one trace
+    serves every opset (export_dynamo)."""
+    import torch
+
+    dims = {0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO}
+    with torch.no_grad():
+        return torch.export.export(module, example_tokens(), dynamic_shapes=(dims, dims))
+
+
+def export_dynamo(program, opset: int) -> onnx.ModelProto:
+    """A dynamo_program translated by torch's dynamo exporter at `opset` (BERT with sdpa at 23 and 24:
+    the ONNX Attention op; a Llama at 23: also RMSNormalization and RotaryEmbedding); output y."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.onnx.export(program, dynamo=True, opset_version=opset, input_names=["input_ids", "attention_mask"],
+                                 output_names=["y"], verbose=False).model_proto
 
 
 def tiny_causal_lm(kind: str, path: Path, *, with_past: bool = False, **options) -> Path:
@@ -228,6 +250,15 @@ def genai_built(folder: Path, precision: str = "fp32") -> Path:
                     "-o", folder / precision, "-p", precision, "-e", "cpu", "-c", folder / "cache"], check=True,
                    capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return folder / precision / "model.onnx"
+
+
+def without_constants_declared(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The builder's model without its declarations of /model/constants/ values: it declares its
+    [1]-shaped constants as scalars, which onnx's full check (shape inference) refuses."""
+    kept = [v for v in model.graph.value_info if not v.name.startswith("/model/constants/")]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+    return model
 
 
 GENAI_KV_HEADS, GENAI_HEAD = 2, HIDDEN // 4

@@ -32,7 +32,7 @@ import onnxruntime as ort
 from onnx_snn import calibrate as cal
 from onnx_snn import variants
 from onnx_snn.pipeline import convert_with_report
-from onnx_snn.report import POSITION_LINEAR, POSITION_ONLY, Report
+from onnx_snn.report import POSITION_ONLY, ROTARY_LINEAR, Report
 from onnx_snn.runtime import session
 
 TIMESTEPS = 16
@@ -50,6 +50,7 @@ class Row:
     build: Callable[[Path], onnx.ModelProto | Path]  # given a scratch folder
     real: bool = False  # the real MiniLM: fidelity on sentence embeddings
     inputs: Callable[[ort.InferenceSession, int], list[dict]] | None = None  # batches (seed); None: synthesised
+    batch_size: int = 4  # of the synthesised batches
 
 
 def legacy(kind: str, folder: Path) -> Path:
@@ -58,6 +59,16 @@ def legacy(kind: str, folder: Path) -> Path:
     if not path.exists():
         onnx.save(variants.tiny(kind), str(path))
     return path
+
+
+PROGRAMS: dict = {}  # kind -> its torch.export trace, translated at each opset
+
+
+def dynamo(kind: str, opset: int) -> onnx.ModelProto:
+    """The tiny model with sdpa attention, through torch's dynamo exporter at `opset`."""
+    if kind not in PROGRAMS:
+        PROGRAMS[kind] = variants.dynamo_program(variants.tiny_module(kind, attn_implementation="sdpa"))
+    return variants.export_dynamo(PROGRAMS[kind], opset)
 
 
 def tiny_rows() -> list[Row]:
@@ -81,6 +92,12 @@ def tiny_rows() -> list[Row]:
             rows.append(Row(name, f"{legacy_path} + onnxruntime transformers optimizer", f"opt_level {level}",
                             lambda f, k=kind, lv=level: variants.ort_optimized(
                                 legacy(k, f), "bert" if k == "bert" else "gpt2", 4, variants.HIDDEN, lv)))
+        if kind != "gpt2":
+            for opset in (18, 20, 22, 23, 24):
+                # the Llama's RotaryEmbedding (opset 23) holds cos/sin caches of batch 1 and runs at no other
+                one = kind == "llama" and opset == 23
+                rows.append(Row(name, f"torch dynamo, opset {opset} (sdpa)", "float32" + (", batch 1" if one else ""),
+                                lambda f, k=kind, o=opset: dynamo(k, o), batch_size=1 if one else 4))
         if kind != "bert":
             rows += [
                 Row(name, "torch legacy, opset 17, with KV cache", "float32 (past_key_values.N / present.N)",
@@ -89,25 +106,33 @@ def tiny_rows() -> list[Row]:
                 Row(name, "torch legacy, opset 17, merged decoder (If)", "float32",
                     lambda f, k=kind: variants.merged_decoder(onnx.load(legacy(k, f)))),
             ]
-    rows += [Row("Llama", "onnxruntime-genai model builder", precision,
-                 lambda f, p=precision: variants.genai_built(f / "genai", p), inputs=genai_batches)
-             for precision in ("fp32", "int4")]
+    for precision in ("fp32", "int4"):
+        rows += [Row("Llama", "onnxruntime-genai model builder", precision,
+                     lambda f, p=precision: variants.genai_built(f / f"genai-{p}", p), inputs=genai_batches),
+                 Row("Llama", "onnxruntime-genai model builder", f"{precision}, its scalar declarations of [1] "
+                     "constants removed", lambda f, p=precision: variants.without_constants_declared(
+                         onnx.load(str(variants.genai_built(f / f"genai-{p}", p)))), inputs=genai_batches)]
     return rows
 
 
 def genai_batches(original: ort.InferenceSession, seed: int) -> list[dict]:
-    """The builder declares its past's head dim symbolic, so no inputs are synthesised: the second
-    chunk of a prompt (past 8) and the decoding step after it (past 16)."""
+    """The builder declares its past's head dim symbolic, so no inputs are synthesised. Calibration
+    (seed 0): the second chunk of a prompt (past 8; one sequence: the GroupQueryAttention kernel takes
+    a chunk after a past at batch 1 only) and a decoding step (batch 4, past 8); held out (seed 1):
+    a first prompt (past 0) and the decoding step after it."""
     rng = np.random.default_rng(seed)
     names = [o.name for o in original.get_outputs()]
 
-    def step(new: int, past: int, presents: dict | None) -> dict:
-        return variants.genai_feeds(rng.integers(3, variants.VOCAB, (4, new)), np.ones((4, past + new), np.int64),
-                                    presents)
+    def step(batch: int, new: int, before: dict | None = None) -> dict:
+        past = before["attention_mask"].shape[1] if before else 0
+        presents = dict(zip(names, original.run(None, before))) if before else None
+        return variants.genai_feeds(rng.integers(3, variants.VOCAB, (batch, new)),
+                                    np.ones((batch, past + new), np.int64), presents)
 
-    first = step(8, 0, None)
-    chunk = step(8, 8, dict(zip(names, original.run(None, first))))
-    return [chunk, step(1, 16, dict(zip(names, original.run(None, chunk))))]
+    prompt = step(4, 8)
+    if seed == 0:
+        return [step(1, 8, step(1, 8)), step(4, 1, prompt)]
+    return [prompt, step(4, 1, prompt)]
 
 
 def minilm_rows() -> list[Row]:
@@ -147,7 +172,8 @@ def batches(row: Row, source: onnx.ModelProto | Path, seed: int) -> list[dict]:
         return row.inputs(original_session(source), seed)
     model = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source), load_external_data=False)
     folder = None if isinstance(source, onnx.ModelProto) else str(Path(source).parent)
-    return cal.synthesize(model, batches=4 if seed == 0 else 2, sequence=16, seed=seed, model_dir=folder)
+    return cal.synthesize(model, batches=4 if seed == 0 else 2, batch_size=row.batch_size, sequence=16, seed=seed,
+                          model_dir=folder)
 
 
 def held_out_cosine(row: Row, source: onnx.ModelProto | Path, spiking: onnx.ModelProto) -> float:
@@ -167,7 +193,7 @@ def left_summary(report: Report) -> str:
     """The ops left, counted by op and reason; those off activations (positions, rotary) marked so."""
     if not report.left:
         return "none"
-    short = {POSITION_ONLY: "on positions only", POSITION_LINEAR: "rotary: linear, on positions"}
+    short = {POSITION_ONLY: "on positions only", ROTARY_LINEAR: "rotary: linear, angles from positions"}
     counts = Counter((e["op_type"], short.get(e["reason"], e["reason"])) for e in report.left)
     return "; ".join(f"{op} {n} ({reason})" for (op, reason), n in sorted(counts.items()))
 
