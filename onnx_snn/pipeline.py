@@ -1,5 +1,5 @@
-"""The conversion pipeline, top to bottom in convert_with_report: load and validate -> expand ONNX
-Attention into its function (rules/attention.py) -> find the rules' sites -> calibrate their ranges
+"""The conversion pipeline, top to bottom in convert_with_report: load and validate -> normalise
+(composite ops into the standard ops they compute) -> find the rules' sites -> calibrate their ranges
 on the original -> build the spiking ops -> attach the ops' functions -> check (onnx.checker, then
 both models on the same inputs) -> report. Saving is model_io.save (the CLI's last step)."""
 
@@ -56,19 +56,15 @@ def convert_with_report(
         check_presets(timesteps, dict(bases or {}))
     except ValueError as e:
         raise ConversionError(f"{where}: {e}") from None
-    spiking, model_dir = model_io.load(model)
-    validate(spiking, model_dir, where)
-    attention.expand(spiking)  # into its ONNX function: the softmax and product rules convert its parts
-    batches, synthesized = cal.iter_batches(spiking, calibration, model_dir=model_dir)
-
-    graph = Graph(spiking)
     try:
         chosen = rule_set(hybrid, rules)
     except ValueError as e:  # rules unknown, or left out by hybrid
         raise ConversionError(f"{where}: {e}") from None
-    types = element_types(spiking)
-    expanded, fused_left = expand_fused(graph, FUSED_RULES, types)  # onnxruntime's fused ops, as standard ops
-    types = element_types(spiking) if expanded else types
+    spiking, model_dir = model_io.load(model)
+    validate(spiking, model_dir, where)
+    graph, types, expanded, fused_left = normalise(spiking)
+    batches, synthesized = cal.iter_batches(spiking, calibration, model_dir=model_dir)
+
     sites, near_misses = find_sites(graph, chosen, types)
     near_misses += fused_left
     probes = [p for site in sites for p in site.probes]
@@ -97,6 +93,17 @@ def convert_with_report(
     if check:
         report.check = compare(calibration_result.first_outputs, spiking, model_dir, calibration_result.first_batch)
     return spiking, report
+
+
+def normalise(model: onnx.ModelProto) -> tuple[Graph, dict[str, int], list, list]:
+    """Composite ops as the standard ops they compute, so that the rules see their parts: ONNX
+    Attention as its own function, onnxruntime's fused ops by the expansion rules (no value changes).
+    (the graph index, the element types, the expansions, the fused ops left with why)."""
+    attention.expand(model)
+    graph = Graph(model)
+    types = element_types(model)
+    expanded, fused_left = expand_fused(graph, FUSED_RULES, types)
+    return graph, (element_types(model) if expanded else types), expanded, fused_left
 
 
 def validate(model: onnx.ModelProto, model_dir: str | None, where: str) -> None:
