@@ -95,8 +95,10 @@ _LOOKUPS = {"Gather": {1: 0}, "EmbedLayerNormalization": {0: 2, 1: 4}}
 
 def _vocabulary_size(model: onnx.ModelProto, input_name: str) -> int | None:
     """Rows of the embedding table an id input indexes (Gather(table, ids), the ids possibly
-    reshaped on the way, as GPT-2's export does), if any."""
+    reshaped on the way, as GPT-2's export does; a quantized table after its DequantizeLinear), if any."""
     shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    shapes |= {n.output[0]: shapes[n.input[0]] for n in every_node(model.graph)
+               if n.op_type == "DequantizeLinear" and n.input[0] in shapes}
     names, seen = [input_name], set()
     while names:
         name = names.pop()

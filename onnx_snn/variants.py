@@ -3,7 +3,7 @@ tiny random-weight transformers models (BERT, GPT-2, Llama: hidden 64, 2 layers)
 (torch's legacy exporter; its dynamo exporter at an opset; a decoder with its KV cache,
 onnx_snn.export.export_causal_lm), and the
 variants model hubs ship beside model.onnx (float16 both ways, bfloat16, a merged decoder,
-onnxruntime's transformers optimizer, onnxruntime-genai's model builder).
+onnxruntime's quantizations, its transformers optimizer, onnxruntime-genai's model builder).
 
 Not on the conversion path: torch, transformers, onnxconverter-common and onnxruntime's tools are
 imported inside the functions that use them."""
@@ -230,6 +230,38 @@ def ort_optimized(path: str | os.PathLike, model_type: str, num_heads: int, hidd
     buffer = io.BytesIO()
     onnx.save(optimized.model, buffer)
     return onnx.load_from_string(buffer.getvalue())
+
+
+QUANTIZATIONS = ("dynamic-qint8", "dynamic-quint8", "qdq", "qoperator", "matmulnbits")
+
+
+def quantize(source: str | os.PathLike, variant: str, calibration: list[dict], out: str | os.PathLike) -> str:
+    """The model at path `source` quantized by onnxruntime's tools as `variant` (QUANTIZATIONS:
+    dynamic int8 with QInt8 or QUInt8 weights, the usual model_quantized.onnx; static QDQ or QOperator,
+    calibrated on `calibration`; 4-bit weight-only MatMulNBits, block 32), written to `out`."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    source, out = str(source), str(out)
+    if variant.startswith("dynamic"):
+        quantize_dynamic(source, out, weight_type=QuantType.QInt8 if variant == "dynamic-qint8" else QuantType.QUInt8)
+    elif variant in ("qdq", "qoperator"):
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.batches = iter(calibration)
+
+            def get_next(self):
+                return next(self.batches, None)
+
+        quantize_static(source, out, Reader(), quant_format=QuantFormat.QDQ if variant == "qdq" else QuantFormat.QOperator)
+    elif variant == "matmulnbits":
+        quantizer = MatMulNBitsQuantizer(onnx.load(source), block_size=32, is_symmetric=True)
+        quantizer.process()
+        onnx.save(quantizer.model.model, out)
+    else:
+        raise ValueError(f"unknown quantization {variant!r}; one of {', '.join(QUANTIZATIONS)}")
+    return out
 
 
 def genai_built(folder: Path, precision: str = "fp32") -> Path:

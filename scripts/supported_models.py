@@ -88,6 +88,11 @@ def tiny_rows() -> list[Row]:
         if block:
             rows.append(Row(name, legacy_path, "float16, float32 I/O, Casts not blocked",
                             lambda f, k=kind: variants.to_float16(onnx.load(legacy(k, f)), True)))
+        for quantization in variants.QUANTIZATIONS:
+            rows.append(Row(name, legacy_path + " + onnxruntime.quantization", quantization,
+                            lambda f, k=kind, q=quantization: Path(variants.quantize(
+                                legacy(k, f), q, cal.synthesize(onnx.load(legacy(k, f)), batches=4, sequence=16),
+                                f / f"{k}.{q}.onnx"))))
         for level in (1, 2):
             rows.append(Row(name, f"{legacy_path} + onnxruntime transformers optimizer", f"opt_level {level}",
                             lambda f, k=kind, lv=level: variants.ort_optimized(
@@ -145,10 +150,12 @@ def minilm_rows() -> list[Row]:
     name = "all-MiniLM-L6-v2 (real)"
     rows = [Row(name, label, "float32", lambda f, form=form: export_minilm(form), real=True) for form, label in
             (("legacy14", "torch legacy, opset 14"), ("legacy17", "torch legacy, opset 17"),
-             ("dynamo", "torch dynamo, opset 20"))]
+             ("dynamo", "torch dynamo, opset 20"), ("dynamo23", "torch dynamo, opset 23 (sdpa: ONNX Attention)"))]
     rows += [Row(name, "torch legacy, opset 17", variant, lambda f, io=io, v=variant: saved(
         variants.to_float16(onnx.load(str(export_minilm("legacy17"))), io), f, f"minilm.{v}.onnx"), real=True)
         for io, variant in ((False, "float16"), (True, "float16, float32 I/O (keep_io_types)"))]
+    rows += [Row(name, "torch legacy, opset 17 + onnxruntime.quantization", q, lambda f, q=q: Path(variants.quantize(
+        export_minilm("legacy17"), q, [], f / f"minilm.{q}.onnx")), real=True) for q in ("dynamic-qint8", "dynamic-quint8")]
     rows.append(Row(name, "torch legacy, opset 17 + onnxruntime transformers optimizer", "opt_level 1",
                     lambda f: export_minilm_optimized(1), real=True))
     return rows
