@@ -89,16 +89,17 @@ def example_tokens():
     return ids, (ids > 0).long()
 
 
-def export_legacy(module, names: list[str], args, opset: int = 17) -> onnx.ModelProto:
+def export_legacy(module, names: list[str], args, opset: int = 17, dynamic: tuple[str, ...] = ("batch", "sequence")
+                  ) -> onnx.ModelProto:
     """torch's legacy exporter (opset 17 by default, as the real models are exported); output "y",
-    the inputs' and output's first two axes dynamic."""
+    the inputs' and output's leading axes named `dynamic` (batch and sequence) dynamic."""
     import torch
 
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), tuple(args), buffer, dynamo=False, opset_version=opset, input_names=names,
-                          output_names=["y"], dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "y"]})
+                          output_names=["y"], dynamic_axes={n: dict(enumerate(dynamic)) for n in [*names, "y"]})
     return onnx.load_from_string(buffer.getvalue())
 
 

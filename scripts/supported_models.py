@@ -200,7 +200,7 @@ def left_summary(report: Report) -> str:
     """The ops left, counted by op and reason; those off activations (positions, rotary) marked so."""
     if not report.left:
         return "none"
-    short = {POSITION_ONLY: "on positions only", ROTARY_LINEAR: "rotary: linear, angles from positions"}
+    short = {POSITION_ONLY: "on constants, shapes or positions only", ROTARY_LINEAR: "rotary: linear, angles from positions"}
     counts = Counter((e["op_type"], short.get(e["reason"], e["reason"])) for e in report.left)
     return "; ".join(f"{op} {n} ({reason})" for (op, reason), n in sorted(counts.items()))
 
