@@ -143,20 +143,20 @@ def genai_batches(original: ort.InferenceSession, seed: int) -> list[dict]:
 def minilm_rows() -> list[Row]:
     from onnx_snn.export import export_minilm, export_minilm_optimized
 
-    def saved(model: onnx.ModelProto, folder: Path, name: str) -> Path:
-        onnx.save(model, str(folder / name))
-        return folder / name
+    def float16(folder: Path, keep_io_types: bool) -> Path:
+        path = folder / f"minilm.float16{'-io32' if keep_io_types else ''}.onnx"
+        onnx.save(variants.to_float16(onnx.load(str(export_minilm("legacy17"))), keep_io_types), str(path))
+        return path
 
-    name = "all-MiniLM-L6-v2 (real)"
+    name, legacy17 = "all-MiniLM-L6-v2 (real)", "torch legacy, opset 17"
     rows = [Row(name, label, "float32", lambda f, form=form: export_minilm(form), real=True) for form, label in
-            (("legacy14", "torch legacy, opset 14"), ("legacy17", "torch legacy, opset 17"),
-             ("dynamo", "torch dynamo, opset 20"), ("dynamo23", "torch dynamo, opset 23 (sdpa: ONNX Attention)"))]
-    rows += [Row(name, "torch legacy, opset 17", variant, lambda f, io=io, v=variant: saved(
-        variants.to_float16(onnx.load(str(export_minilm("legacy17"))), io), f, f"minilm.{v}.onnx"), real=True)
-        for io, variant in ((False, "float16"), (True, "float16, float32 I/O (keep_io_types)"))]
-    rows += [Row(name, "torch legacy, opset 17 + onnxruntime.quantization", q, lambda f, q=q: Path(variants.quantize(
+            (("legacy14", "torch legacy, opset 14"), ("legacy17", legacy17), ("dynamo", "torch dynamo, opset 20"),
+             ("dynamo23", "torch dynamo, opset 23 (sdpa: ONNX Attention)"))]
+    rows += [Row(name, legacy17, "float16", lambda f: float16(f, False), real=True),
+             Row(name, legacy17, "float16, float32 I/O (keep_io_types)", lambda f: float16(f, True), real=True)]
+    rows += [Row(name, legacy17 + " + onnxruntime.quantization", q, lambda f, q=q: Path(variants.quantize(
         export_minilm("legacy17"), q, [], f / f"minilm.{q}.onnx")), real=True) for q in ("dynamic-qint8", "dynamic-quint8")]
-    rows.append(Row(name, "torch legacy, opset 17 + onnxruntime transformers optimizer", "opt_level 1",
+    rows.append(Row(name, legacy17 + " + onnxruntime transformers optimizer", "opt_level 1",
                     lambda f: export_minilm_optimized(1), real=True))
     return rows
 
