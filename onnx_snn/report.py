@@ -12,8 +12,8 @@ import onnx
 
 from onnx_snn.graph import Graph
 from onnx_snn.ops import DOMAIN
-from onnx_snn.rules.base import NearMiss, Site, node_name
-from onnx_snn.rules.linear_input import activation_inputs
+from onnx_snn.rules.base import NearMiss, Site, node_name, weight_source
+from onnx_snn.rules.linear_input import LINEAR_OPS, activation_inputs, is_linear
 
 # ops that compute a nonlinear function of their input (what a spiking model must not leave)
 NONLINEAR_OPS = {
@@ -22,8 +22,10 @@ NONLINEAR_OPS = {
     "Sqrt", "Reciprocal", "Exp", "Log", "Pow", "Sin",
     "Cos", "Relu", "LeakyRelu", "Elu", "Selu", "Softplus", "HardSigmoid", "HardSwish", "Mish", "Div",
     "ReduceMean", "ReduceL2",
+    # QOperator (com.microsoft) forms: integer in, integer out
+    "QLinearSoftmax", "QLinearSigmoid", "QLinearLeakyRelu", "QGelu", "QAttention", "QOrderedGelu",
+    "QOrderedLayerNormalization", "QEmbedLayerNormalization",
 }
-LINEAR_OPS = ("MatMul", "Gemm", "Conv")
 # outputs of these are not activations even when their inputs are
 _SHAPE_OPS = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin"}
 
@@ -82,17 +84,19 @@ class Report:
         return "\n".join(lines)
 
 
-def _activations(graph: onnx.GraphProto) -> set[str]:
+def _activations(index: Graph) -> set[str]:
     """Values computed from activations: float graph inputs and embedding lookups (Gather from a
-    weight table by computed indices), and everything computed from those. Values computed only
-    from constants, shapes or integer inputs (positions: rotary embeddings) are not."""
+    weight table, quantized ones too, by computed indices), and everything computed from those.
+    Values computed only from constants, shapes or integer inputs (positions: rotary embeddings) are not."""
+    graph = index.graph
     initializers = {t.name for t in graph.initializer}
     active = {v.name for v in graph.input if v.name not in initializers
               and v.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)}
     for node in graph.node:
         if node.op_type in _SHAPE_OPS:
             continue
-        lookup = node.op_type == "Gather" and node.input[0] in initializers and node.input[1] not in initializers
+        lookup = (node.op_type == "Gather" and weight_source(index, node.input[0]) is not None
+                  and node.input[1] not in initializers)
         if lookup or any(name in active for name in node.input):
             active.update(o for o in node.output if o)
     return active
@@ -102,7 +106,7 @@ def left_nonlinear(graph: Graph, near_misses: list[NearMiss]) -> list[dict]:
     """Every nonlinear op the spiking graph still has, with why, and every near miss (also one
     anchored on another op: RMSNorm's x * x)."""
     reasons = {m.node: m.reason for m in near_misses}
-    active = _activations(graph.graph)
+    active = _activations(graph)
     left = []
     for node in graph.graph.node:
         name = node_name(node)
@@ -125,7 +129,7 @@ def linear_macs(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> dict[str, i
     calibration inputs (counted on the original graph: outputs keep their names)."""
     counts = {}
     for node in graph.graph.node:
-        if node.op_type in LINEAR_OPS and node.domain in ("", "ai.onnx"):
+        if is_linear(node):
             count = node_macs(node, shapes)
             if count is not None:
                 counts[node.output[0]] = count
@@ -133,10 +137,11 @@ def linear_macs(graph: Graph, shapes: dict[str, tuple[int, ...]]) -> dict[str, i
 
 
 def spike_driven_macs(graph: Graph, counts: dict[str, int]) -> tuple[int, int]:
-    """(all MACs, those whose activation inputs are all MBE neuron outputs) of the spiking graph."""
+    """(all MACs, those whose activation inputs are all MBE neuron outputs, quantized or not) of the
+    spiking graph."""
     total = driven = 0
     for node in graph.graph.node:
-        count = counts.get(node.output[0]) if node.op_type in LINEAR_OPS else None
+        count = counts.get(node.output[0]) if is_linear(node) else None
         if count is None:
             continue
         total += count
@@ -156,7 +161,8 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int |
     a = shapes.get(node.input[0])
     if a is None:
         return None
-    k = a[-1] if node.op_type == "MatMul" or not _transposed(node, "transA") else a[0]
+    # every matrix product has A first: MatMul, MatMulInteger, QLinearMatMul, MatMulNBits, Gemm, QGemm
+    k = a[0] if node.op_type in ("Gemm", "QGemm") and _transposed(node, "transA") else a[-1]
     return int(np.prod(out, dtype=np.int64) * k)
 
 

@@ -126,25 +126,50 @@ def reduce_axes(ctx: MatchContext, node: onnx.NodeProto) -> list[int] | None:
 
 
 def through_casts(ctx: MatchContext, name: str, casts: list[onnx.NodeProto]) -> str:
-    """Follow float32 Casts forward from `name` (each the value's only reader); the Casts passed are
-    appended to `casts`. Exporters insert them around normalisations."""
+    """Follow float32 Casts, and QuantizeLinear -> DequantizeLinear pairs (a static QDQ model
+    rounds the values between the ops of a pattern), forward from `name` (each the value's only
+    reader); the nodes passed are appended to `casts`. Exporters insert Casts around normalisations."""
+    g = ctx.graph
     while True:
-        user = ctx.graph.only_consumer(name)
-        if user is None or user.op_type != "Cast" or ctx.graph.attribute(user, "to") != onnx.TensorProto.FLOAT:
+        user = g.only_consumer(name)
+        if user is not None and user.op_type == "Cast" and g.attribute(user, "to") == onnx.TensorProto.FLOAT:
+            casts.append(user)
+            name = user.output[0]
+            continue
+        dequantize = g.only_consumer(user.output[0]) if user is not None and user.op_type == "QuantizeLinear" else None
+        if dequantize is None or dequantize.op_type != "DequantizeLinear":
             return name
-        casts.append(user)
-        name = user.output[0]
+        casts += [user, dequantize]
+        name = dequantize.output[0]
+
+
+# ops that carry a stored weight to where it is used without computing on activations: torch's
+# exporter keeps one copy of identical weights and writes the others as Identity of it; a quantized
+# model stores integers and dequantizes them (DequantizeLinear, its scale and zero point constants
+# too), or quantizes a shared float weight where it is used (static QDQ of such an Identity); layout
+# changes and Casts on the way. The first four keep the weight's shape.
+_WEIGHT_PATH_OPS = ("Identity", "DequantizeLinear", "QuantizeLinear", "Cast", "Transpose", "Reshape")
+_SHAPE_KEEPING = _WEIGHT_PATH_OPS[:4]
+
+
+def _weight_path(graph: Graph, name: str) -> tuple[str, list[onnx.NodeProto]] | None:
+    """(the stored constant a value is, the ops between), or None if the value is computed."""
+    path = []
+    while not graph.is_constant(name):
+        node = graph.producer.get(name)
+        if (node is None or node.domain not in ("", "ai.onnx") or node.op_type not in _WEIGHT_PATH_OPS
+                or not all(is_weight(graph, other) for other in node.input[1:] if other)):
+            return None
+        path.append(node)
+        name = node.input[0]
+    return name, path
 
 
 def weight_source(graph: Graph, name: str) -> str | None:
-    """The constant (initializer or Constant output) a value is, also through Identity nodes: torch's
-    exporter keeps one copy of identical weights and writes the others as Identity of it."""
-    while not graph.is_constant(name):
-        node = graph.producer.get(name)
-        if node is None or node.op_type != "Identity":
-            return None
-        name = node.input[0]
-    return name
+    """The constant (initializer or Constant output) a value is, also through the ops that only
+    carry a weight (_WEIGHT_PATH_OPS): a quantized weight is a weight, never an activation."""
+    found = _weight_path(graph, name)
+    return None if found is None else found[0]
 
 
 def is_weight(graph: Graph, name: str) -> bool:
@@ -152,8 +177,11 @@ def is_weight(graph: Graph, name: str) -> bool:
 
 
 def weight_shape(graph: Graph, name: str) -> tuple[int, ...] | None:
-    source = weight_source(graph, name)
-    return None if source is None else graph.constant_shape(source)
+    """A weight's shape, when only shape-keeping ops lie between it and its stored constant."""
+    found = _weight_path(graph, name)
+    if found is None or any(node.op_type not in _SHAPE_KEEPING for node in found[1]):
+        return None
+    return graph.constant_shape(found[0])
 
 
 def not_per_feature(graph: Graph, role: str, name: str, normalised: int | None) -> str | None:
@@ -164,7 +192,7 @@ def not_per_feature(graph: Graph, role: str, name: str, normalised: int | None) 
     as a broadcast)."""
     shape = weight_shape(graph, name)
     if shape is None:
-        return f"its {role} is not a weight"
+        return f"its {role} is not a weight" if not is_weight(graph, name) else f"its {role} is reshaped on its way"
     if normalised is None:
         return "the normalised dims are not known (a positive axis on a value of undeclared rank)"
     dims = shape[next((i for i, d in enumerate(shape) if d != 1), len(shape)):]
