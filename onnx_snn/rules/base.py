@@ -215,7 +215,7 @@ def root_of_mean(ctx: MatchContext, mean: onnx.NodeProto, nodes: list[onnx.NodeP
     if epsilon is None or not 0 <= epsilon < 1e-1:
         return f"no small constant epsilon is added to the mean of squares ({epsilon})"
     nodes.append(add)
-    sqrt = g.only_consumer(add.output[0])
+    sqrt = g.only_consumer(through_casts(ctx, add.output[0], nodes))
     if sqrt is None or sqrt.op_type != "Sqrt":
         return "mean of squares + epsilon has no Sqrt"
     nodes.append(sqrt)
