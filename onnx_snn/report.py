@@ -118,6 +118,8 @@ def left_nonlinear(graph: Graph, near_misses: list[NearMiss]) -> list[dict]:
             reason = "computes on constants, shapes or positions only (e.g. rotary embeddings), not on activations"
         elif node.op_type in ("Div", "ReduceMean", "Pow") and all(graph.is_constant(i) for i in node.input[1:] if i):
             continue  # scaling by a constant, or a mean: linear
+        elif node.domain == "com.microsoft" and node.op_type.startswith("Q"):
+            reason = "an op on integers (QOperator format) that no rule converts: quantize in the QDQ format instead"
         else:
             reason = "no rule matches this form"
         left.append({"node": name, "op_type": node.op_type, "reason": reason})
