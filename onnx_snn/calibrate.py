@@ -35,10 +35,12 @@ CalibrationData = Union[None, str, os.PathLike, Batch, Iterable[Batch]]
 @dataclass(frozen=True)
 class Probe:
     """A statistic calibration measures: the values of `tensor`, or, with `centered_axis`, the values
-    minus their mean over the dimensions from that axis on (LayerNorm's centred values)."""
+    minus their mean over the dimensions from that axis on (LayerNorm's centred values), or, with
+    `dequantized` (scale, zero point), the real values an integer tensor stands for."""
 
     tensor: str
     centered_axis: int | None = None
+    dequantized: tuple[float, float] | None = None
 
 
 @dataclass
@@ -308,6 +310,9 @@ def calibrate(
                 found = (lo, hi) if lo <= hi else None  # (inf, -inf): no finite value
             else:
                 found = _extremes(values[probe.tensor], probe)
+            if found is not None and probe.dequantized is not None:
+                scale, zero = probe.dequantized
+                found = tuple(sorted((v - zero) * scale for v in found))
             if found is not None:
                 running[probe].add(*found)
         del values

@@ -4,11 +4,14 @@ attention output): an identity encoder on the activation input, so the layer is 
 Left out by `--hybrid`, which converts only the nonlinear ops.
 
 Which ops are linear layers, which of their inputs carry activations, and where, through
-quantization, the float value of such an input is (the one place the rules, the report and the
-energy estimate ask): a quantized layer computes on integers its QuantizeLinear (static QDQ and
-QOperator models) or DynamicQuantizeLinear (dynamic int8) made from a float value, and the encoder
-goes on that float value, before the quantizer. The quantizer then reads the decoded spike train,
-so the layer still computes in int8, on the decoded value."""
+quantization, such an input is encoded: the one place the rules, the report and the energy estimate
+ask. A quantized layer computes on integers its QuantizeLinear (static QDQ and QOperator models) or
+DynamicQuantizeLinear (dynamic int8) made from a float value, and the encoder goes on that float
+value, before the quantizer: the quantizer reads the decoded spike train, so the layer still
+computes in int8, on the decoded value. A QOperator layer fed by integer ops only (QLinearAdd ->
+Reshape -> Transpose, QLinearSoftmax) has no float value: DequantizeLinear -> encoder ->
+QuantizeLinear with its own scale and zero point go before it (at T >= 12 the encoder reaches the
+8-bit values exactly)."""
 
 from __future__ import annotations
 
@@ -16,9 +19,12 @@ from dataclasses import dataclass
 
 import onnx
 
+from onnx import helper as oh
+
 from onnx_snn.calibrate import Probe
 from onnx_snn.graph import Graph
-from onnx_snn.rules.base import MatchContext, NearMiss, Site, is_weight
+from onnx_snn.ops import mbe_neuron
+from onnx_snn.rules.base import MatchContext, NearMiss, Site, is_weight, node_name
 
 NAME = "linear-input"
 
@@ -48,36 +54,53 @@ def is_linear(node: onnx.NodeProto) -> bool:
     return layer is not None and node.domain in ((layer.domain, "ai.onnx") if not layer.domain else (layer.domain,))
 
 
-def _operands(graph: Graph, node: onnx.NodeProto) -> list[str]:
-    """The inputs of a linear layer that are computed (not weights, biases, scales or zero points)."""
-    return [name for index in LINEAR_LAYERS[node.op_type].operands if index < len(node.input)
-            for name in [node.input[index]] if name and not is_weight(graph, name)]
+@dataclass
+class EncodingPoint:
+    """Where an activation operand of a linear layer is spike-encoded: `tensor`, read by `reader`.
+    An integer operand that no quantizer computes (a QOperator chain of integer ops) is encoded as
+    the real values it stands for: `dequantized` is its (scale, zero point), and the encoder sits
+    between a DequantizeLinear and a QuantizeLinear with them, before input `index` of the layer."""
+
+    tensor: str
+    reader: onnx.NodeProto
+    index: int
+    dequantized: tuple[float, float] | None = None
 
 
-def encoding_points(graph: Graph, node: onnx.NodeProto) -> list[tuple[str, onnx.NodeProto] | None]:
-    """For each computed operand of the linear layer `node`: where it is spike-encoded, (the float
-    value, the node that reads it), traced back through quantization: an integer operand to the
-    float input of its QuantizeLinear or DynamicQuantizeLinear; a float operand dequantized from a
-    QuantizeLinear (QDQ) to that QuantizeLinear's input. None for an integer operand that no
-    quantizer computes (a QOperator chain of integer ops has no float value to encode)."""
+def encoding_points(graph: Graph, node: onnx.NodeProto) -> list[EncodingPoint | None]:
+    """For each computed operand of the linear layer `node`, where it is spike-encoded, traced back
+    through quantization: an integer operand to the float input of its QuantizeLinear or
+    DynamicQuantizeLinear; a float operand dequantized from a QuantizeLinear (QDQ) to that
+    QuantizeLinear's input. None for an integer operand without a quantizer whose scale and zero
+    point are not constant scalars."""
+    layer = LINEAR_LAYERS[node.op_type]
     points = []
-    for name in _operands(graph, node):
+    for index in layer.operands:
+        name = node.input[index] if index < len(node.input) else ""
+        if not name or is_weight(graph, name):
+            continue
         producer = graph.producer.get(name)
         if producer is not None and producer.op_type == "DequantizeLinear":
             quantizer = graph.producer.get(producer.input[0])
             if quantizer is not None and quantizer.op_type == "QuantizeLinear":
                 producer = quantizer
         if producer is not None and producer.op_type in _QUANTIZERS and producer.domain in ("", "ai.onnx"):
-            points.append((producer.input[0], producer))
+            points.append(EncodingPoint(producer.input[0], producer, index))
+        elif not layer.integer:
+            points.append(EncodingPoint(name, node, index))
         else:
-            points.append(None if LINEAR_LAYERS[node.op_type].integer else (name, node))
+            scale, zero = (graph.scalar(node.input[i]) if i < len(node.input) and node.input[i] else None
+                           for i in (index + 1, index + 2))  # QLinearMatMul's and QGemm's order
+            points.append(None if scale is None or zero is None else EncodingPoint(name, node, index, (scale, zero)))
     return points
 
 
 def activation_inputs(graph: Graph, node: onnx.NodeProto) -> list[str]:
     """The values whose spike encoding drives the layer (encoding_points; an operand that cannot be
     encoded is named itself)."""
-    return [point[0] if point else name for point, name in zip(encoding_points(graph, node), _operands(graph, node))]
+    names = [node.input[i] for i in LINEAR_LAYERS[node.op_type].operands if i < len(node.input)]
+    names = [name for name in names if name and not is_weight(graph, name)]
+    return [point.tensor if point else name for point, name in zip(encoding_points(graph, node), names)]
 
 
 def encoder_site(rule: str, kind: str, ctx: MatchContext, node: onnx.NodeProto, operands: int) -> Site | None:
@@ -88,8 +111,31 @@ def encoder_site(rule: str, kind: str, ctx: MatchContext, node: onnx.NodeProto, 
     points = encoding_points(ctx.graph, node)
     if len(points) != operands or None in points:
         return None
-    missing = [(tensor, reader) for tensor, reader in points if tensor not in ctx.spike_encoded]
-    return Site(rule, kind, node, probes=[Probe(t) for t, _ in missing], encode=missing)
+    missing = [p for p in points if p.tensor not in ctx.spike_encoded]
+    shared = [p for p in missing if p.dequantized is None]
+    integer = [p for p in missing if p.dequantized is not None]
+    probes = [Probe(p.tensor, dequantized=p.dequantized) for p in missing]
+    if not integer:
+        return Site(rule, kind, node, probes=probes, encode=[(p.tensor, p.reader) for p in shared])
+
+    def build(graph: Graph, neurons) -> list[onnx.NodeProto]:
+        """DequantizeLinear -> identity encoder -> QuantizeLinear before each integer operand, and
+        the layer reading them (a copy: the same node but for those inputs)."""
+        layer, nodes = onnx.NodeProto(), []
+        layer.CopyFrom(node)
+        for point in integer:
+            scale, zero = node.input[point.index + 1], node.input[point.index + 2]
+            real, decoded, requantized = (graph.fresh_name(f"{point.tensor}/{suffix}")
+                                          for suffix in ("dequantized", "spikes", "requantized"))
+            name = graph.fresh_name(f"{node_name(node)}/encode_{point.tensor}")
+            nodes += [oh.make_node("DequantizeLinear", [point.tensor, scale, zero], [real], name=f"{name}/dequantize"),
+                      mbe_neuron.make_node(neurons.for_tensor("identity", Probe(point.tensor, dequantized=point.dequantized)),
+                                           real, decoded, name=name),
+                      oh.make_node("QuantizeLinear", [decoded, scale, zero], [requantized], name=f"{name}/quantize")]
+            layer.input[point.index] = requantized
+        return nodes + [layer]
+
+    return Site(rule, kind, node, [node], probes, build, encode=[(p.tensor, p.reader) for p in shared])
 
 
 class LinearInput:
@@ -99,4 +145,4 @@ class LinearInput:
     def match(self, ctx: MatchContext, node: onnx.NodeProto) -> Site | NearMiss | None:
         # two computed operands: a product (the activation-product rule's)
         site = encoder_site(NAME, "linear", ctx, node, operands=1)
-        return site if site is not None and site.encode else None
+        return site if site is not None and (site.encode or site.build) else None
