@@ -10,8 +10,8 @@ DynamicQuantizeLinear (dynamic int8) made from a float value, and the encoder go
 value, before the quantizer: the quantizer reads the decoded spike train, so the layer still
 computes in int8, on the decoded value. A QOperator layer fed by integer ops only (QLinearAdd ->
 Reshape -> Transpose, QLinearSoftmax) has no float value: DequantizeLinear -> encoder ->
-QuantizeLinear with its own scale and zero point go before it (at T >= 12 the encoder reaches the
-8-bit values exactly)."""
+QuantizeLinear with its own scale and zero point go before it (at T=16 the encoder gives back the
+8-bit values exactly: tests/test_quantized.py)."""
 
 from __future__ import annotations
 
