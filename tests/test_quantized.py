@@ -234,6 +234,45 @@ def test_quantized_llama_converts(llama, variant, tmp_path):
         session(spiking).run(None, held_out(256))
 
 
+# ------------------------------------------------------------------------------------------ GPT-2
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    """A random-weight GPT-2 (Gemm layers, GPT-2's tanh GELU written out, LayerNormalization),
+    exported like the Llama; (path, calibration, float conversion, its MACs)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from onnx_snn.export import export_causal_lm
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=256, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=64,
+                                     attn_implementation="eager")
+    ids = torch.tensor([[5, 17, 99, 3, 42, 7], [8, 9, 10, 11, 0, 0]])
+    folder = tmp_path_factory.mktemp("gpt2")
+    model = transformers.GPT2LMHeadModel(config).eval()
+    exported = export_causal_lm(model, folder / "external" / "gpt2.onnx", ids, torch.ones_like(ids))
+    path = folder / "gpt2.onnx"
+    onnx.save(onnx.load(str(exported)), str(path))
+    calibration = every_token(256, 4)  # length 32: GPT-2 has 64 positions
+    float_spiking, report = convert_with_report(path, calibration=calibration)
+    assert report.spike_driven_share == 1.0
+    return str(path), calibration, float_spiking, report.macs_total
+
+
+@pytest.mark.parametrize("variant", ["dynamic-qint8", "qdq"])
+def test_quantized_gpt2_converts(gpt2, variant, tmp_path):
+    float_path, calibration, float_spiking, float_macs = gpt2
+    path = quantize(float_path, variant, calibration, tmp_path / f"gpt2.{variant}.onnx")
+    spiking, report = convert_with_report(path, calibration=calibration)
+    assert report.replaced_by_kind["gelu"] == LAYERS and report.replaced_by_kind["layernorm"] == 2 * LAYERS + 1
+    assert report.replaced_by_kind["softmax"] == LAYERS and report.replaced_by_kind["product"] == 2 * LAYERS
+    assert all(e["reason"].startswith(POSITIONS_ONLY) for e in report.left), report.left
+    assert report.macs_total == float_macs and report.spike_driven_share == 1.0
+    assert_weights_kept(path, spiking)
+    feeds = held_out(256)
+    assert_close(path, spiking, float_path, float_spiking, feeds)
+
+
 # ------------------------------------------------------------------------------ the real MiniLM
 
 @pytest.fixture(scope="module")

@@ -143,6 +143,21 @@ def through_casts(ctx: MatchContext, name: str, casts: list[onnx.NodeProto]) -> 
         name = dequantize.output[0]
 
 
+def behind_qdq(ctx: MatchContext, name: str, pairs: list[onnx.NodeProto]) -> str:
+    """Follow QuantizeLinear -> DequantizeLinear pairs backward from `name` (a static QDQ model
+    rounds the values between the ops of a pattern), each value read by one node only; the pairs
+    passed are appended to `pairs`. The mirror of through_casts."""
+    g = ctx.graph
+    while True:
+        dequantize = g.producer.get(name)
+        quantize = g.producer.get(dequantize.input[0]) if dequantize is not None and dequantize.op_type == "DequantizeLinear" else None
+        if (quantize is None or quantize.op_type != "QuantizeLinear" or g.only_consumer(name) is None
+                or g.only_consumer(quantize.output[0]) is not dequantize):
+            return name
+        pairs += [quantize, dequantize]
+        name = quantize.input[0]
+
+
 # ops that carry a stored weight to where it is used without computing on activations: torch's
 # exporter keeps one copy of identical weights and writes the others as Identity of it; a quantized
 # model stores integers and dequantizes them (DequantizeLinear, its scale and zero point constants
