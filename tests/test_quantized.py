@@ -98,12 +98,12 @@ def bert_macs(tokens: int, batch: int, length: int) -> int:
                      + 2 * batch * HEADS * length * length * (HIDDEN // HEADS))
 
 
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory):
-    """A random-weight BERT (transformers BertModel: LayerNormalization, Erf GELU, Softmax),
-    exported by torch's legacy exporter at opset 17; (path, calibration, float conversion)."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+def export_bert(path, opset: int) -> str:
+    """A random-weight BERT (transformers BertModel: LayerNorm, Erf GELU, Softmax) exported by
+    torch's legacy exporter: LayerNormalization from opset 17, written out before."""
+    import torch
+    import transformers
+
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
                                      num_attention_heads=HEADS, intermediate_size=INTERMEDIATE,
@@ -118,15 +118,24 @@ def bert(tmp_path_factory):
         def forward(self, input_ids, attention_mask):
             return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-    path = tmp_path_factory.mktemp("bert") / "bert.onnx"
     names = ["input_ids", "attention_mask"]
     ids = torch.randint(0, VOCAB, (2, 8))
-    torch.onnx.export(LastHiddenState().eval(), (ids, torch.ones_like(ids)), str(path), dynamo=False, opset_version=17,
-                      input_names=names, output_names=["y"], dynamic_axes={n: {0: "b", 1: "s"} for n in names + ["y"]})
+    torch.onnx.export(LastHiddenState().eval(), (ids, torch.ones_like(ids)), str(path), dynamo=False,
+                      opset_version=opset, input_names=names, output_names=["y"],
+                      dynamic_axes={n: {0: "b", 1: "s"} for n in names + ["y"]})
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    """The BERT at opset 17; (path, calibration, float conversion)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    path = export_bert(tmp_path_factory.mktemp("bert") / "bert.onnx", 17)
     calibration = every_token(VOCAB, 4)
     float_spiking, report = convert_with_report(path, calibration=calibration)
     assert report.macs_total == bert_macs(BATCH * LENGTH, BATCH, LENGTH) and report.spike_driven_share == 1.0
-    return str(path), calibration, float_spiking
+    return path, calibration, float_spiking
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -145,6 +154,17 @@ def test_quantized_bert_converts(bert, variant, tmp_path):
         assert report.replaced_by_kind["gelu"] == LAYERS and report.left == []
     assert_weights_kept(path, spiking)
     assert_close(path, spiking, float_path, float_spiking, held_out(VOCAB))
+
+
+def test_qdq_bert_with_layernorm_written_out_converts(tmp_path):
+    """Before opset 17 LayerNorm is written out; in a QDQ model Q/DQ pairs sit between its ops."""
+    pytest.importorskip("torch")
+    calibration = every_token(VOCAB, 4)
+    path = quantize(export_bert(tmp_path / "bert14.onnx", 14), "qdq", calibration, tmp_path / "bert14.qdq.onnx")
+    spiking, report = convert_with_report(path, calibration=calibration)
+    assert report.replaced["layernorm-decomposed"] == 2 * LAYERS + 1 and report.replaced["gelu-erf"] == LAYERS
+    assert report.left == [] and report.spike_driven_share == 1.0
+    assert_weights_kept(path, spiking)
 
 
 def test_integer_operands_are_encoded_exactly(bert, tmp_path):
