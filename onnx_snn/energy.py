@@ -46,9 +46,9 @@ from onnx_snn import calibrate as cal
 from onnx_snn import model_io
 from onnx_snn.graph import Graph
 from onnx_snn.ops import DOMAIN, spiking_layernorm, spiking_rmsnorm, spiking_softmax
-from onnx_snn.report import LINEAR_OPS, node_macs
+from onnx_snn.report import node_macs
 from onnx_snn.rules.base import node_name
-from onnx_snn.rules.linear_input import activation_inputs
+from onnx_snn.rules.linear_input import activation_inputs, is_linear
 
 E_MAC_PJ = 4.6  # 45 nm, 32-bit float multiply-accumulate (Horowitz 2014), as the paper
 E_AC_PJ = 0.9  # 45 nm, 32-bit float accumulate
@@ -62,7 +62,10 @@ COMPOSITES = {
 }
 PER_ROW = {"reciprocal", "rsqrt"}  # inner neurons that run once per row
 # ops that only move values: a spike's fan-out is followed through them
-LAYOUT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
+# ops a spike train passes on its way to a linear layer: layout changes, and the quantizers through
+# which a quantized layer reads its encoder's decoded values
+LAYOUT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "QuantizeLinear", "DequantizeLinear",
+              "DynamicQuantizeLinear"}
 _LAYER = re.compile(r"(?:^|[/._])(?:layers?|h|blocks?)[._](\d+)(?=$|[/._])")
 
 
@@ -238,7 +241,7 @@ def energy_report(original: str | os.PathLike | onnx.ModelProto, spiking: str | 
     batches, synthesized = cal.load_batches(ann, inputs, source="inputs")
 
     # the ANN: MACs of every linear layer and product, from the shapes on these inputs
-    ann_linear = [n for n in ann.graph.node if n.op_type in LINEAR_OPS and n.domain in ("", "ai.onnx")]
+    ann_linear = [n for n in ann.graph.node if is_linear(n)]
     macs_by_op: dict[str, int] = defaultdict(int)
     for shapes, _ in _run(ann, ann_dir, where_a, batches, _linear_tensors(ann_linear), {}, library=False):
         for node in ann_linear:
@@ -246,7 +249,7 @@ def energy_report(original: str | os.PathLike | onnx.ModelProto, spiking: str | 
 
     # the SNN: spike counts of every spiking op, and the shapes its fan-outs need
     graph = Graph(snn)
-    linear = [n for n in snn.graph.node if n.op_type in LINEAR_OPS and n.domain in ("", "ai.onnx")]
+    linear = [n for n in snn.graph.node if is_linear(n)]
     computed = {id(n): activation_inputs(graph, n) for n in linear}  # the inputs that are not weights
     driven = {key: all(_is_neuron(_source(graph, name)) for name in names) for key, names in computed.items()}
     products = {key for key, names in computed.items() if len(names) == 2}
@@ -324,7 +327,7 @@ def _targets(graph: Graph, name: str) -> list[onnx.NodeProto | None]:
     for user in graph.consumers.get(name, []):
         if user.op_type in LAYOUT_OPS and user.domain in ("", "ai.onnx") and user.input[0] == name:
             found += _targets(graph, user.output[0])
-        elif user.op_type in LINEAR_OPS and user.domain in ("", "ai.onnx"):
+        elif is_linear(user):
             found.append(user)
         else:
             found.append(None)

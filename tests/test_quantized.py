@@ -182,6 +182,25 @@ def test_integer_operands_are_encoded_exactly(bert, tmp_path):
     np.testing.assert_array_equal(session(spiking).run(None, feeds)[0], run(path, feeds).astype(np.float32))
 
 
+@pytest.mark.parametrize("variant", ["dynamic-qint8", "qoperator"])
+def test_energy_counts_the_quantized_layers_and_their_synaptic_operations(bert, variant, tmp_path):
+    """The energy estimate sees the quantized layers (their MACs, all spike-driven) and the encoders'
+    fan-out into them through the quantizers; with the same ops converted, as many synaptic operations
+    as the float model's (within 5%: their spike counts differ a little)."""
+    from onnx_snn.energy import energy_report
+
+    float_path, calibration, float_spiking = bert
+    path = quantize(float_path, variant, calibration, tmp_path / f"bert.{variant}.onnx")
+    spiking, _ = convert_with_report(path, calibration=calibration)
+    quantized, original = energy_report(path, spiking, inputs=calibration[:1]), energy_report(
+        float_path, float_spiking, inputs=calibration[:1])
+    assert quantized.macs == original.macs == bert_macs(BATCH * LENGTH, BATCH, LENGTH) and quantized.macs_left == 0
+    encoders = [op for op in quantized.ops if op.kind == "encoder"]
+    assert encoders and all(op.total("sops") > op.total("spikes") for op in encoders)  # fan-out > 1: into a layer
+    if variant == "dynamic-qint8":  # the same ops converted as in the float model (QOperator: GELU is not)
+        assert quantized.total("sops") == pytest.approx(original.total("sops"), rel=0.05)
+
+
 def test_no_weight_of_a_qdq_model_is_spike_encoded(bert, tmp_path):
     """Every MBENeuron reads an activation: never a weight after its DequantizeLinear."""
     float_path, calibration, _ = bert
