@@ -53,4 +53,4 @@ def build_sites(graph: Graph, sites: list[Site], neurons: Neurons) -> int:
         for user in users:
             graph.rewire(user, tensor, encoded)
     graph.apply()
-    return len(consumers)
+    return len(consumers) + sum(site.encoders for site in sites)

@@ -177,7 +177,7 @@ def test_integer_operands_are_encoded_exactly(bert, tmp_path):
     spiking, report = convert_with_report(path, calibration=calibration, rules=["activation-product"])
     assert report.replaced == {"activation-product": 2 * LAYERS}
     encoders = [n for n in spiking.graph.node if n.op_type == "MBENeuron"]
-    assert len(encoders) == 4 * LAYERS  # both operands of each product
+    assert len(encoders) == report.encoders == 4 * LAYERS  # both operands of each product
     feeds = held_out(VOCAB)
     np.testing.assert_array_equal(session(spiking).run(None, feeds)[0], run(path, feeds).astype(np.float32))
 

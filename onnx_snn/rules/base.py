@@ -42,6 +42,7 @@ class Site:
     build: Callable[[Graph, Neurons], list[onnx.NodeProto]] | None = None
     spike_output: str | None = None  # the output that will be an MBE neuron's (spike-decoded) value
     encode: list[tuple[str, onnx.NodeProto]] = field(default_factory=list)  # (tensor, consumer) pairs
+    encoders: int = 0  # identity encoders its build adds itself (integer operands of QOperator layers)
 
 
 @dataclass

@@ -135,7 +135,8 @@ def encoder_site(rule: str, kind: str, ctx: MatchContext, node: onnx.NodeProto, 
             layer.input[point.index] = requantized
         return nodes + [layer]
 
-    return Site(rule, kind, node, [node], probes, build, encode=[(p.tensor, p.reader) for p in shared])
+    return Site(rule, kind, node, [node], probes, build, encode=[(p.tensor, p.reader) for p in shared],
+                encoders=len(integer))
 
 
 class LinearInput:
