@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnx_snn.runtime import read_external_data_from
+from onnx_snn.runtime import RUNTIME_ERRORS, cannot_load, cannot_run, read_external_data_from
 
 STATISTIC = "each batch's extremes; over batches, the most extreme but one (of 3 or more)"
 
@@ -267,11 +267,13 @@ def calibrate(
     shape_tensors: Iterable[str] = (),
     synthesized: bool = False,
     progress: bool = True,
+    where: str = "model",
 ) -> Calibration:
     """Run `model` (the original; external data is read from `model_dir`) on the batches, one at a
     time: the range of every probe, the shapes of `shape_tensors` and the model's outputs on the
     first batch. Memory does not grow with the batches: each probe keeps a RunningRange, and the
-    session reduces most probes to their extremes itself, returning scalars, not activations."""
+    session reduces most probes to their extremes itself, returning scalars, not activations.
+    onnxruntime's failures are CalibrationErrors naming `where` and, for a run, the way through."""
     probes = list(dict.fromkeys(probes))
     inputs = {v.name for v in model.graph.input}
     weights = {t.name: tuple(t.dims) for t in model.graph.initializer if t.name not in inputs}
@@ -282,11 +284,14 @@ def calibrate(
     plain = list(dict.fromkeys(p.tensor for p in probes if p.centered_axis is None))
     probe_model, extremes, shape_outputs = _probe_model(model, plain, centered, shape_tensors)
     options = read_external_data_from(ort.SessionOptions(), model_dir)
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # its errors are raised, and reported in one line, below
     # run each reduction as soon as its tensor is computed, so the activations are freed as the run
     # goes: in the default order they were all held to the end (+0.8 GB on SmolLM2)
     options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-    session = ort.InferenceSession(probe_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(probe_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except RUNTIME_ERRORS as e:
+        raise CalibrationError(cannot_load(where, e)) from None
     del probe_model
     model_outputs = [o.name for o in model.graph.output]
     every_batch = list(dict.fromkeys([*centered, *(n for pair in extremes.values() for n in pair)]))
@@ -300,7 +305,10 @@ def calibrate(
     count = 0
     for feeds in batches:
         wanted = first_batch if count == 0 else every_batch
-        values = dict(zip(wanted, session.run(wanted, feeds)))
+        try:
+            values = dict(zip(wanted, session.run(wanted, feeds)))
+        except RUNTIME_ERRORS as e:
+            raise CalibrationError(cannot_run(where, e, feeds, synthesized, "--calibration")) from None
         if count == 0:
             shapes.update({name: tuple(int(d) for d in values[out]) for name, out in shape_outputs.items()})
             first = (feeds, {name: values[name] for name in model_outputs})

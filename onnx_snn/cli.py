@@ -47,28 +47,34 @@ def _convert(args: argparse.Namespace) -> int:
     model, report = convert_with_report(args.input, timesteps=args.timesteps, calibration=args.calibration,
                                         hybrid=args.hybrid, rules=args.rules, bases=dict(args.bases or []),
                                         progress=not args.json and sys.stderr.isatty(),
-                                        check=not args.no_check)
+                                        check=not args.no_check, strict=args.strict)
     if args.inline:
         model = ops.inline(model)
     source_dir = os.path.dirname(os.path.abspath(args.input))
     model_io.save(model, args.output, source_dir)
     print(report.to_json() if args.json else report.format() + f"\nwritten: {args.output}")
+    if report.shortfall():
+        print(f"onnx-snn: warning: {report.shortfall()}; the model is not fully spiking", file=sys.stderr)
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import onnxruntime as ort
+    from onnx_snn import evaluate
+    from onnx_snn.runtime import RUNTIME_ERRORS
 
+    original = evaluate.open_session(args.original, library=False)
+    spiking = evaluate.open_session(args.spiking, library=True)
+    try:
+        return _eval_task(args, original, spiking)
+    except RUNTIME_ERRORS as e:
+        raise evaluate.task_failure((args.original, args.spiking), e) from None
+
+
+def _eval_task(args: argparse.Namespace, original, spiking) -> int:
     from onnx_snn import evaluate
     from onnx_snn.calibrate import load_batches
-    from onnx_snn.model_io import ModelError, load
-    from onnx_snn.runtime import session
+    from onnx_snn.model_io import load
 
-    for path in (args.original, args.spiking):
-        if not os.path.isfile(path):
-            raise ModelError(f"{path}: no such file")
-    original = ort.InferenceSession(args.original, providers=["CPUExecutionProvider"])
-    spiking = session(args.spiking)
     if args.task == "embeddings":
         result = {"task": "embeddings", **evaluate.embedding_tasks(original, spiking, _tokenizer(args.tokenizer))}
     elif args.task == "causal-lm":
@@ -84,21 +90,20 @@ def _eval(args: argparse.Namespace) -> int:
         return 0
     else:
         model, _ = load(args.original)
-        batches, synthesized = load_batches(model, args.inputs)
+        batches, synthesized = load_batches(model, args.inputs, source="inputs")
         feeds = batches[0]
         names = [o.name for o in original.get_outputs()]
+        expected, actual = (evaluate.run_or_explain(s, path, names, feeds, synthesized)
+                            for s, path in ((original, args.original), (spiking, args.spiking)))
         result = {"task": "outputs", "inputs": "synthesised from the input signature" if synthesized else args.inputs,
-                  "outputs": evaluate.compare_outputs(names, original.run(names, feeds), spiking.run(names, feeds))}
+                  "outputs": evaluate.compare_outputs(names, expected, actual)}
     print(json.dumps(result, indent=1) if args.json else evaluate.format_result(result))
     return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
     from onnx_snn import sweep
-    from onnx_snn.model_io import ModelError
 
-    if not os.path.isfile(args.model):
-        raise ModelError(f"{args.model}: no such file")
     if args.task == "causal-lm":
         from onnx_snn.export import smollm2_tokenizer
 
@@ -131,7 +136,15 @@ def _tokenizer(folder: str | None):
     if folder:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(folder)
+        from onnx_snn.evaluate import EvaluationError
+
+        if not os.path.isdir(folder):  # else transformers takes it for a hub name
+            raise EvaluationError(f"{folder}: no such folder (--tokenizer takes a Hugging Face tokenizer folder)")
+        try:
+            return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError) as e:
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EvaluationError(f"{folder}: not a Hugging Face tokenizer folder ({message})") from None
     from onnx_snn.export import minilm_tokenizer
 
     return minilm_tokenizer()
@@ -175,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--inline", action="store_true", help="inline the spiking ops' functions: standard ONNX only")
     convert.add_argument("--no-check", action="store_true", help="skip running both models to compare their outputs")
     convert.add_argument("--json", action="store_true", help="print the report as JSON")
+    convert.add_argument("--strict", action="store_true",
+                         help="fail (exit 1, nothing written) unless the result is fully spiking: no nonlinear op left "
+                              "on activations and (but with --hybrid) every MAC spike-driven")
     convert.set_defaults(run=_convert)
     evaluation = commands.add_parser("eval", help="run an original and a spiking model on the same inputs and compare")
     evaluation.add_argument("original", metavar="ORIGINAL.onnx")
@@ -227,9 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command. A user's mistake (a bad file, bad data) is one line on stderr and exit status 1
     (2 for usage), never a traceback."""
     from onnx_snn.calibrate import CalibrationError
+    from onnx_snn.data import MissingDataError
     from onnx_snn.energy import EnergyError
-    from onnx_snn.pipeline import ConversionError
+    from onnx_snn.evaluate import EvaluationError
     from onnx_snn.model_io import ModelError
+    from onnx_snn.pipeline import ConversionError
+    from onnx_snn.runtime import LibraryError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -238,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"onnx-snn: {e}", file=sys.stderr)
         return 2
-    except (ModelError, ConversionError, CalibrationError, EnergyError) as e:
+    except (ModelError, ConversionError, CalibrationError, EnergyError, EvaluationError, LibraryError,
+            MissingDataError) as e:
         print(f"onnx-snn: {e}", file=sys.stderr)
         return 1
 

@@ -9,10 +9,15 @@ from pathlib import Path
 import numpy as np
 
 
+class MissingDataError(FileNotFoundError):
+    """Text, a model or a tokenizer that ships in a package that is not installed; the message names
+    the package and how to install it."""
+
+
 def gensim_test_data() -> Path:
     spec = importlib.util.find_spec("gensim")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the real-text data ships in gensim's wheel: pip install gensim")
+        raise MissingDataError("the real-text data ships in gensim's wheel: pip install gensim")
     return Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import onnxruntime as ort
 
@@ -21,10 +22,10 @@ def calibration_batches() -> list[dict]:
     return list(token_batches(minilm_tokenizer(), background_sentences(64), batch_size=16))
 
 
-def minilm_fidelity(form: str, timesteps: int, model: str | None = None, **options) -> dict:
-    """Convert MiniLM (export `form`, or `model`: a variant of it, e.g. quantized) at `timesteps` and
-    compare embeddings with that model's on the 200 sentences."""
-    path = model or export_minilm(form)
+def minilm_fidelity(form: str, timesteps: int, path: Path | None = None, **options) -> dict:
+    """Convert MiniLM (export `form`, or the model at `path`: a variant of it, e.g. float16) at
+    `timesteps` and compare embeddings on the 200 sentences."""
+    path = path or export_minilm(form)
     calibration = calibration_batches()
     batches = list(token_batches(minilm_tokenizer(), polarity_sentences()[0]))
     reference = sentence_embeddings(runner(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])), batches)

@@ -9,8 +9,9 @@ Definitions (README, "Energy"):
   and the rsqrt neuron once per row. firing rate = spikes / (neurons x T).
 * synaptic operations (SOPs) = each spike x the fan-out of the connections it drives, i.e. the number
   of accumulations its slot weight enters:
-  - an MBENeuron output read by a MatMul/Gemm/Conv whose computed inputs all come from MBE neurons
-    (directly or through Reshape/Transpose/Squeeze/Unsqueeze/Flatten/Identity): MACs of that layer
+  - an MBENeuron output read by a MAC-bearing op (onnx_snn.report.MAC_OPS: MatMul, Gemm, Conv, Einsum,
+    the quantized layers, ...) whose computed inputs all come from MBE neurons (directly or through
+    layout ops, Casts and quantisation: onnx_snn.report.PASS_THROUGH): MACs of that layer
     per element of this operand (a linear layer: its output features; a product of two activations,
     Q K^T or attention x V: the elements of the other operand it meets, which act as its weights);
   - read by any other op (elementwise Add/Mul, another neuron, ...): 1 per reading op; a graph output: 0;
@@ -23,7 +24,7 @@ Definitions (README, "Energy"):
     gamma and beta are weights folded into slot weights; max, floor, exponent shifts and frexp are
     comparisons and bit operations, not counted.
 * neuron updates = neurons x T (one membrane update per neuron per step).
-* E_ANN = MACs x E_MAC (MatMul, Gemm, Conv, attention products of the original model);
+* E_ANN = MACs x E_MAC (every MAC-bearing op of the original model, onnx_snn.report.MAC_OPS);
   E_SNN = (SOPs + neuron updates) x E_AC + MACs left in the spiking model x E_MAC.
   The paper's formula E_MBE = T x firing_rate x neurons x E_AC (= spikes x E_AC) is reported beside it.
 """
@@ -46,9 +47,9 @@ from onnx_snn import calibrate as cal
 from onnx_snn import model_io
 from onnx_snn.graph import Graph
 from onnx_snn.ops import DOMAIN, spiking_layernorm, spiking_rmsnorm, spiking_softmax
-from onnx_snn.report import node_macs
+from onnx_snn.report import PASS_THROUGH, activation_operands, is_spike_driven, mac_op, node_macs
 from onnx_snn.rules.base import node_name
-from onnx_snn.rules.linear_input import activation_inputs, is_linear
+from onnx_snn.runtime import RUNTIME_ERRORS, cannot_load, cannot_run
 
 E_MAC_PJ = 4.6  # 45 nm, 32-bit float multiply-accumulate (Horowitz 2014), as the paper
 E_AC_PJ = 0.9  # 45 nm, 32-bit float accumulate
@@ -61,11 +62,6 @@ COMPOSITES = {
     spiking_rmsnorm.OP_TYPE: ("rmsnorm", spiking_rmsnorm.NEURONS, {"input": 3, "rsqrt": "row"}),
 }
 PER_ROW = {"reciprocal", "rsqrt"}  # inner neurons that run once per row
-# ops that only move values: a spike's fan-out is followed through them
-# ops a spike train passes on its way to a linear layer: layout changes, and the quantizers through
-# which a quantized layer reads its encoder's decoded values
-LAYOUT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "QuantizeLinear", "DequantizeLinear",
-              "DynamicQuantizeLinear"}
 _LAYER = re.compile(r"(?:^|[/._])(?:layers?|h|blocks?)[._](\d+)(?=$|[/._])")
 
 
@@ -241,25 +237,28 @@ def energy_report(original: str | os.PathLike | onnx.ModelProto, spiking: str | 
     batches, synthesized = cal.load_batches(ann, inputs, source="inputs")
 
     # the ANN: MACs of every linear layer and product, from the shapes on these inputs
-    ann_linear = [n for n in ann.graph.node if is_linear(n)]
+    ann_linear = [n for n in ann.graph.node if mac_op(n) is not None]
     macs_by_op: dict[str, int] = defaultdict(int)
-    for shapes, _ in _run(ann, ann_dir, where_a, batches, _linear_tensors(ann_linear), {}, library=False):
+    warnings: set[str] = set()
+    for shapes, _ in _run(ann, ann_dir, where_a, batches, synthesized, _linear_tensors(ann_linear), {}, library=False):
         for node in ann_linear:
-            macs_by_op[node_name(node)] += node_macs(node, shapes) or 0
+            count = node_macs(node, shapes)
+            if count is None:
+                warnings.add(f"{where_a}: {node_name(node)} ({node.op_type}): MACs not counted, E_ANN leaves them out")
+            macs_by_op[node_name(node)] += count or 0
 
     # the SNN: spike counts of every spiking op, and the shapes its fan-outs need
     graph = Graph(snn)
-    linear = [n for n in snn.graph.node if is_linear(n)]
-    computed = {id(n): activation_inputs(graph, n) for n in linear}  # the inputs that are not weights
-    driven = {key: all(_is_neuron(_source(graph, name)) for name in names) for key, names in computed.items()}
-    products = {key for key, names in computed.items() if len(names) == 2}
+    linear = [n for n in snn.graph.node if mac_op(n) is not None]
+    driven = {id(n): is_spike_driven(graph, n) for n in linear}
+    products = {id(n) for n in linear if len(activation_operands(graph, n)) == 2}
     spiking_nodes = [n for n in snn.graph.node if n.domain == DOMAIN]
     targets = {id(n): _targets(graph, n.output[0]) for n in spiking_nodes if n.op_type == "MBENeuron"}
     ops = [_op_stats(node, targets.get(id(node), []), products) for node in spiking_nodes]
     wanted = _linear_tensors(linear) + [n.input[0] for n in spiking_nodes if n.op_type in COMPOSITES]
     macs_left = 0
-    warnings: set[str] = set()
-    for shapes, spikes in _run(snn, snn_dir, where_s, batches, wanted, {id(n): n for n in spiking_nodes}, library=True):
+    for shapes, spikes in _run(snn, snn_dir, where_s, batches, synthesized, wanted, {id(n): n for n in spiking_nodes},
+                               library=True):
         macs = {}
         for node in linear:
             count = node_macs(node, shapes)
@@ -309,25 +308,13 @@ def _attribute(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
-def _is_neuron(node: onnx.NodeProto | None) -> bool:
-    return node is not None and node.domain == DOMAIN and node.op_type == "MBENeuron"
-
-
-def _source(graph: Graph, name: str) -> onnx.NodeProto | None:
-    """The node computing `name`, back through layout ops."""
-    node = graph.producer.get(name)
-    while node is not None and node.op_type in LAYOUT_OPS and node.domain in ("", "ai.onnx"):
-        node = graph.producer.get(node.input[0])
-    return node
-
-
 def _targets(graph: Graph, name: str) -> list[onnx.NodeProto | None]:
     """The ops reading `name`, through layout ops: linear layers (the node), any other op (None)."""
     found: list[onnx.NodeProto | None] = []
     for user in graph.consumers.get(name, []):
-        if user.op_type in LAYOUT_OPS and user.domain in ("", "ai.onnx") and user.input[0] == name:
+        if user.op_type in PASS_THROUGH and user.domain in ("", "ai.onnx") and user.input[0] == name:
             found += _targets(graph, user.output[0])
-        elif is_linear(user):
+        elif mac_op(user) is not None:
             found.append(user)
         else:
             found.append(None)
@@ -376,13 +363,13 @@ def _row_length(node: onnx.NodeProto, shape: tuple[int, ...]) -> int:
 
 
 def _linear_tensors(nodes: list[onnx.NodeProto]) -> list[str]:
-    return [name for n in nodes for name in (*n.input[:2], n.output[0]) if name]
+    return [name for n in nodes for name in (*n.input, *n.output) if name]
 
 
 # ---- running -----------------------------------------------------------------------------------
 
-def _run(model: onnx.ModelProto, model_dir: str | None, where: str, batches: list[dict], shape_of: list[str],
-         spiking: dict[int, onnx.NodeProto], *, library: bool):
+def _run(model: onnx.ModelProto, model_dir: str | None, where: str, batches: list[dict], synthesized: bool,
+         shape_of: list[str], spiking: dict[int, onnx.NodeProto], *, library: bool):
     """Per batch: (shapes of `shape_of`, spike counts of the `spiking` nodes by id), from a copy of
     the model whose spiking nodes name their spike outputs and that outputs those and the shapes."""
     probe = onnx.ModelProto()
@@ -411,21 +398,20 @@ def _run(model: onnx.ModelProto, model_dir: str | None, where: str, batches: lis
     from onnx_snn.runtime import read_external_data_from, session
 
     options = read_external_data_from(ort.SessionOptions(), model_dir)
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # its errors are raised, and reported in one line, below
     try:
         if library:
-
             sess = session(probe, sess_options=options)
         else:
             sess = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime's errors name no file
-        raise EnergyError(f"{where}: onnxruntime cannot load it ({_first_line(e)})") from None
+    except RUNTIME_ERRORS as e:  # onnxruntime's errors name no file
+        raise EnergyError(cannot_load(where, e)) from None
     del probe
     for feeds in batches:
         try:
             values = dict(zip(wanted, sess.run(wanted, feeds)))
-        except Exception as e:
-            raise EnergyError(f"{where}: running it on the inputs failed ({_first_line(e)})") from None
+        except RUNTIME_ERRORS as e:
+            raise EnergyError(cannot_run(where, e, feeds, synthesized, "--inputs")) from None
         shapes = {t: tuple(int(d) for d in values[s]) for t, s in shape_outputs.items()}
         yield shapes, {key: values[name] for key, name in spike_outputs.items()}
 

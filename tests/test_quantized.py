@@ -325,7 +325,7 @@ def minilm_int8(tmp_path_factory):
 
     float_path = export_minilm("legacy17")
     path = quantize(float_path, "dynamic-qint8", [], tmp_path_factory.mktemp("minilm") / "all-MiniLM-L6-v2.int8.onnx")
-    result = minilm_fidelity("legacy17", 16, model=path)
+    result = minilm_fidelity("legacy17", 16, path=path)
     batches = list(token_batches(minilm_tokenizer(), polarity_sentences()[0]))
     reference = sentence_embeddings(runner(ort.InferenceSession(str(float_path), providers=["CPUExecutionProvider"])),
                                     batches)

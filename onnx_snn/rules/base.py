@@ -13,9 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Protocol
 
+import ml_dtypes  # onnx's dependency: numpy's bfloat16
+import numpy as np
 import onnx
 
 from onnx_snn.graph import Graph
+from onnx_snn.precision import FLOAT_TYPES
 
 if TYPE_CHECKING:
     from onnx_snn.mbe.neuron import SlotTables
@@ -43,6 +46,7 @@ class Site:
     spike_output: str | None = None  # the output that will be an MBE neuron's (spike-decoded) value
     encode: list[tuple[str, onnx.NodeProto]] = field(default_factory=list)  # (tensor, consumer) pairs
     encoders: int = 0  # identity encoders its build adds itself (integer operands of QOperator layers)
+    quantized: bool = False  # reads and writes integers, through DequantizeLinear/QuantizeLinear its build adds
 
 
 @dataclass
@@ -67,7 +71,14 @@ class Rule(Protocol):
 
 
 def near(value: float | None, expected: float, rtol: float = CONSTANT_RTOL) -> bool:
-    return value is not None and abs(value - expected) <= rtol * abs(expected)
+    """value is expected within rtol, or is exactly expected rounded to float16 or bfloat16 (the
+    constant of a 16-bit model: 1/sqrt(2) is 0.70703125 in both)."""
+    return value is not None and (abs(value - expected) <= rtol * abs(expected) or value in _rounded_16bit(expected))
+
+
+def _rounded_16bit(expected: float) -> set[float]:
+    # from the float32 constant an exporter wrote, and from the exact value
+    return {float(t(e)) for t in (np.float16, ml_dtypes.bfloat16) for e in (expected, np.float32(expected))}
 
 
 def is_power(graph: Graph, node: onnx.NodeProto, base: str | None, exponent: float) -> bool:
@@ -127,13 +138,15 @@ def reduce_axes(ctx: MatchContext, node: onnx.NodeProto) -> list[int] | None:
 
 
 def through_casts(ctx: MatchContext, name: str, casts: list[onnx.NodeProto]) -> str:
-    """Follow float32 Casts, and QuantizeLinear -> DequantizeLinear pairs (a static QDQ model
-    rounds the values between the ops of a pattern), forward from `name` (each the value's only
-    reader); the nodes passed are appended to `casts`. Exporters insert Casts around normalisations."""
+    """Follow Casts to float32 (or, in a 16-bit model, float16 or bfloat16), and QuantizeLinear ->
+    DequantizeLinear pairs (a static QDQ model rounds the values between the ops of a pattern),
+    forward from `name` (each the value's only reader); the nodes passed are appended to `casts`.
+    Exporters insert Casts around normalisations; the replacement computes in float32 and writes
+    the last value's type."""
     g = ctx.graph
     while True:
         user = g.only_consumer(name)
-        if user is not None and user.op_type == "Cast" and g.attribute(user, "to") == onnx.TensorProto.FLOAT:
+        if user is not None and user.op_type == "Cast" and g.attribute(user, "to") in FLOAT_TYPES:
             casts.append(user)
             name = user.output[0]
             continue
@@ -164,8 +177,8 @@ def behind_qdq(ctx: MatchContext, name: str, pairs: list[onnx.NodeProto]) -> str
 # model stores integers and dequantizes them (DequantizeLinear, its scale and zero point constants
 # too), or quantizes a shared float weight where it is used (static QDQ of such an Identity); layout
 # changes and Casts on the way. The first four keep the weight's shape.
-_WEIGHT_PATH_OPS = ("Identity", "DequantizeLinear", "QuantizeLinear", "Cast", "Transpose", "Reshape")
-_SHAPE_KEEPING = _WEIGHT_PATH_OPS[:4]
+WEIGHT_PATH_OPS = ("Identity", "DequantizeLinear", "QuantizeLinear", "Cast", "Transpose", "Reshape")
+_SHAPE_KEEPING = WEIGHT_PATH_OPS[:4]
 
 
 def _weight_path(graph: Graph, name: str) -> tuple[str, list[onnx.NodeProto]] | None:
@@ -173,7 +186,7 @@ def _weight_path(graph: Graph, name: str) -> tuple[str, list[onnx.NodeProto]] | 
     path = []
     while not graph.is_constant(name):
         node = graph.producer.get(name)
-        if (node is None or node.domain not in ("", "ai.onnx") or node.op_type not in _WEIGHT_PATH_OPS
+        if (node is None or node.domain not in ("", "ai.onnx") or node.op_type not in WEIGHT_PATH_OPS
                 or not all(is_weight(graph, other) for other in node.input[1:] if other)):
             return None
         path.append(node)
@@ -183,7 +196,7 @@ def _weight_path(graph: Graph, name: str) -> tuple[str, list[onnx.NodeProto]] | 
 
 def weight_source(graph: Graph, name: str) -> str | None:
     """The constant (initializer or Constant output) a value is, also through the ops that only
-    carry a weight (_WEIGHT_PATH_OPS): a quantized weight is a weight, never an activation."""
+    carry a weight (WEIGHT_PATH_OPS): a quantized weight is a weight, never an activation."""
     found = _weight_path(graph, name)
     return None if found is None else found[0]
 

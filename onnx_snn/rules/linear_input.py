@@ -3,9 +3,9 @@ value that is not yet spike-encoded (embeddings, the residual stream, a normalis
 attention output): an identity encoder on the activation input, so the layer is driven by spikes.
 Left out by `--hybrid`, which converts only the nonlinear ops.
 
-Which ops are linear layers, which of their inputs carry activations, and where, through
-quantization, such an input is encoded: the one place the rules, the report and the energy estimate
-ask. A quantized layer computes on integers its QuantizeLinear (static QDQ and QOperator models) or
+Where, through quantization, a linear layer's activation input is encoded (which inputs are its
+operands, and its MACs: report.MAC_OPS; whether it is spike-driven: report.is_spike_driven, which
+follows the same quantizers back). A quantized layer computes on integers its QuantizeLinear (static QDQ and QOperator models) or
 DynamicQuantizeLinear (dynamic int8) made from a float value, and the encoder goes on that float
 value, before the quantizer: the quantizer reads the decoded spike train, so the layer still
 computes in int8, on the decoded value. A QOperator layer fed by integer ops only (QLinearAdd ->
@@ -29,29 +29,21 @@ from onnx_snn.rules.base import MatchContext, NearMiss, Site, is_weight, node_na
 NAME = "linear-input"
 
 
-@dataclass(frozen=True)
-class LinearLayer:
-    domain: str
-    operands: tuple[int, ...]  # the inputs that may carry an activation (the others: biases, scales, zero points)
-    integer: bool  # the operands are quantized integers
-
-
-LINEAR_LAYERS = {
-    "MatMul": LinearLayer("", (0, 1), False),
-    "Gemm": LinearLayer("", (0, 1), False),
-    "Conv": LinearLayer("", (0,), False),
-    "MatMulInteger": LinearLayer("", (0, 1), True),  # dynamic int8 (quantize_dynamic)
-    "QLinearMatMul": LinearLayer("", (0, 3), True),  # QOperator
-    "QGemm": LinearLayer("com.microsoft", (0, 3), True),
-    "MatMulNBits": LinearLayer("com.microsoft", (0,), False),  # 4-bit weight-only: A is float
-}
-LINEAR_OPS = tuple(LINEAR_LAYERS)
+# the layers this rule encodes (their MACs and which inputs are operands: report.MAC_OPS); the
+# operands of the integer ones are quantized, and a QLinear op has each operand's scale and zero
+# point as its next two inputs
+_INTEGER = ("MatMulInteger", "ConvInteger")
+_QLINEAR = ("QLinearMatMul", "QGemm", "QLinearConv")
+LINEAR_OPS = ("MatMul", "Gemm", "Conv", "MatMulNBits", "FusedMatMul", *_INTEGER, *_QLINEAR)
 _QUANTIZERS = ("QuantizeLinear", "DynamicQuantizeLinear")
 
 
-def is_linear(node: onnx.NodeProto) -> bool:
-    layer = LINEAR_LAYERS.get(node.op_type)
-    return layer is not None and node.domain in ((layer.domain, "ai.onnx") if not layer.domain else (layer.domain,))
+def operand_indices(node: onnx.NodeProto) -> tuple[int, ...]:
+    """The inputs of a layer of this rule that may carry an activation (none for other ops)."""
+    from onnx_snn.report import mac_op
+
+    found = mac_op(node) if node.op_type in LINEAR_OPS else None
+    return found.operands or () if found is not None else ()
 
 
 @dataclass
@@ -71,11 +63,10 @@ def encoding_points(graph: Graph, node: onnx.NodeProto) -> list[EncodingPoint | 
     """For each computed operand of the linear layer `node`, where it is spike-encoded, traced back
     through quantization: an integer operand to the float input of its QuantizeLinear or
     DynamicQuantizeLinear; a float operand dequantized from a QuantizeLinear (QDQ) to that
-    QuantizeLinear's input. None for an integer operand without a quantizer whose scale and zero
-    point are not constant scalars."""
-    layer = LINEAR_LAYERS[node.op_type]
+    QuantizeLinear's input. None for an integer operand without a quantizer that is not a QLinear
+    op's with constant scalar scale and zero point."""
     points = []
-    for index in layer.operands:
+    for index in operand_indices(node):
         name = node.input[index] if index < len(node.input) else ""
         if not name or is_weight(graph, name):
             continue
@@ -86,28 +77,18 @@ def encoding_points(graph: Graph, node: onnx.NodeProto) -> list[EncodingPoint | 
                 producer = quantizer
         if producer is not None and producer.op_type in _QUANTIZERS and producer.domain in ("", "ai.onnx"):
             points.append(EncodingPoint(producer.input[0], producer, index))
-        elif not layer.integer:
+        elif node.op_type not in _INTEGER + _QLINEAR:
             points.append(EncodingPoint(name, node, index))
         else:
-            scale, zero = (graph.scalar(node.input[i]) if i < len(node.input) and node.input[i] else None
-                           for i in (index + 1, index + 2))  # QLinearMatMul's and QGemm's order
+            scale, zero = (graph.scalar(node.input[i]) if node.op_type in _QLINEAR and i < len(node.input)
+                           and node.input[i] else None for i in (index + 1, index + 2))
             points.append(None if scale is None or zero is None else EncodingPoint(name, node, index, (scale, zero)))
     return points
-
-
-def activation_inputs(graph: Graph, node: onnx.NodeProto) -> list[str]:
-    """The values whose spike encoding drives the layer (encoding_points; an operand that cannot be
-    encoded is named itself)."""
-    names = [node.input[i] for i in LINEAR_LAYERS[node.op_type].operands if i < len(node.input)]
-    names = [name for name in names if name and not is_weight(graph, name)]
-    return [point.tensor if point else name for point, name in zip(encoding_points(graph, node), names)]
 
 
 def encoder_site(rule: str, kind: str, ctx: MatchContext, node: onnx.NodeProto, operands: int) -> Site | None:
     """Identity encoders on the activation inputs of `node` that are not spike-encoded yet (none
     when all are), if it has `operands` of them and each can be encoded."""
-    if not is_linear(node):
-        return None
     points = encoding_points(ctx.graph, node)
     if len(points) != operands or None in points:
         return None
@@ -136,7 +117,7 @@ def encoder_site(rule: str, kind: str, ctx: MatchContext, node: onnx.NodeProto, 
         return nodes + [layer]
 
     return Site(rule, kind, node, [node], probes, build, encode=[(p.tensor, p.reader) for p in shared],
-                encoders=len(integer))
+                encoders=len(integer), quantized=True)
 
 
 class LinearInput:

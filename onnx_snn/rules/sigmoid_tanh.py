@@ -44,5 +44,5 @@ def quantized_sigmoid(ctx: MatchContext, node: onnx.NodeProto) -> Site | NearMis
                 mbe_neuron.make_node(neurons.for_tensor("sigmoid", probe), x, y, name=name),
                 oh.make_node("QuantizeLinear", [y, y_scale, y_zero], node.output[:1], name=f"{name}/quantize")]
 
-    return Site(NAME, "sigmoid", node, [node], [probe], build)
+    return Site(NAME, "sigmoid", node, [node], [probe], build, quantized=True)
 

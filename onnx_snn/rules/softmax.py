@@ -44,4 +44,4 @@ class SoftmaxRule:
                                                 y=y, axis=axis, name=name)
             return quantize[:1] + [spiking] + quantize[1:]
 
-        return Site(NAME, "softmax", node, [node], [], build)
+        return Site(NAME, "softmax", node, [node], [], build, quantized=quantized)

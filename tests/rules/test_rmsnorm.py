@@ -223,8 +223,6 @@ def test_written_out_form_with_casts_and_large_epsilon_converts():
                                 epsilon=0.05)
 
 
-@pytest.mark.xfail(strict=True, reason="convert() validates with onnx.checker, which rejects onnxruntime's "
-                   "SimplifiedLayerNormalization (an op outside the ONNX standard in the default domain)")
 def test_simplified_layernormalization_op_converts_to_spiking_rmsnorm():
     assert_composite_conversion(simplified_layernorm_graph(), "rmsnorm", RULE, inputs(), gamma=np.ones(HIDDEN),
                                 axis=-1, epsilon=1e-6)
