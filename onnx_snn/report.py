@@ -403,8 +403,7 @@ def _weights(graph: onnx.GraphProto) -> set[str]:
     table's DequantizeLinear, Identity, Cast, Transpose, Reshape), in the graph's order."""
     weights = {t.name for t in graph.initializer} - {v.name for v in graph.input}
     for node in graph.node:
-        if domain_of(node) == "" and (node.op_type == "Constant" or (
-                node.op_type in WEIGHT_PATH_OPS and all(i in weights for i in node.input if i))):
+        if domain_of(node) == "" and node.op_type in WEIGHT_PATH_OPS and all(i in weights for i in node.input if i):
             weights.update(o for o in node.output if o)
     return weights
 
@@ -446,8 +445,6 @@ def left_nonlinear(graph: Graph, near_misses: list[NearMiss]) -> list[dict]:
             reason = "attention op: its softmax and products run inside it on decoded values; no rule converts it"
         elif where:
             reason = IN_SUBGRAPH
-        elif domain == "com.microsoft" and node.op_type.startswith("QLinear"):
-            reason = "an op on integers (QOperator format) that no rule converts: quantize in the QDQ format instead"
         else:
             reason = "no rule matches this form"
         left.append({"node": where + name, "op_type": node.op_type, "domain": domain, "reason": reason,
