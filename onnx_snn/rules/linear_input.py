@@ -5,10 +5,10 @@ Left out by `--hybrid`, which converts only the nonlinear ops.
 
 Where, through quantization, a linear layer's activation input is encoded (which inputs are its
 operands, and its MACs: report.MAC_OPS; whether it is spike-driven: report.is_spike_driven, which
-follows the same quantizers back). A quantized layer computes on integers its QuantizeLinear (static QDQ and QOperator models) or
-DynamicQuantizeLinear (dynamic int8) made from a float value, and the encoder goes on that float
-value, before the quantizer: the quantizer reads the decoded spike train, so the layer still
-computes in int8, on the decoded value. A QOperator layer fed by integer ops only (QLinearAdd ->
+follows the same quantizers back). A quantized layer computes on integers its QuantizeLinear
+(static QDQ and QOperator models) or DynamicQuantizeLinear (dynamic int8) made from a float value,
+and the encoder goes on that float value, before the quantizer: the quantizer reads the decoded
+spike train, so the layer still computes in int8, on the decoded value. A QOperator layer fed by integer ops only (QLinearAdd ->
 Reshape -> Transpose, QLinearSoftmax) has no float value: DequantizeLinear -> encoder ->
 QuantizeLinear with its own scale and zero point go before it (at T=16 the encoder gives back the
 8-bit values exactly: tests/test_quantized.py)."""
@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import onnx
-
 from onnx import helper as oh
 
 from onnx_snn.calibrate import Probe
@@ -38,12 +37,12 @@ LINEAR_OPS = ("MatMul", "Gemm", "Conv", "MatMulNBits", "FusedMatMul", *_INTEGER,
 _QUANTIZERS = ("QuantizeLinear", "DynamicQuantizeLinear")
 
 
-def operand_indices(node: onnx.NodeProto) -> tuple[int, ...]:
+def _operand_indices(node: onnx.NodeProto) -> tuple[int, ...]:
     """The inputs of a layer of this rule that may carry an activation (none for other ops)."""
-    from onnx_snn.report import mac_op
+    from onnx_snn.report import mac_op  # report imports the rules' base: not at import time
 
     found = mac_op(node) if node.op_type in LINEAR_OPS else None
-    return found.operands or () if found is not None else ()
+    return () if found is None or found.operands is None else found.operands
 
 
 @dataclass
@@ -66,7 +65,7 @@ def encoding_points(graph: Graph, node: onnx.NodeProto) -> list[EncodingPoint | 
     QuantizeLinear's input. None for an integer operand without a quantizer that is not a QLinear
     op's with constant scalar scale and zero point."""
     points = []
-    for index in operand_indices(node):
+    for index in _operand_indices(node):
         name = node.input[index] if index < len(node.input) else ""
         if not name or is_weight(graph, name):
             continue
