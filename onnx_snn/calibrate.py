@@ -10,6 +10,8 @@ produces does not stretch the range. Values beyond the range saturate the neuron
 
 Batches are streamed, run one at a time, and only running statistics are kept (RunningRange): the
 session itself reduces each probed tensor to its extremes, so no run returns all activations at once.
+A value inside an If, Loop or Scan body, which a session cannot return, is reduced in its body and
+its extremes (and shapes) carried out through the enclosing nodes (_carry_out).
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from __future__ import annotations
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnx_snn.graph import bodies, every_node
 from onnx_snn.runtime import RUNTIME_ERRORS, cannot_load, cannot_run, read_external_data_from
 
 STATISTIC = "each batch's extremes; over batches, the most extreme but one (of 3 or more)"
@@ -56,11 +59,14 @@ class Range:
 @dataclass
 class Calibration:
     ranges: dict[Probe, Range]
-    shapes: dict[str, tuple[int, ...]]  # shapes on the first batch, for counting MACs
+    shapes: dict[str, tuple[int, ...]]  # shapes on the first batch that computed them, for counting MACs
     batches: int
     synthesized: bool  # no data given: inputs were made from the model's input signature
     first_batch: dict[str, np.ndarray]  # for the check: the first batch,
     first_outputs: dict[str, np.ndarray]  # and the original's outputs on it
+    # every shape a value in a body had, in the order computed, in the first batch that ran it: one
+    # a Loop or Scan iteration (shapes may change from one to the next), none if no batch ran it
+    body_shapes: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
 
 
 class CalibrationError(ValueError):
@@ -86,7 +92,7 @@ def _signature(model: onnx.ModelProto) -> list[tuple[str, np.dtype, list]]:
 def _vocabulary_size(model: onnx.ModelProto, input_name: str) -> int | None:
     """Rows of the embedding table an id input indexes (Gather(table, ids)), if any."""
     shapes = {t.name: list(t.dims) for t in model.graph.initializer}
-    for node in model.graph.node:
+    for node in every_node(model.graph):  # also in the branches of a merged decoder
         if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == input_name and node.input[0] in shapes:
             return int(shapes[node.input[0]][0])
     return None
@@ -96,10 +102,10 @@ def synthesize(model: onnx.ModelProto, *, batches: int = 2, batch_size: int = 4,
                seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Inputs made from the model's input signature: token ids below the embedding's vocabulary,
     attention masks of ones with padding in the last rows, zero token types, counting position ids,
-    standard-normal floats (e.g. images). Symbolic dims: batch_size, then `sequence`."""
+    other booleans false in even batches and true in odd ones, standard-normal floats (e.g. images). Symbolic dims: batch_size, then `sequence`."""
     rng = np.random.default_rng(seed)
     result = []
-    for _ in range(batches):
+    for index in range(batches):
         feeds = {}
         for name, dtype, dims in _signature(model):
             shape = [d if isinstance(d, int) and d > 0 else (batch_size if i == 0 else sequence) for i, d in enumerate(dims)]
@@ -113,6 +119,8 @@ def synthesize(model: onnx.ModelProto, *, batches: int = 2, batch_size: int = 4,
                     value = np.zeros(shape, dtype)
                 elif "position" in lname:
                     value = np.broadcast_to(np.arange(shape[-1], dtype=dtype), shape).copy()
+                elif dtype == np.bool_:  # a condition (optimum's use_cache_branch): both ways, so both
+                    value = np.full(shape, index % 2 == 1)  # branches of an If are calibrated
                 else:
                     vocab = _vocabulary_size(model, name) or 1000
                     value = rng.integers(0, vocab, shape).astype(dtype)
@@ -232,30 +240,174 @@ def _extremes_nodes(tensor: str, prefix: str) -> tuple[list[onnx.NodeProto], str
     return nodes, lo, hi
 
 
-def _probe_model(model: onnx.ModelProto, tensors: list[str], centered: list[str],
-                 shape_tensors: list[str]) -> tuple[onnx.ModelProto, dict[str, tuple[str, str]], dict[str, str]]:
-    """A copy of `model` that also outputs the finite extremes of `tensors`, the values of `centered`
-    (their extremes need the mean, reduced in numpy as _extremes does) and the shapes of
-    `shape_tensors`; (model, {tensor: (lo, hi) outputs}, {tensor: shape output})."""
+def _centered_nodes(probe: Probe, prefix: str, opset: int) -> tuple[list[onnx.NodeProto], str]:
+    """Nodes giving the probe's centred values (x minus its mean over the dims from its axis on, as
+    _extremes centres them), for probes inside bodies, whose values cannot be returned; (nodes, name)."""
+    make = onnx.helper.make_node
+    flat, mean, centered = f"{prefix}/flat", f"{prefix}/mean", f"{prefix}/centered"
+    if opset >= 18:
+        axes = onnx.helper.make_tensor(f"{prefix}/axes", onnx.TensorProto.INT64, [1], [1])
+        reduce = [make("Constant", [], [axes.name], value=axes), make("ReduceMean", [flat, axes.name], [mean])]
+    else:
+        reduce = [make("ReduceMean", [flat], [mean], axes=[1])]
+    nodes = [make("Cast", [probe.tensor], [f"{prefix}/float"], to=onnx.TensorProto.FLOAT),
+             make("Flatten", [f"{prefix}/float"], [flat], axis=probe.centered_axis), *reduce,
+             make("Sub", [flat, mean], [centered])]
+    return nodes, centered
+
+
+def _shape_nodes(tensor: str, prefix: str) -> tuple[list[onnx.NodeProto], str]:
+    """Nodes giving a record of `tensor`'s shape, [rank, *dims]: records of all the times a body ran
+    are concatenated (see _carry_out), and _shape_records reads them back."""
+    make = onnx.helper.make_node
+    shape, rank, record = f"{prefix}/shape", f"{prefix}/rank", f"{prefix}/record"
+    return [make("Shape", [tensor], [shape]), make("Shape", [shape], [rank]),
+            make("Concat", [rank, shape], [record], axis=0)], record
+
+
+def _shape_records(record: np.ndarray) -> list[tuple[int, ...]]:
+    """The shapes in a concatenation of [rank, *dims] records, in the order they were computed."""
+    shapes, at = [], 0
+    while at < len(record):
+        rank = int(record[at])
+        shapes.append(tuple(int(d) for d in record[at + 1:at + 1 + rank]))
+        at += 1 + rank
+    return shapes
+
+
+# how a statistic of a value computed several times (loop iterations) or not at all (an If's other
+# branch) is combined: the op, its element type, and the value of 'not computed'
+_COMBINE = {"lo": ("Min", onnx.TensorProto.FLOAT, [math.inf]), "hi": ("Max", onnx.TensorProto.FLOAT, [-math.inf]),
+            "shape": ("Concat", onnx.TensorProto.INT64, [])}
+
+
+def _defined(graph: onnx.GraphProto) -> set[str]:
+    """The values a graph and the bodies in it define."""
+    names = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    for node in graph.node:
+        names.update(node.output)
+        for body in bodies(node):
+            names |= _defined(body)
+    return names
+
+
+def _carry_out(graph: onnx.GraphProto, wanted: list[tuple[object, str]], opset: int,
+               prefix: str) -> dict[tuple[object, str], str]:
+    """Compute each wanted statistic (key, kind) of the values `graph` and its bodies define, as a
+    value of `graph`: kind "lo"/"hi" of a Probe key (its finite extremes), "shape" of a tensor name
+    key (its shape records). A statistic of a body's value is computed in the body and carried out
+    through the node holding it, recursively: as an extra output of both If branches (the branch
+    without the value gives 'not computed': +inf, -inf, no record), as an extra loop-carried value
+    of a Loop combined across iterations (Min, Max, Concat), and as an extra scan output of a Scan
+    combined after it; so every iteration is in the statistic, and its shape in the records.
+    Statistics of values in the bodies of other ops are not measured."""
+    make = onnx.helper.make_node
+    here = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+    found: dict[tuple[object, str], str] = {}
+    for index, key in enumerate(dict.fromkeys(k for k, _ in wanted)):
+        tensor = key if isinstance(key, str) else key.tensor
+        if tensor not in here:
+            continue
+        name = f"{prefix}/v{index}"
+        if isinstance(key, str):
+            nodes, found[key, "shape"] = _shape_nodes(tensor, name)
+        else:
+            if key.centered_axis is not None:
+                centering, tensor = _centered_nodes(key, f"{name}/centering", opset)
+                graph.node.extend(centering)
+            nodes, found[key, "lo"], found[key, "hi"] = _extremes_nodes(tensor, name)
+        graph.node.extend(nodes)
+    counter = 0
+
+    def constant(where: onnx.GraphProto, kind: str) -> str:
+        nonlocal counter
+        counter += 1
+        _, elem_type, value = _COMBINE[kind]
+        name = f"{prefix}/none/{counter}"
+        dims = [0] if kind == "shape" else []
+        where.node.append(make("Constant", [], [name], value=onnx.helper.make_tensor(name, elem_type, dims, value)))
+        return name
+
+    def typed(name: str, kind: str) -> onnx.ValueInfoProto:
+        return onnx.helper.make_tensor_value_info(name, _COMBINE[kind][1], [] if kind != "shape" else [None])
+
+    for position, node in enumerate(list(graph.node)):
+        subs = bodies(node) if node.op_type in ("If", "Loop", "Scan") and node.domain in ("", "ai.onnx") else []
+        defined = [_defined(b) for b in subs]
+        inside = [[(k, kind) for k, kind in wanted if (k if isinstance(k, str) else k.tensor) in names] for names in defined]
+        if not any(inside):
+            continue
+        at = f"{prefix}/n{position}"
+        results = [_carry_out(b, w, opset, f"{at}.{i}") for i, (b, w) in enumerate(zip(subs, inside))]
+        stats = list(dict.fromkeys(stat for result in results for stat in result))
+        if node.op_type == "If":
+            for stat in stats:
+                for body, result in zip(subs, results):
+                    body.output.append(typed(result.get(stat) or constant(body, stat[1]), stat[1]))
+                found[stat] = f"{at}/{len(found)}"
+                node.output.append(found[stat])
+            continue
+        (body,), (result,) = subs, results
+        if node.op_type == "Loop":  # loop-carried values, combined in the body (their shapes may change)
+            carried = len(node.input) - 2
+            for offset, stat in enumerate(stats):
+                op = _COMBINE[stat[1]][0]
+                before, after = f"{at}/in/{offset}", f"{at}/out/{offset}"
+                body.input.insert(2 + carried + offset, typed(before, stat[1]))
+                body.node.append(make(op, [before, result[stat]], [after], **({"axis": 0} if op == "Concat" else {})))
+                body.output.insert(1 + carried + offset, typed(after, stat[1]))
+                node.input.append(constant(graph, stat[1]))
+                found[stat] = f"{at}/{len(found)}"
+                node.output.insert(carried + offset, found[stat])
+            continue
+        # Scan's states keep their shapes: each iteration's statistic is a scan output, combined after
+        for attr in node.attribute:
+            if attr.name in ("scan_output_axes", "scan_output_directions"):
+                attr.ints.extend([0] * len(stats))
+        for offset, stat in enumerate(stats):
+            body.output.append(typed(result[stat], stat[1]))
+            stacked, flat = f"{at}/stacked/{offset}", f"{at}/flat/{offset}"
+            node.output.append(stacked)
+            found[stat] = f"{at}/{len(found)}"
+            op, elem_type, none = _COMBINE[stat[1]]
+            if op == "Concat":
+                minus_one = onnx.helper.make_tensor(f"{flat}/shape", onnx.TensorProto.INT64, [1], [-1])
+                graph.node.extend([make("Constant", [], [minus_one.name], value=minus_one),
+                                   make("Reshape", [stacked, minus_one.name], [found[stat]])])
+            else:  # the 'not computed' value first: no iteration gives no finite value
+                first = onnx.helper.make_tensor(f"{flat}/none", elem_type, [1], none)
+                graph.node.extend([make("Constant", [], [first.name], value=first),
+                                   make("Concat", [first.name, stacked], [flat], axis=0),
+                                   make(f"Reduce{op}", [flat], [found[stat]], keepdims=0)])
+    return found
+
+
+def _probe_model(model: onnx.ModelProto, tensors: list[str], centered: list[Probe],
+                 shape_tensors: list[str]) -> tuple[onnx.ModelProto, dict[Probe, tuple[str, str]], list[str], dict[str, str]]:
+    """A copy of `model` that also outputs the finite extremes of the probes on `tensors` and of the
+    `centered` probes inside bodies, the values of the other `centered` tensors (their extremes need
+    the mean, reduced in numpy as _extremes does) and the shape records of `shape_tensors`;
+    (model, {probe: (lo, hi) outputs}, [centred values output], {tensor: shape records output})."""
     probed = onnx.ModelProto()
     probed.CopyFrom(model)  # external weights stay references: only the graph is copied
     graph = probed.graph
     graph.initializer.extend([onnx.helper.make_tensor(_INF, onnx.TensorProto.FLOAT, [], [math.inf]),
                               onnx.helper.make_tensor(_MINUS_INF, onnx.TensorProto.FLOAT, [], [-math.inf])])
+    main = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+    values = [p.tensor for p in centered if p.tensor in main]
+    wanted = [(Probe(t), kind) for t in tensors for kind in ("lo", "hi")]
+    wanted += [(p, kind) for p in centered if p.tensor not in main for kind in ("lo", "hi")]
+    wanted += [(t, "shape") for t in shape_tensors]
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    found = _carry_out(graph, wanted, opset, _PREFIX)
+    extremes = {key: (found[key, "lo"], found[key, "hi"]) for key, kind in wanted if kind == "lo" and (key, "lo") in found}
+    shapes = {key: found[key, "shape"] for key, kind in wanted if kind == "shape" and (key, "shape") in found}
     outputs = {o.name for o in graph.output}
-    extremes, shapes = {}, {}
-    for index, tensor in enumerate(tensors):
-        nodes, lo, hi = _extremes_nodes(tensor, f"{_PREFIX}/{index}")
-        graph.node.extend(nodes)
-        extremes[tensor] = (lo, hi)
-    for index, tensor in enumerate(shape_tensors):
-        shapes[tensor] = f"{_PREFIX}/shape/{index}"
-        graph.node.append(onnx.helper.make_node("Shape", [tensor], [shapes[tensor]]))
-    for name in [*centered, *(n for pair in extremes.values() for n in pair), *shapes.values()]:
+    for name in [*values, *(n for pair in extremes.values() for n in pair), *shapes.values()]:
         if name not in outputs:
             graph.output.append(onnx.ValueInfoProto(name=name))
             outputs.add(name)
-    return probed, extremes, shapes
+    return probed, extremes, list(dict.fromkeys(values)), shapes
 
 
 def calibrate(
@@ -280,9 +432,10 @@ def calibrate(
     shape_tensors = list(dict.fromkeys(shape_tensors))
     shapes = {name: weights[name] for name in shape_tensors if name in weights}  # the rest from the first batch
     shape_tensors = [name for name in shape_tensors if name not in weights]
-    centered = list(dict.fromkeys(p.tensor for p in probes if p.centered_axis is not None))
+    main = {o for n in model.graph.node for o in n.output} | inputs
+    centered = [p for p in probes if p.centered_axis is not None]
     plain = list(dict.fromkeys(p.tensor for p in probes if p.centered_axis is None))
-    probe_model, extremes, shape_outputs = _probe_model(model, plain, centered, shape_tensors)
+    probe_model, extremes, centered_values, shape_outputs = _probe_model(model, plain, centered, shape_tensors)
     options = read_external_data_from(ort.SessionOptions(), model_dir)
     options.log_severity_level = 4  # its errors are raised, and reported in one line, below
     # run each reduction as soon as its tensor is computed, so the activations are freed as the run
@@ -294,8 +447,8 @@ def calibrate(
         raise CalibrationError(cannot_load(where, e)) from None
     del probe_model
     model_outputs = [o.name for o in model.graph.output]
-    every_batch = list(dict.fromkeys([*centered, *(n for pair in extremes.values() for n in pair)]))
-    first_batch = list(dict.fromkeys([*every_batch, *shape_outputs.values(), *model_outputs]))
+    every_batch = list(dict.fromkeys([*centered_values, *(n for pair in extremes.values() for n in pair)]))
+    body_shapes: dict[str, list[tuple[int, ...]]] = {}
     running = {p: RunningRange() for p in probes}
     first: tuple[dict, dict] = ({}, {})
     if progress:
@@ -304,20 +457,30 @@ def calibrate(
         batches = tqdm(batches, desc="calibrating", unit="batch", file=sys.stderr, leave=False)
     count = 0
     for feeds in batches:
-        wanted = first_batch if count == 0 else every_batch
+        # shapes until each tensor was computed (a body's values: in a batch that ran the body)
+        pending = {name: out for name, out in shape_outputs.items() if name not in shapes}
+        wanted = list(dict.fromkeys([*every_batch, *pending.values(), *(model_outputs if count == 0 else [])]))
         try:
             values = dict(zip(wanted, session.run(wanted, feeds)))
         except RUNTIME_ERRORS as e:
             raise CalibrationError(cannot_run(where, e, feeds, synthesized, "--calibration")) from None
+        for name, out in pending.items():
+            records = _shape_records(values[out])
+            if records:
+                shapes[name] = records[0]
+                if name not in main:
+                    body_shapes[name] = records
         if count == 0:
-            shapes.update({name: tuple(int(d) for d in values[out]) for name, out in shape_outputs.items()})
             first = (feeds, {name: values[name] for name in model_outputs})
         for probe in probes:
-            if probe.centered_axis is None:
-                lo, hi = (float(values[name]) for name in extremes[probe.tensor])
+            measured = replace(probe, dequantized=None)  # an integer tensor's extremes are measured as they are
+            if measured in extremes:
+                lo, hi = (float(values[name]) for name in extremes[measured])
                 found = (lo, hi) if lo <= hi else None  # (inf, -inf): no finite value
-            else:
+            elif probe.tensor in values:  # a centred probe of the main graph
                 found = _extremes(values[probe.tensor], probe)
+            else:
+                found = None  # in the body of an op calibration does not see through
             if found is not None and probe.dequantized is not None:
                 scale, zero = probe.dequantized
                 found = tuple(sorted((v - zero) * scale for v in found))
@@ -326,4 +489,4 @@ def calibrate(
         del values
         count += 1
     ranges = {p: r.range() for p, r in running.items() if r.batches}
-    return Calibration(ranges, shapes, count, synthesized, *first)
+    return Calibration(ranges, shapes, count, synthesized, *first, body_shapes)

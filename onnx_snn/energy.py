@@ -45,7 +45,7 @@ from onnx import TensorProto
 
 from onnx_snn import calibrate as cal
 from onnx_snn import model_io
-from onnx_snn.graph import Graph
+from onnx_snn.graph import Graph, every_node
 from onnx_snn.ops import DOMAIN, spiking_layernorm, spiking_rmsnorm, spiking_softmax
 from onnx_snn.report import PASS_THROUGH, activation_operands, is_spike_driven, mac_op, node_macs
 from onnx_snn.rules.base import node_name
@@ -230,6 +230,9 @@ def energy_report(original: str | os.PathLike | onnx.ModelProto, spiking: str | 
     if any(n.domain == DOMAIN for n in ann.graph.node):
         raise EnergyError(f"{where_a}: uses the {DOMAIN} ops: pass the original model (before conversion) first")
     if not any(n.domain == DOMAIN for n in snn.graph.node):
+        if any(n.domain == DOMAIN for n in every_node(snn.graph)):
+            raise EnergyError(f"{where_s}: its spiking ops are inside If/Loop/Scan bodies, whose spikes energy does "
+                              "not count yet (it counts the main graph's)")
         raise EnergyError(f"{where_s}: has no {DOMAIN} spiking ops: pass the converted model second")
     for e_pj, flag in ((e_mac_pj, "--e-mac"), (e_ac_pj, "--e-ac")):
         if not (math.isfinite(e_pj) and e_pj >= 0):

@@ -5,13 +5,19 @@ never external weights), as onnxruntime's transformers fusions do. Surgery is re
 once: matched nodes are removed, replacements inserted, and the node list sorted topologically
 with a stable order, so every node a rule did not touch stays byte-identical and weights are never
 loaded or copied.
+
+Subgraphs (the bodies of If, Loop and Scan) are scopes of their own: `scopes()` is the main graph
+and every body, each a Graph whose constant lookups reach the enclosing scopes. A node with bodies
+counts as a consumer of every outer value they read, so no rule removes a value a body reads.
+Names are unique over the whole model, as ONNX requires. Why this index is hand-written rather than
+onnx-graphsurgeon's or onnx-ir's: docs/graph-layer.md.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -23,32 +29,102 @@ _SMALL_CONSTANT = 1024
 _CONSTANT_OPS = ("Constant", "QuantizeLinear", "DequantizeLinear")
 
 
+def named_bodies(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
+    """The subgraphs a node holds (an If's branches, a Loop's or Scan's body), by attribute name."""
+    found = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            found.append((attr.name, attr.g))
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            found += [(f"{attr.name}[{i}]", g) for i, g in enumerate(attr.graphs)]
+    return found
+
+
+def bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    return [body for _, body in named_bodies(node)]
+
+
+def graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The graph, then every body in it (at any depth)."""
+    yield graph
+    for node in graph.node:
+        for body in bodies(node):
+            yield from graphs(body)
+
+
+def every_node(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """The nodes of a graph and of every body in it."""
+    for g in graphs(graph):
+        yield from g.node
+
+
+def outer_reads(node: onnx.NodeProto) -> set[str]:
+    """The values a node's bodies read from outside them (at any depth)."""
+    reads: set[str] = set()
+    for body in bodies(node):
+        defined = {v.name for v in body.input} | {t.name for t in body.initializer}
+        defined.update(o for n in body.node for o in n.output)
+        for inner in body.node:
+            reads.update(name for name in (*inner.input, *outer_reads(inner)) if name and name not in defined)
+        reads.update(v.name for v in body.output if v.name not in defined)
+    return reads
+
+
+def reads(node: onnx.NodeProto) -> list[str]:
+    """Every value a node reads: its inputs, then what its bodies read from outside, once each."""
+    outer = sorted(outer_reads(node)) if node.attribute else []
+    return [name for name in dict.fromkeys([*node.input, *outer]) if name]
+
+
+def node_name(node: onnx.NodeProto) -> str:
+    return node.name or (node.output[0] if node.output else node.op_type)
+
+
 class Graph:
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, graph: onnx.GraphProto | None = None, outer: Graph | None = None,
+                 where: str = ""):
         self.model = model
-        self.graph = model.graph
+        self.graph = model.graph if graph is None else graph
+        self.outer = outer
+        self.where = where  # '' for the main graph, else the path to the body, e.g. 'If_0 then_branch: '
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         self.position: dict[int, int] = {}
+        self.scope_of: dict[int, Graph] = {} if outer is None else outer.scope_of  # node id -> its scope
+        inner: list[tuple[str, onnx.GraphProto]] = []
         for i, node in enumerate(self.graph.node):
             self.position[id(node)] = i
+            self.scope_of[id(node)] = self
             for name in node.output:
                 if name:
                     self.producer[name] = node
-            for name in dict.fromkeys(node.input):  # Mul(x, x) reads x once
-                if name:
-                    self.consumers[name].append(node)
+            if node.attribute:
+                inner += [(f"{where}{node_name(node)} {attribute}: ", body) for attribute, body in named_bodies(node)]
+            for name in reads(node):  # Mul(x, x) reads x once; an If reads what its branches read
+                self.consumers[name].append(node)
         self.initializers = {t.name: t for t in self.graph.initializer}
         self.graph_inputs = {v.name for v in self.graph.input}
         self.graph_outputs = {v.name for v in self.graph.output}
-        self._names = set(self.producer) | set(self.initializers) | self.graph_inputs
+        # one set of names for the whole model: a fresh name is fresh in every scope
+        self._names = outer._names if outer is not None else set()
+        self._names.update(self.producer, self.initializers, self.graph_inputs)
+        self.subgraphs = [Graph(model, body, self, path) for path, body in inner]
         self._removed: set[int] = set()
         self._added: list[onnx.NodeProto] = []
+
+    def scopes(self) -> list[Graph]:
+        """This graph, then every body in it, outer before inner."""
+        return [self, *(scope for sub in self.subgraphs for scope in sub.scopes())]
+
+    def _defines(self, name: str) -> bool:
+        return name in self.producer or name in self.initializers or name in self.graph_inputs
 
     # -- reading ----------------------------------------------------------------------------------
     def constant(self, name: str) -> np.ndarray | None:
         """The value of a small constant tensor (initializer or Constant node), else None."""
+        if self.outer is not None and not self._defines(name):
+            return self.outer.constant(name)
         tensor = self.initializers.get(name)
         if tensor is None:
             node = self.producer.get(name)
@@ -84,6 +160,8 @@ class Graph:
 
     def constant_shape(self, name: str) -> tuple[int, ...] | None:
         """The shape of an initializer or of a Constant node's output (without reading its value)."""
+        if self.outer is not None and not self._defines(name):
+            return self.outer.constant_shape(name)
         tensor = self.initializers.get(name)
         if tensor is not None:
             return tuple(tensor.dims)
@@ -104,10 +182,19 @@ class Graph:
         for info in (*self.graph.input, *self.graph.output, *self.graph.value_info):
             if info.name == name and info.type.tensor_type.HasField("shape"):
                 return len(info.type.tensor_type.shape.dim)
-        return None
+        return None if self.outer is None else self.outer.declared_rank(name)
+
+    def defining_node(self, name: str) -> onnx.NodeProto | None:
+        """The node producing `name`, in this scope or an enclosing one."""
+        node = self.producer.get(name)
+        if node is None and self.outer is not None and not self._defines(name):
+            return self.outer.defining_node(name)
+        return node
 
     def is_constant(self, name: str) -> bool:
         """True for weights and constants: initializers (not overridable inputs) and Constant outputs."""
+        if self.outer is not None and not self._defines(name):
+            return self.outer.is_constant(name)
         if name in self.initializers:
             return name not in self.graph_inputs
         node = self.producer.get(name)
@@ -186,8 +273,15 @@ class Graph:
                 node.input[i] = new
 
     def apply(self) -> None:
-        """Write the recorded surgery into the graph, sorted topologically in a stable order: kept
-        nodes keep their relative order, new nodes sit where they were placed."""
+        """Write the recorded surgery of every scope into the model (inner scopes first, so an outer
+        constant only a removed inner node read goes too), then index the model again."""
+        for scope in reversed(self.scopes()):
+            scope._apply_here()
+        self.__init__(self.model)
+
+    def _apply_here(self) -> None:
+        """This scope's surgery, sorted topologically in a stable order: kept nodes keep their
+        relative order, new nodes sit where they were placed."""
         keyed = [((i, 1), n) for i, n in enumerate(self.graph.node) if id(n) not in self._removed]
         keyed += [((place, 0), n) for place, n in self._added]
         keyed.sort(key=lambda item: item[0])
@@ -197,7 +291,7 @@ class Graph:
         missing = [0] * len(nodes)
         waiting: dict[str, list[int]] = defaultdict(list)
         for i, node in enumerate(nodes):
-            for name in set(node.input):
+            for name in reads(node):
                 if name in produced_by:
                     waiting[name].append(i)
                     missing[i] += 1
@@ -229,7 +323,6 @@ class Graph:
         if len(kept) != len(self.graph.initializer):
             del self.graph.initializer[:]
             self.graph.initializer.extend(kept)
-        self.__init__(self.model)
 
     def _used_names(self, nodes: list[onnx.NodeProto]) -> set[str]:
         """Every value read by the nodes (and their subgraphs) or by the graph's outputs."""
@@ -238,7 +331,7 @@ class Graph:
         while stack:
             node = stack.pop()
             used.update(node.input)
-            for attr in node.attribute:
-                for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-                    stack.extend(sub.node)
+            for body in bodies(node):
+                stack.extend(body.node)
+                used.update(v.name for v in body.output)
         return used

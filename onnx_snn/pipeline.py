@@ -72,7 +72,7 @@ def convert_with_report(
     # calibration runs the original, before the rewrite: no copy of the model is needed
     calibration_result = cal.calibrate(spiking, model_dir, probes, batches, shape_tensors=mac_tensors(graph.graph),
                                        synthesized=synthesized, progress=progress, where=where)
-    macs_by_layer = count_macs(graph, calibration_result.shapes)
+    macs_by_layer = count_macs(graph, calibration_result.shapes, calibration_result.body_shapes)
     neurons = NeuronChoice(timesteps, calibration_result.ranges, dict(bases or {}))
     encoders = build_sites(graph, sites, neurons, types)
     ops.attach_functions(spiking)

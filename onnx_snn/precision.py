@@ -13,7 +13,7 @@ import onnx
 from onnx import TensorProto
 from onnx import helper as oh
 
-from onnx_snn.graph import Graph
+from onnx_snn.graph import Graph, every_node, graphs
 
 FLOAT_TYPES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16"}
 SIXTEEN_BIT = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
@@ -23,8 +23,8 @@ _INFERENCE_CONSTANT = 1024
 
 
 def element_types(model: onnx.ModelProto) -> dict[str, int]:
-    """The element type of every value of the main graph whose type the model declares or onnx type
-    inference finds. Inference runs on a copy of the graph in which the weights are typed inputs,
+    """The element type of every value of the model (its bodies' too) whose type the model declares
+    or onnx type inference finds. Inference runs on a copy of the graph in which the weights are typed inputs,
     so no weight is read or copied (external data stays on disk). onnx does not know onnxruntime's
     contrib ops (com.microsoft Gelu, FastGelu, SkipLayerNormalization, ...): their outputs take the
     type their float inputs share, as those ops' type constraints say, and inference is run again
@@ -45,8 +45,8 @@ def element_types(model: onnx.ModelProto) -> dict[str, int]:
             light = onnx.shape_inference.infer_shapes(light, strict_mode=False)
         except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError):
             pass  # what the model declares is still known
-        types = {t.name: t.data_type for t in graph.initializer}
-        for info in (*light.graph.input, *light.graph.output, *light.graph.value_info):
+        types = {t.name: t.data_type for g in graphs(graph) for t in g.initializer}
+        for info in (info for g in graphs(light.graph) for info in (*g.input, *g.output, *g.value_info)):
             if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
                 types.setdefault(info.name, info.type.tensor_type.elem_type)
         contrib = _contrib_types(graph, types)
@@ -59,7 +59,7 @@ def _contrib_types(graph: onnx.GraphProto, types: dict[str, int]) -> dict[str, i
     """Types of the untyped outputs of ops onnx has no schema for, whose inputs are all typed and
     whose float inputs share one type (added to `types` as they are found)."""
     found = {}
-    for node in graph.node:
+    for node in every_node(graph):
         if onnx.defs.has(node.op_type, node.domain) or all(not o or o in types for o in node.output):
             continue
         inputs = [types.get(name) for name in node.input if name]

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import onnx
 
-from onnx_snn.graph import Graph
+from onnx_snn.graph import Graph, bodies, every_node, reads
 from onnx_snn.ops import DOMAIN
-from onnx_snn.rules.base import WEIGHT_PATH_OPS, NearMiss, Site, is_weight, node_name
+from onnx_snn.rules.base import NearMiss, Site, is_weight, node_name
 
 # ops that compute a nonlinear function of their input (what a spiking model must not leave), by
 # domain ("" is the ONNX standard's). In onnxruntime's domain the ops known to be linear are listed
@@ -53,7 +53,6 @@ KNOWN_LINEAR_OPS = {
 }
 # outputs of these are not activations even when their inputs are
 _SHAPE_OPS = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin"}
-IN_SUBGRAPH = "inside an If/Loop/Scan body, where the rules do not look"
 POSITION_ONLY = "computes on constants, shapes or positions only (e.g. rotary embeddings), not on activations"
 
 
@@ -231,8 +230,9 @@ def node_macs(node: onnx.NodeProto, shapes: Shapes) -> int | None:
 
 
 def mac_tensors(graph: onnx.GraphProto) -> list[str]:
-    """The values whose shapes count the MACs of the graph's MAC-bearing nodes (calibration measures them)."""
-    return list(dict.fromkeys(name for node in graph.node if mac_op(node) is not None
+    """The values whose shapes count the MACs of the graph's MAC-bearing nodes, bodies included
+    (calibration measures them)."""
+    return list(dict.fromkeys(name for node in every_node(graph) if mac_op(node) is not None
                               for name in (*node.input, *node.output) if name))
 
 
@@ -251,9 +251,9 @@ PASS_THROUGH = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Iden
 
 def spike_source(graph: Graph, name: str) -> onnx.NodeProto | None:
     """The node computing `name`, back through PASS_THROUGH ops."""
-    node = graph.producer.get(name)
+    node = graph.defining_node(name)
     while node is not None and node.op_type in PASS_THROUGH and domain_of(node) == "":
-        node = graph.producer.get(node.input[0])
+        node = graph.defining_node(node.input[0])
     return node
 
 
@@ -350,72 +350,25 @@ class Report:
                 f"{self.macs_total:,} on the calibration inputs)")
 
 
-def _subgraphs(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
-    """The bodies of an If, Loop or Scan node (or any op with graph attributes), by attribute name."""
-    found = []
-    for a in node.attribute:
-        if a.type == onnx.AttributeProto.GRAPH:
-            found.append((a.name, a.g))
-        found += [(f"{a.name}[{i}]", g) for i, g in enumerate(a.graphs)]
-    return found
-
-
-def _nodes_in(graph: onnx.GraphProto, where: str = "") -> Iterator[tuple[str, onnx.NodeProto, onnx.GraphProto]]:
-    """Every node of the graph and of its subgraphs, with where it is ('' in the main graph, else
-    'If_0 then_branch: ') and the graph holding it."""
-    for node in graph.node:
-        yield where, node, graph
-        for attribute, body in _subgraphs(node):
-            yield from _nodes_in(body, f"{where}{node_name(node)} {attribute}: ")
-
-
-def _reads(node: onnx.NodeProto) -> set[str]:
-    """The values a node reads, its subgraphs' reads included."""
-    names = {name for name in node.input if name}
-    for _, body in _subgraphs(node):
-        names.update(name for _, inner, _ in _nodes_in(body) for name in inner.input if name)
-    return names
-
-
-def _activations(graph: onnx.GraphProto, outer: set[str] = frozenset()) -> set[str]:
+def _activations(scope: Graph, outer: frozenset[str] = frozenset()) -> set[str]:
     """Values computed from activations: float graph inputs and embedding lookups (Gather from a
-    weight table, quantized ones too, by computed indices), and everything computed from those,
-    subgraphs included (their float inputs, a Loop's or Scan's state, are taken as activations).
-    Values computed only from constants, shapes or integer inputs (positions: rotary embeddings) are not."""
-    initializers = {t.name for t in graph.initializer}
-    weights = _weights(graph)
+    weight table, quantized ones too, by computed indices), and everything computed from those, in
+    the scope and its bodies (their float inputs, a Loop's or Scan's state, are taken as activations;
+    `outer`: the enclosing scopes' active values). Values computed only from constants, shapes or
+    integer inputs (positions: rotary embeddings) are not."""
     floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
-    active = set(outer) | {v.name for v in graph.input if v.name not in initializers
+    active = set(outer) | {v.name for v in scope.graph.input if not scope.is_constant(v.name)
                            and v.type.tensor_type.elem_type in floats}
-    for node in graph.node:
+    inner = {id(sub.graph): sub for sub in scope.subgraphs}
+    for node in scope.graph.node:
         if node.op_type in _SHAPE_OPS:
             continue
-        lookup = node.op_type == "Gather" and node.input[0] in weights and node.input[1] not in initializers
-        if lookup or not _reads(node).isdisjoint(active):
+        lookup = node.op_type == "Gather" and is_weight(scope, node.input[0]) and not scope.is_constant(node.input[1])
+        if lookup or not active.isdisjoint(reads(node)):
             active.update(o for o in node.output if o)
-        for _, body in _subgraphs(node):
-            active |= _activations(body, active)
+        for body in bodies(node):
+            active |= _activations(inner[id(body)], frozenset(active))
     return active
-
-
-def _weights(graph: onnx.GraphProto) -> set[str]:
-    """Initializers, and what only carries them (rules.base's weight path: a quantized embedding
-    table's DequantizeLinear, Identity, Cast, Transpose, Reshape), in the graph's order."""
-    weights = {t.name for t in graph.initializer} - {v.name for v in graph.input}
-    for node in graph.node:
-        if domain_of(node) == "" and node.op_type in WEIGHT_PATH_OPS and all(i in weights for i in node.input if i):
-            weights.update(o for o in node.output if o)
-    return weights
-
-
-def _constants(graph: onnx.GraphProto) -> set[str]:
-    """Initializers and Constant outputs of the graph and its subgraphs."""
-    names = {t.name for t in graph.initializer} - {v.name for v in graph.input}
-    for _, node, body in _nodes_in(graph):
-        names.update(t.name for t in body.initializer)
-        if node.op_type == "Constant":
-            names.update(node.output)
-    return names
 
 
 def left_nonlinear(graph: Graph, near_misses: list[NearMiss]) -> list[dict]:
@@ -423,10 +376,9 @@ def left_nonlinear(graph: Graph, near_misses: list[NearMiss]) -> list[dict]:
     every near miss (also one anchored on another op: RMSNorm's x * x). An op of a domain (or of
     onnxruntime's) that is not known is listed too: whether it is linear cannot be told."""
     reasons = {m.node: m.reason for m in near_misses}
-    active = _activations(graph.graph)
-    constants = _constants(graph.graph)
+    active = _activations(graph)
     left = []
-    for where, node, _ in _nodes_in(graph.graph):
+    for scope, node in ((scope, node) for scope in graph.scopes() for node in scope.graph.node):
         name, domain = node_name(node), domain_of(node)
         if domain == DOMAIN:
             continue
@@ -437,43 +389,58 @@ def left_nonlinear(graph: Graph, near_misses: list[NearMiss]) -> list[dict]:
             reason = f"unknown op (domain {node.domain!r}): cannot tell whether it is linear"
         elif node.op_type not in NONLINEAR_OPS.get(domain, ()):
             continue
-        elif _reads(node).isdisjoint(active):
+        elif active.isdisjoint(reads(node)):
             reason = POSITION_ONLY
-        elif domain == "" and node.op_type in ("Div", "ReduceMean", "Pow") and all(i in constants for i in node.input[1:] if i):
+        elif domain == "" and node.op_type in ("Div", "ReduceMean", "Pow") and all(scope.is_constant(i) for i in node.input[1:] if i):
             continue  # scaling by a constant, or a mean: linear
         elif (domain, node.op_type) in ATTENTION_OPS:
             reason = "attention op: its softmax and products run inside it on decoded values; no rule converts it"
-        elif where:
-            reason = IN_SUBGRAPH
         else:
             reason = "no rule matches this form"
-        left.append({"node": where + name, "op_type": node.op_type, "domain": domain, "reason": reason,
+        left.append({"node": scope.where + name, "op_type": node.op_type, "domain": domain, "reason": reason,
                      "on_activations": reason != POSITION_ONLY})
     return left
 
 
-def count_macs(graph: Graph, shapes: Shapes) -> dict[str, int | None]:
-    """MACs of every MAC-bearing op of the main graph, by output name, from the shapes seen on the
-    calibration inputs (counted on the original graph: outputs keep their names); None where a
-    shape was not seen."""
-    return {node.output[0]: node_macs(node, shapes) for node in graph.graph.node if mac_op(node) is not None}
+def count_macs(graph: Graph, shapes: Shapes, body_shapes: dict[str, list[tuple[int, ...]]]) -> dict[str, int | None]:
+    """MACs of every MAC-bearing op, in the main graph and in bodies, by output name, from the
+    shapes seen on the calibration inputs (counted on the original graph: outputs keep their names);
+    None where a shape was not seen. An op in a body counts the MACs of every time it ran in the
+    first batch that ran it (`body_shapes`: each iteration of a loop, at its shapes), so both
+    branches of an If are counted, and a loop's layers once per iteration."""
+    counts = {}
+    for node in (node for scope in graph.scopes() for node in scope.graph.node):
+        if mac_op(node) is not None:
+            per_run = [node_macs(node, run) for run in _runs(node, shapes, body_shapes)]
+            counts[node.output[0]] = None if not per_run or None in per_run else sum(per_run)
+    return counts
+
+
+def _runs(node: onnx.NodeProto, shapes: Shapes, body_shapes: dict[str, list[tuple[int, ...]]]) -> list[Shapes]:
+    """The shapes of a node's values each time it ran: once outside bodies; in a body, those of each
+    run (a value computed as often as the node, in the same body, has its shape of that run)."""
+    runs = body_shapes.get(node.output[0])
+    if runs is None:
+        return [shapes]
+    same = [name for name in node.input if len(body_shapes.get(name, ())) == len(runs)]
+    return [{**shapes, node.output[0]: shape, **{name: body_shapes[name][k] for name in same}}
+            for k, shape in enumerate(runs)]
 
 
 def spike_driven_macs(graph: Graph, counts: dict[str, int | None]) -> tuple[int, int, list[str]]:
     """(the MACs counted, those of spike-driven layers, the MAC-bearing ops that could not be
-    counted) of the spiking graph; ops in subgraphs are not counted (calibration does not see
-    their shapes)."""
+    counted: in a body no calibration batch ran, or shapes not seen) of the spiking graph."""
     total = driven = 0
     unknown = []
-    for where, node, _ in _nodes_in(graph.graph):
+    for scope, node in ((scope, node) for scope in graph.scopes() for node in scope.graph.node):
         if mac_op(node) is None:
             continue
-        count = counts.get(node.output[0]) if not where else None
+        count = counts.get(node.output[0])
         if count is None:
-            unknown.append(where + node_name(node))
+            unknown.append(scope.where + node_name(node))
             continue
         total += count
-        if is_spike_driven(graph, node):
+        if is_spike_driven(scope, node):
             driven += count
     return total, driven, unknown
 

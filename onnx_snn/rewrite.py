@@ -14,31 +14,36 @@ from onnx_snn.rules.base import MatchContext, NearMiss, Neurons, Rule, Site, nod
 
 def find_sites(graph: Graph, rules: tuple[Rule, ...],
                types: dict[str, int] | None = None) -> tuple[list[Site], list[NearMiss]]:
-    """Every site of every rule, rules in order: a node one rule takes is not offered to the next.
-    Near misses of nodes that a later rule takes after all are dropped. A site whose values are not
-    all float32, float16 or bfloat16 (`types`: precision.element_types) is a near miss, unless it
-    reads and writes integers through quantizers of its own (Site.quantized)."""
+    """Every site of every rule in every scope (the main graph and the bodies of If, Loop and
+    Scan), rules in order: a node one rule takes is not offered to the next. Near misses of nodes
+    that a later rule takes after all are dropped. A site whose values are not all float32, float16
+    or bfloat16 (`types`: precision.element_types) is a near miss, unless it reads and writes
+    integers through quantizers of its own (Site.quantized)."""
     types = element_types(graph.model) if types is None else types
-    ctx = MatchContext(graph, {out for n in graph.graph.node if n.domain == DOMAIN for out in n.output[:1]})
+    scopes = graph.scopes()
+    # names are unique over the model, so one set serves all scopes (a body may read an outer value)
+    spike_encoded = {out for scope in scopes for n in scope.graph.node if n.domain == DOMAIN for out in n.output[:1]}
+    contexts = [MatchContext(scope, spike_encoded) for scope in scopes]
     claimed: set[int] = set()
     sites: list[Site] = []
     near_misses: dict[int, NearMiss] = {}
     for rule in rules:
-        for node in graph.graph.node:
-            if node.op_type not in rule.anchors or id(node) in claimed:
-                continue
-            result = rule.match(ctx, node)
-            if isinstance(result, Site) and not result.quantized:
-                problem = not_float(types, site_values(graph, result))
-                result = result if problem is None else NearMiss(rule.name, node_name(node), node.op_type, problem)
-            if isinstance(result, NearMiss):
-                near_misses.setdefault(id(node), result)
-            elif isinstance(result, Site) and not any(id(n) in claimed for n in result.nodes):
-                claimed.update(id(n) for n in result.nodes)
-                near_misses.pop(id(node), None)
-                if result.spike_output:
-                    ctx.spike_encoded.add(result.spike_output)
-                sites.append(result)
+        for ctx in contexts:
+            for node in ctx.graph.graph.node:
+                if node.op_type not in rule.anchors or id(node) in claimed:
+                    continue
+                result = rule.match(ctx, node)
+                if isinstance(result, Site) and not result.quantized:
+                    problem = not_float(types, site_values(ctx.graph, result))
+                    result = result if problem is None else NearMiss(rule.name, node_name(node), node.op_type, problem)
+                if isinstance(result, NearMiss):
+                    near_misses.setdefault(id(node), result)
+                elif isinstance(result, Site) and not any(id(n) in claimed for n in result.nodes):
+                    claimed.update(id(n) for n in result.nodes)
+                    near_misses.pop(id(node), None)
+                    if result.spike_output:
+                        spike_encoded.add(result.spike_output)
+                    sites.append(result)
     return sites, [m for key, m in near_misses.items() if key not in claimed]
 
 
@@ -53,26 +58,30 @@ def site_values(graph: Graph, site: Site) -> list[str]:
 
 
 def build_sites(graph: Graph, sites: list[Site], neurons: Neurons, types: dict[str, int] | None = None) -> int:
-    """Replace every site and add the identity encoders (one per tensor, shared by all the layers
-    it feeds); returns the number of encoders. The graph is rewritten in place. Every new node
-    computes in float32, with Casts from and to 16-bit values (`types`: precision.element_types)."""
+    """Replace every site and add the identity encoders (one per tensor and scope, shared by all
+    the layers it feeds there); returns the number of encoders. The graph is rewritten in place.
+    Every new node computes in float32, with Casts from and to 16-bit values (`types`:
+    precision.element_types)."""
     types = dict(element_types(graph.model) if types is None else types)  # encoded values are added
     for site in sites:
         if site.build is not None:
-            graph.replace(site.nodes, computed_in_float32(graph, site.build(graph, neurons), types))
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+            scope = graph.scope_of[id(site.anchor)]
+            scope.replace(site.nodes, computed_in_float32(scope, site.build(scope, neurons), types))
+    consumers: dict[tuple[int, str], list[onnx.NodeProto]] = defaultdict(list)
     for site in sites:
         for tensor, consumer in site.encode:
-            if consumer not in consumers[tensor]:
-                consumers[tensor].append(consumer)
-    for tensor, users in consumers.items():
-        encoded = graph.fresh_name(f"{tensor}/spikes")
-        first = min(users, key=graph.position_of)
-        name = graph.fresh_name(f"{node_name(first)}/encode_{tensor}")
+            users = consumers[id(graph.scope_of[id(consumer)]), tensor]
+            if consumer not in users:
+                users.append(consumer)
+    for (_, tensor), users in consumers.items():
+        scope = graph.scope_of[id(users[0])]
+        encoded = scope.fresh_name(f"{tensor}/spikes")
+        first = min(users, key=scope.position_of)
+        name = scope.fresh_name(f"{node_name(first)}/encode_{tensor}")
         types[encoded] = types.get(tensor)  # the layers read it in the type they read the tensor in
         encoder = mbe_neuron.make_node(neurons.for_tensor("identity", tensor), tensor, encoded, name=name)
-        graph.add(computed_in_float32(graph, [encoder], types), before=first)
+        scope.add(computed_in_float32(scope, [encoder], types), before=first)
         for user in users:
-            graph.rewire(user, tensor, encoded)
+            scope.rewire(user, tensor, encoded)
     graph.apply()
     return len(consumers) + sum(site.encoders for site in sites)

@@ -11,6 +11,7 @@ from onnx import helper as oh
 
 from onnx_snn.ops import mbe_neuron, spiking_layernorm, spiking_rmsnorm, spiking_softmax
 from onnx_snn.ops.common import DOMAIN, DOMAIN_VERSION, IR_VERSION, MIN_OPSET
+from onnx_snn.graph import every_node
 
 _MODULES = (mbe_neuron, spiking_softmax, spiking_layernorm, spiking_rmsnorm)
 FUNCTIONS = {m.OP_TYPE: m.function for m in _MODULES}
@@ -44,7 +45,7 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or opset < MIN_OPSET:
         raise ValueError(f"the model's opset {opset} is below {MIN_OPSET}, the oldest the spiking ops support")
-    used = {node.op_type for node in model.graph.node if node.domain == DOMAIN}
+    used = {node.op_type for node in every_node(model.graph) if node.domain == DOMAIN}
     unknown = used - FUNCTIONS.keys()
     if unknown:
         raise ValueError(f"unknown {DOMAIN} ops: {', '.join(sorted(unknown))}")
@@ -62,7 +63,7 @@ def inline(model: onnx.ModelProto) -> onnx.ModelProto:
     import onnx.inliner
 
     inlined = onnx.inliner.inline_local_functions(model)
-    if not any(n.domain == DOMAIN for n in inlined.graph.node):
+    if not any(n.domain == DOMAIN for n in every_node(inlined.graph)):
         kept = [o for o in inlined.opset_import if o.domain != DOMAIN]
         del inlined.opset_import[:]
         inlined.opset_import.extend(kept)

@@ -17,7 +17,7 @@ import ml_dtypes  # onnx's dependency: numpy's bfloat16
 import numpy as np
 import onnx
 
-from onnx_snn.graph import Graph
+from onnx_snn.graph import Graph, node_name
 from onnx_snn.precision import FLOAT_TYPES
 
 if TYPE_CHECKING:
@@ -97,10 +97,6 @@ def other_input(node: onnx.NodeProto, name: str) -> str | None:
     if node.input[1] == name:
         return node.input[0]
     return None
-
-
-def node_name(node: onnx.NodeProto) -> str:
-    return node.name or (node.output[0] if node.output else node.op_type)
 
 
 def elementwise_site(rule: str, kind: str, function: str, anchor: onnx.NodeProto, nodes: list[onnx.NodeProto],
@@ -185,7 +181,7 @@ def _weight_path(graph: Graph, name: str) -> tuple[str, list[onnx.NodeProto]] | 
     """(the stored constant a value is, the ops between), or None if the value is computed."""
     path = []
     while not graph.is_constant(name):
-        node = graph.producer.get(name)
+        node = graph.defining_node(name)
         if (node is None or node.domain not in ("", "ai.onnx") or node.op_type not in WEIGHT_PATH_OPS
                 or not all(is_weight(graph, other) for other in node.input[1:] if other)):
             return None
