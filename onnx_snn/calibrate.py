@@ -89,60 +89,154 @@ def _signature(model: onnx.ModelProto) -> list[tuple[str, np.dtype, list]]:
     return result
 
 
+_RESHAPING = {"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Cast", "Identity"}
+
+
 def _vocabulary_size(model: onnx.ModelProto, input_name: str) -> int | None:
-    """Rows of the embedding table an id input indexes (Gather(table, ids)), if any."""
+    """Rows of the embedding table an id input indexes (Gather(table, ids), the ids possibly
+    reshaped on the way, as GPT-2's export does), if any."""
     shapes = {t.name: list(t.dims) for t in model.graph.initializer}
-    for node in every_node(model.graph):  # also in the branches of a merged decoder
-        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == input_name and node.input[0] in shapes:
-            return int(shapes[node.input[0]][0])
+    names, seen = [input_name], set()
+    while names:
+        name = names.pop()
+        seen.add(name)
+        for node in every_node(model.graph):  # also in the branches of a merged decoder
+            if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name and node.input[0] in shapes:
+                return int(shapes[node.input[0]][0])
+            if node.op_type in _RESHAPING and node.input and node.input[0] == name and node.output[0] not in seen:
+                names.append(node.output[0])
     return None
 
 
+def _past_suffix(name: str, prefixes: tuple[str, ...]) -> str | None:
+    """What follows the past/present prefix of a KV-cache name (".0.key" of "past_key_values.0.key"
+    and of "present.0.key"), or None: the names optimum, transformers and onnxruntime-genai use."""
+    lname = name.lower()
+    return next((name[len(p):] for p in prefixes if lname.startswith(p)), None)
+
+
+PAST_PREFIXES = ("past_key_values", "past")
+PRESENT_PREFIXES = ("present",)
+
+
+def _synthesized_value(model: onnx.ModelProto, name: str, dtype: np.dtype, shape: list[int], past: int,
+                       flag: bool, rng: np.random.Generator) -> np.ndarray:
+    """One synthesised input; `past` is the past length of a KV-cache model (position ids count on
+    from it), `flag` the value of other booleans (a condition, such as optimum's use_cache_branch)."""
+    lname = name.lower()
+    if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+        if "mask" in lname:
+            value = np.ones(shape, dtype)
+            if len(shape) >= 2 and shape[0] > 1 and not past:  # pad the tail of every other row
+                value[1::2, ..., shape[-1] * 3 // 4:] = 0
+            return value
+        if "type" in lname:
+            return np.zeros(shape, dtype)
+        if "position" in lname:
+            return np.broadcast_to(np.arange(past, past + shape[-1], dtype=dtype), shape).copy()
+        if dtype == np.bool_:  # both ways over the batches, so both branches of an If are calibrated
+            return np.full(shape, flag)
+        vocab = _vocabulary_size(model, name) or 1000
+        return rng.integers(0, vocab, shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
 def synthesize(model: onnx.ModelProto, *, batches: int = 2, batch_size: int = 4, sequence: int = 64,
-               seed: int = 0) -> list[dict[str, np.ndarray]]:
+               seed: int = 0, model_dir: str | None = None) -> list[dict[str, np.ndarray]]:
     """Inputs made from the model's input signature: token ids below the embedding's vocabulary,
     attention masks of ones with padding in the last rows, zero token types, counting position ids,
-    other booleans false in even batches and true in odd ones, standard-normal floats (e.g. images). Symbolic dims: batch_size, then `sequence`."""
+    other booleans false in even batches and true in odd ones, standard-normal floats (e.g. images).
+    Symbolic dims: batch_size, then `sequence`.
+
+    A decoder with a KV cache (past_key_values.N.key/value or past.N.key inputs, present.* outputs)
+    gets, for each of `batches`, a prefill batch (past length 0, `sequence` new tokens) and then a
+    decoding batch (one new token) whose past is the present the model itself returned on the
+    prefill (run with external data from `model_dir`), so both phases are calibrated. The attention
+    mask covers past + new tokens; position ids count on from the past length; booleans (a merged
+    decoder's use_cache_branch) are false, then true. The past length is the symbolic dim before the last."""
     rng = np.random.default_rng(seed)
-    result = []
-    for index in range(batches):
+    signature = _signature(model)
+    past_inputs = {name for name, _, dims in signature if _past_suffix(name, PAST_PREFIXES) is not None
+                   and len(dims) >= 3 and not isinstance(dims[-2], int)}
+
+    def size(name: str, dims: list, axis: int, past: int, new: int) -> int:
+        """A symbolic dim's size: the batch, a past input's past length, a mask's past + new, else new."""
+        if axis == 0:
+            return batch_size
+        if name in past_inputs:
+            if axis != len(dims) - 2:
+                raise CalibrationError(f"past input {name!r} declares dim {axis} ({dims[axis]}) symbolic: its size "
+                                       "cannot be synthesised; give calibration inputs (--calibration FILE.npz)")
+            return past
+        return past + new if "mask" in name.lower() else new
+
+    def batch(past: int, new: int, flag: bool) -> dict[str, np.ndarray]:
         feeds = {}
-        for name, dtype, dims in _signature(model):
-            shape = [d if isinstance(d, int) and d > 0 else (batch_size if i == 0 else sequence) for i, d in enumerate(dims)]
-            lname = name.lower()
-            if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
-                if "mask" in lname:
-                    value = np.ones(shape, dtype)
-                    if len(shape) >= 2 and shape[0] > 1:  # pad the tail of every other row
-                        value[1::2, ..., shape[-1] * 3 // 4:] = 0
-                elif "type" in lname:
-                    value = np.zeros(shape, dtype)
-                elif "position" in lname:
-                    value = np.broadcast_to(np.arange(shape[-1], dtype=dtype), shape).copy()
-                elif dtype == np.bool_:  # a condition (optimum's use_cache_branch): both ways, so both
-                    value = np.full(shape, index % 2 == 1)  # branches of an If are calibrated
-                else:
-                    vocab = _vocabulary_size(model, name) or 1000
-                    value = rng.integers(0, vocab, shape).astype(dtype)
-            else:
-                value = rng.standard_normal(shape).astype(dtype)
-            feeds[name] = value
-        result.append(feeds)
+        for name, dtype, dims in signature:
+            shape = [d if isinstance(d, int) and d > 0 else size(name, dims, i, past, new) for i, d in enumerate(dims)]
+            feeds[name] = _synthesized_value(model, name, dtype, shape, past, flag, rng)
+        return feeds
+
+    if not past_inputs:
+        return [batch(0, sequence, index % 2 == 1) for index in range(batches)]
+    run = _prefill_runner(model, model_dir, past_inputs)
+    result = []
+    for _ in range(batches):
+        prefill, decode = batch(0, sequence, False), batch(sequence, 1, True)
+        decode.update(run(prefill))
+        for name, value in prefill.items():  # the decoding step's mask goes on from the prefill's
+            if "mask" in name.lower() and name not in past_inputs and value.ndim >= 2:
+                decode[name] = np.concatenate([value, decode[name][..., sequence:]], axis=-1)
+        result += [prefill, decode]
     return result
 
 
-def load_batches(model: onnx.ModelProto, data: CalibrationData, *, source: str = "calibration") -> tuple[list[dict], bool]:
+def past_present_pairs(inputs: Iterable[str], outputs: Iterable[str]) -> dict[str, str]:
+    """The KV-cache inputs of a decoder, each with the output that is its next value (the output
+    of the same suffix: present.0.key for past_key_values.0.key or past.0.key)."""
+    presents = {_past_suffix(name, PRESENT_PREFIXES): name for name in outputs}
+    presents.pop(None, None)
+    return {name: presents[_past_suffix(name, PAST_PREFIXES)] for name in inputs
+            if _past_suffix(name, PAST_PREFIXES) in presents}
+
+
+def _prefill_runner(model: onnx.ModelProto, model_dir: str | None, past_inputs: set[str]):
+    """A function of a prefill batch giving the past of the next step: each past input fed its
+    present output. Past inputs without a present output keep their synthesised values."""
+    pairs = past_present_pairs(past_inputs, (o.name for o in model.graph.output))
+    if not pairs:
+        return lambda feeds: {}
+    options = read_external_data_from(ort.SessionOptions(), model_dir)
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    outputs = list(dict.fromkeys(pairs.values()))
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            values = dict(zip(outputs, session.run(outputs, feeds)))
+        except Exception as e:  # onnxruntime's errors: one line, and the way through
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CalibrationError(f"the model fails on a synthesised prefill batch ({first}); "
+                                   "give calibration inputs (--calibration FILE.npz)") from None
+        return {name: values[present] for name, present in pairs.items()}
+
+    return run
+
+
+def load_batches(model: onnx.ModelProto, data: CalibrationData, *, source: str = "calibration",
+                 model_dir: str | None = None) -> tuple[list[dict], bool]:
     """The calibration batches, checked against the model's inputs; (batches, synthesized)."""
-    batches, synthesized = iter_batches(model, data, source=source)
+    batches, synthesized = iter_batches(model, data, source=source, model_dir=model_dir)
     return list(batches), synthesized
 
 
-def iter_batches(model: onnx.ModelProto, data: CalibrationData, *,
-                 source: str = "calibration") -> tuple[Iterator[dict], bool]:
+def iter_batches(model: onnx.ModelProto, data: CalibrationData, *, source: str = "calibration",
+                 model_dir: str | None = None) -> tuple[Iterator[dict], bool]:
     """The calibration batches, each checked against the model's inputs as it is taken, so an
-    iterable of batches is streamed, never held whole; (batches, synthesized)."""
+    iterable of batches is streamed, never held whole; (batches, synthesized). Synthesising runs a
+    KV-cache decoder's prefill (external data from `model_dir`)."""
     if data is None:
-        return iter(synthesize(model)), True
+        return iter(synthesize(model, model_dir=model_dir)), True
     if isinstance(data, (str, os.PathLike)):
         source = os.fspath(data)
         try:
@@ -175,7 +269,9 @@ def _checked(signature: list[tuple[str, np.dtype, list]], batches: Iterable[Batc
                 raise CalibrationError(f"{where}: input {name!r} is {value.dtype}, the model expects {dtype}")
             if dims and value.ndim != len(dims):
                 raise CalibrationError(f"{where}: input {name!r} has rank {value.ndim}, the model expects {len(dims)}")
-            if value.size == 0:
+            # a past length of 0 (a decoder's prefill) is empty: fine where the dim is symbolic (not the batch)
+            if value.size == 0 and (not dims or value.shape[0] == 0
+                                    or any(n == 0 and isinstance(d, int) for n, d in zip(value.shape, dims))):
                 raise CalibrationError(f"{where}: input {name!r} is empty")
             feeds[name] = value
         missing = set(expected) - set(feeds)

@@ -89,8 +89,8 @@ def _eval_task(args: argparse.Namespace, original, spiking) -> int:
         print(json.dumps({"task": "causal-lm", **comparison.to_dict()}, indent=1) if args.json else comparison.format())
         return 0
     else:
-        model, _ = load(args.original)
-        batches, synthesized = load_batches(model, args.inputs, source="inputs")
+        model, model_dir = load(args.original)
+        batches, synthesized = load_batches(model, args.inputs, source="inputs", model_dir=model_dir)
         feeds = batches[0]
         names = [o.name for o in original.get_outputs()]
         expected, actual = (evaluate.run_or_explain(s, path, names, feeds, synthesized)

@@ -237,7 +237,7 @@ def energy_report(original: str | os.PathLike | onnx.ModelProto, spiking: str | 
     for e_pj, flag in ((e_mac_pj, "--e-mac"), (e_ac_pj, "--e-ac")):
         if not (math.isfinite(e_pj) and e_pj >= 0):
             raise EnergyError(f"{flag} {e_pj}: must be a finite energy >= 0 (pJ)")
-    batches, synthesized = cal.load_batches(ann, inputs, source="inputs")
+    batches, synthesized = cal.load_batches(ann, inputs, source="inputs", model_dir=ann_dir)
 
     # the ANN: MACs of every linear layer and product, from the shapes on these inputs
     ann_linear = [n for n in ann.graph.node if mac_op(n) is not None]

@@ -146,11 +146,26 @@ def smollm2():
     return model.eval(), smollm2_tokenizer()
 
 
-def export_causal_lm(model, path: Path, example_ids, example_mask) -> Path:
-    """Export a causal LM's logits ([batch, sequence, vocab]) from inputs input_ids and
-    attention_mask ([batch, sequence] int64, both axes dynamic), without KV cache (use_cache=False),
-    with torch's legacy exporter at opset 17, weights as external data in `<name>.data` beside it.
-    Written atomically (the .onnx last)."""
+def _cache_argument(model) -> str:
+    """The keyword a transformers model takes its KV cache by ("cache" in newer models,
+    "past_key_values" in older ones)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def export_causal_lm(model, path: Path, example_ids, example_mask, *, with_past: bool = False) -> Path:
+    """Export a causal LM's logits ([batch, sequence, vocab]) with torch's legacy exporter at opset
+    17, weights as external data in `<name>.data` beside it. Written atomically (the .onnx last).
+
+    Without past (use_cache=False): inputs input_ids and attention_mask ([batch, sequence] int64,
+    both axes dynamic), output logits. With past (the names optimum and onnxruntime-genai use):
+    inputs input_ids, position_ids ([batch, sequence]), attention_mask ([batch, past_sequence +
+    sequence]) and past_key_values.N.key/value ([batch, kv_heads, past_sequence, head_dim]); outputs
+    logits and present.N.key/value ([batch, kv_heads, past_sequence + sequence, head_dim]). One graph
+    serves prefill (past_sequence 0) and decoding: it is traced with a past (the cache of the first
+    half of the example), so no length is fixed. The legacy exporter traces transformers'
+    DynamicCache built from the past inputs; the dynamo exporter is not needed."""
     import tempfile
 
     import onnx
@@ -164,14 +179,48 @@ def export_causal_lm(model, path: Path, example_ids, example_mask) -> Path:
         def forward(self, input_ids, attention_mask):
             return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
-    names = ["input_ids", "attention_mask"]
+    class LogitsAndPresent(torch.nn.Module):
+        def __init__(self, lm):
+            super().__init__()
+            self.lm = lm
+            self.cache_argument = _cache_argument(lm)
+
+        def forward(self, input_ids, attention_mask, position_ids, *past):
+            from transformers import DynamicCache
+
+            cache = DynamicCache(ddp_cache_data=list(zip(past[0::2], past[1::2])))
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=True, **{self.cache_argument: cache})
+            return (out.logits, *(t for layer in cache.layers for t in (layer.keys, layer.values)))
+
+    if with_past:
+        half = example_ids.shape[1] // 2
+        with torch.no_grad():  # a real past: the cache of the first half
+            prefix = model(input_ids=example_ids[:, :half], attention_mask=example_mask[:, :half], use_cache=True)
+        past = [t for layer in prefix.past_key_values.layers for t in (layer.keys, layer.values)]
+        kv_names = [f"{i}.{kind}" for i in range(len(past) // 2) for kind in ("key", "value")]
+        positions = (torch.cumsum(example_mask, 1) - 1).clamp(min=0)
+        module = LogitsAndPresent(model)
+        args = (example_ids[:, half:], example_mask, positions[:, half:], *past)
+        names = ["input_ids", "attention_mask", "position_ids", *(f"past_key_values.{n}" for n in kv_names)]
+        outputs = ["logits", *(f"present.{n}" for n in kv_names)]
+        dynamic_axes = {"input_ids": {0: "batch", 1: "sequence"}, "position_ids": {0: "batch", 1: "sequence"},
+                        "attention_mask": {0: "batch", 1: "past_sequence + sequence"},
+                        "logits": {0: "batch", 1: "sequence"},
+                        **{f"past_key_values.{n}": {0: "batch", 2: "past_sequence"} for n in kv_names},
+                        **{f"present.{n}": {0: "batch", 2: "past_sequence + sequence"} for n in kv_names}}
+    else:
+        module, args = Logits(model), (example_ids, example_mask)
+        names, outputs = ["input_ids", "attention_mask"], ["logits"]
+        dynamic_axes = {n: {0: "batch", 1: "sequence"} for n in names + outputs}
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
         traced = Path(tmp) / path.name
         with torch.no_grad():
-            torch.onnx.export(Logits(model).eval(), (example_ids, example_mask), str(traced), dynamo=False,
-                              opset_version=17, input_names=names, output_names=["logits"],
-                              dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names + ["logits"]})
+            # export switches the module to eval and back to its mode: the wrapper is in eval mode so
+            # that the model is left in eval mode (dropout off) after the export
+            torch.onnx.export(module.eval(), args, str(traced), dynamo=False, opset_version=17, input_names=names,
+                              output_names=outputs, dynamic_axes=dynamic_axes)
         # one data file beside the model, whatever the exporter chose (it writes one file per
         # weight above 2 GB, none below)
         exported = onnx.load(str(traced))
@@ -199,6 +248,20 @@ def export_smollm2(out_dir: Path | None = None) -> Path:
     model, tokenizer = smollm2()
     batch = tokenizer(["a first sentence to trace the graph", "and a second"], padding=True, return_tensors="pt")
     return export_causal_lm(model, path, batch["input_ids"], batch["attention_mask"])
+
+
+def export_smollm2_kv(out_dir: Path | None = None) -> Path:
+    """Export SmolLM2-135M-Instruct with its KV cache (export_causal_lm with_past): inputs input_ids,
+    attention_mask, position_ids and past_key_values.N.key/value (N = 0..29, [batch, 3, past, 64]);
+    outputs logits and present.N.key/value; one graph for prefill (past 0) and decoding. Weights in
+    `SmolLM2-135M-Instruct-kv.onnx.data` beside it. Cached: an existing export is reused."""
+    out_dir = out_dir or cache_dir() / "models"
+    path = out_dir / "SmolLM2-135M-Instruct-kv.onnx"
+    if path.is_file() and path.with_name(path.name + ".data").is_file():
+        return path
+    model, tokenizer = smollm2()
+    batch = tokenizer(["a first sentence to trace the graph", "and a second"], padding=True, return_tensors="pt")
+    return export_causal_lm(model, path, batch["input_ids"], batch["attention_mask"], with_past=True)
 
 
 def export_vit(out_dir: Path | None = None) -> Path:

@@ -156,3 +156,85 @@ def compare_causal_lm(original, spiking, windows: Iterable[Window], *, progress:
                         perplexity_original=math.exp(nll["original"] / tokens),
                         perplexity_spiking=math.exp(nll["spiking"] / tokens), top1_agreement=agree / tokens,
                         accuracy_original=correct["original"] / tokens, accuracy_spiking=correct["spiking"] / tokens)
+
+
+# ------------------------------------------------------------------ decoders with a KV cache
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+class CachedDecoder:
+    """A causal LM with a KV cache (inputs input_ids, attention_mask, position_ids and past
+    inputs, outputs logits and the presents; onnx_snn.calibrate.past_present_pairs names the pairs)
+    run as generation runs it: a prefill with an empty past, then steps that feed back the presents.
+    `session` is an onnxruntime session, original or spiking."""
+
+    def __init__(self, session):
+        from onnx_snn.calibrate import past_present_pairs
+
+        self.session = session
+        self.inputs = {i.name: i for i in session.get_inputs()}
+        self.pairs = past_present_pairs(self.inputs, [o.name for o in session.get_outputs()])
+        if not self.pairs:
+            raise ValueError("the model has no past_key_values.* inputs with present.* outputs (no KV cache)")
+        self.logits = session.get_outputs()[0].name
+
+    def feeds(self, ids: np.ndarray, past: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Inputs for new tokens `ids` ([batch, new]) after `past` (None: an empty past, the prefill)."""
+        batch, new = ids.shape
+        if past is None:
+            past = {}
+            for name in self.pairs:  # the past length (the dim before the last) 0, other symbolic dims the batch
+                dims = self.inputs[name].shape
+                shape = [d if isinstance(d, int) else 0 if i == len(dims) - 2 else batch for i, d in enumerate(dims)]
+                past[name] = np.zeros(shape, _NUMPY_TYPES[self.inputs[name].type])
+        length = next(iter(past.values())).shape[-2]
+        given = {"input_ids": ids, "attention_mask": np.ones((batch, length + new), np.int64),
+                 "position_ids": np.broadcast_to(np.arange(length, length + new, dtype=np.int64), (batch, new)).copy(),
+                 **past}
+        return {k: v for k, v in given.items() if k in self.inputs}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(logits, the past of the next step)."""
+        names = [self.logits, *self.pairs.values()]
+        values = dict(zip(names, self.session.run(names, feeds)))
+        return values[self.logits], {name: values[present] for name, present in self.pairs.items()}
+
+    def full_sequence(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Logits of a whole window in one run (past length 0): a function of Window.feeds()."""
+        return self.run(self.feeds(feeds["input_ids"]))[0]
+
+    def teacher_forced(self, feeds: dict[str, np.ndarray], prefill: int = 1) -> np.ndarray:
+        """Logits of a window computed as generation does: its first `prefill` tokens in one run,
+        then each following token in a step of its own with the cache (teacher forcing: the actual
+        next token is fed, not the predicted one)."""
+        ids = feeds["input_ids"]
+        logits, past = self.run(self.feeds(ids[:, :prefill]))
+        steps = [logits]
+        for position in range(prefill, ids.shape[1]):
+            logits, past = self.run(self.feeds(ids[:, position:position + 1], past))
+            steps.append(logits)
+        return np.concatenate(steps, axis=1)
+
+    def generate(self, prompt: np.ndarray, tokens: int) -> np.ndarray:
+        """Greedy generation with the cache: the `tokens` ids ([batch, tokens]) that follow `prompt`."""
+        logits, past = self.run(self.feeds(prompt))
+        generated = []
+        for _ in range(tokens):
+            generated.append(logits[:, -1].argmax(axis=-1)[:, None].astype(np.int64))
+            if len(generated) < tokens:
+                logits, past = self.run(self.feeds(generated[-1], past))
+        return np.concatenate(generated, axis=1)
+
+
+def kv_calibration_batches(original, tokenizer, count: int = 8, max_length: int = 128) -> list[dict[str, np.ndarray]]:
+    """Calibration batches for a decoder with a KV cache from real text (calibration_documents),
+    both phases: for each document, the prefill of its first tokens (past length 0) and the next
+    decoding step (one token, with the past the original model, a session, returned on the prefill)."""
+    decoder = CachedDecoder(original)
+    batches = []
+    for document in calibration_documents(count):
+        ids = np.asarray(tokenizer(document, add_special_tokens=False)["input_ids"][:max_length + 1], np.int64)[None, :]
+        prefill = decoder.feeds(ids[:, :-1])
+        batches += [prefill, decoder.feeds(ids[:, -1:], decoder.run(prefill)[1])]
+    return batches

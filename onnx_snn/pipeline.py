@@ -59,7 +59,7 @@ def convert_with_report(
         raise ConversionError(f"{where}: {e}") from None
     spiking, model_dir = model_io.load(model)
     validate(spiking, model_dir, where)
-    batches, synthesized = cal.iter_batches(spiking, calibration)
+    batches, synthesized = cal.iter_batches(spiking, calibration, model_dir=model_dir)
 
     graph = Graph(spiking)
     try:
