@@ -2,6 +2,11 @@
 alternating runs, medians, the ratio with the raw figures (issue 6's target: ratio <= 1.3).
 
     python benchmarks/minilm_latency.py [--batch 8] [--sequence 128] [--threads 1 2] [--repeats 21] [--timesteps 16]
+                                        [--optimized [LEVEL]]
+
+--optimized: both models from the export through onnxruntime's transformers optimizer (opt_level
+LEVEL, default 1: fused Attention, SkipLayerNormalization, ...): the converted optimised model
+against the optimised original.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import onnxruntime as ort
 
 import onnx_snn
 from onnx_snn.demo import calibration_batches
-from onnx_snn.export import export_minilm
+from onnx_snn.export import export_minilm, export_minilm_optimized
 
 
 def main() -> None:
@@ -25,15 +30,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--timesteps", type=int, default=16)
+    parser.add_argument("--optimized", type=int, nargs="?", const=1, default=None, metavar="LEVEL")
     args = parser.parse_args()
 
-    path = export_minilm("legacy17")
+    path = export_minilm("legacy17") if args.optimized is None else export_minilm_optimized(args.optimized)
     spiking = onnx_snn.convert(path, timesteps=args.timesteps, calibration=calibration_batches(), check=False)
     rng = np.random.default_rng(0)
     shape = (args.batch, args.sequence)
     feeds = {"input_ids": rng.integers(1000, 30000, shape).astype(np.int64),
              "attention_mask": np.ones(shape, np.int64), "token_type_ids": np.zeros(shape, np.int64)}
-    print(f"all-MiniLM-L6-v2, batch {args.batch} x sequence {args.sequence}, T={args.timesteps}, "
+    form = "" if args.optimized is None else f" optimised for onnxruntime (opt_level {args.optimized})"
+    print(f"all-MiniLM-L6-v2{form}, batch {args.batch} x sequence {args.sequence}, T={args.timesteps}, "
           f"{args.repeats} alternating runs, medians")
     for threads in args.threads:
         sessions = {}

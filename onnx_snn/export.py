@@ -10,7 +10,7 @@ from typing import Callable
 
 from onnx_snn.data import MissingDataError
 
-MINILM_FORMS = ("legacy14", "legacy17", "dynamo")
+MINILM_FORMS = ("legacy14", "legacy17", "dynamo", "dynamo23")
 
 
 def export_command(doc: str, exports: dict[str, Callable[[Path], Path]], argv: list[str] | None = None) -> int:
@@ -52,17 +52,18 @@ def minilm_tokenizer():
     return AutoTokenizer.from_pretrained(_minilm_path())
 
 
-def minilm():
-    """all-MiniLM-L6-v2 (real weights, eager attention so the export shows every op) and its tokenizer."""
+def minilm(attention: str = "eager"):
+    """all-MiniLM-L6-v2 (real weights; eager attention so the export shows every op, or "sdpa") and its
+    tokenizer."""
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(_minilm_path(), attn_implementation="eager").eval(), minilm_tokenizer()
+    return AutoModel.from_pretrained(_minilm_path(), attn_implementation=attention).eval(), minilm_tokenizer()
 
 
 def export_minilm(form: str, out_dir: Path | None = None) -> Path:
     """Export MiniLM as users do, unmodified: torch's legacy exporter at opset 14 ("legacy14": LayerNorm
     written out) or 17 ("legacy17": LayerNormalization), or the dynamo exporter ("dynamo", opset 20:
-    Gelu). Inputs input_ids, attention_mask, token_type_ids ([batch, sequence] int64), output
+    Gelu; "dynamo23", sdpa attention at opset 23: the ONNX Attention op). Inputs input_ids, attention_mask, token_type_ids ([batch, sequence] int64), output
     last_hidden_state. Cached: an existing export is reused."""
     if form not in MINILM_FORMS:
         raise ValueError(f"unknown export form {form!r}; one of {', '.join(MINILM_FORMS)}")
@@ -83,7 +84,7 @@ def export_minilm(form: str, out_dir: Path | None = None) -> Path:
             return self.bert(input_ids=input_ids, attention_mask=attention_mask,
                              token_type_ids=token_type_ids).last_hidden_state
 
-    bert, tokenizer = minilm()
+    bert, tokenizer = minilm("sdpa" if form == "dynamo23" else "eager")
     model = LastHiddenState(bert).eval()
     batch = tokenizer(["a first sentence to trace the graph", "and a second"], padding=True, return_tensors="pt")
     names = ["input_ids", "attention_mask", "token_type_ids"]
@@ -92,11 +93,11 @@ def export_minilm(form: str, out_dir: Path | None = None) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with torch.no_grad():
-            if form == "dynamo":
+            if form.startswith("dynamo"):
                 dims = {0: torch.export.Dim("batch", max=1024), 1: torch.export.Dim("sequence", max=512)}
                 torch.onnx.export(model, args, tmp, dynamo=True, input_names=names, output_names=["last_hidden_state"],
-                                  dynamic_shapes=tuple(dims for _ in names), opset_version=20, external_data=False,
-                                  verbose=False)
+                                  dynamic_shapes=tuple(dims for _ in names), external_data=False, verbose=False,
+                                  opset_version=23 if form == "dynamo23" else 20)
             else:
                 torch.onnx.export(model, args, tmp, dynamo=False, opset_version=int(form[-2:]), input_names=names,
                                   output_names=["last_hidden_state"],
@@ -106,6 +107,37 @@ def export_minilm(form: str, out_dir: Path | None = None) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def optimize_for_onnxruntime(path: Path, model_type: str, num_heads: int, hidden_size: int, opt_level: int = 1) -> Path:
+    """The model at `path` through onnxruntime's transformers optimizer (its fused com.microsoft ops:
+    Attention, SkipLayerNormalization, ...), as deployments run it; written beside it as
+    `<name>.ort-optimized-<opt_level>.onnx`. Cached: an existing file is reused."""
+    import warnings
+
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    out = path.with_name(f"{path.stem}.ort-optimized-{opt_level}.onnx")
+    if out.is_file():
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimized = optimize_model(str(path), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size,
+                                   opt_level=opt_level, only_onnxruntime=False)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        optimized.save_model_to_file(str(tmp))
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
+def export_minilm_optimized(opt_level: int = 1) -> Path:
+    """all-MiniLM-L6-v2 (the legacy opset-17 export) through onnxruntime's transformers optimizer."""
+    return optimize_for_onnxruntime(export_minilm("legacy17"), "bert", num_heads=12, hidden_size=384,
+                                    opt_level=opt_level)
 
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -1,7 +1,7 @@
-"""The conversion pipeline, top to bottom in convert_with_report: load and validate -> find the
-rules' sites -> calibrate their ranges on the original -> build the spiking ops -> attach the ops'
-functions -> check (onnx.checker, then both models on the same inputs) -> report. Saving is
-model_io.save (the CLI's last step)."""
+"""The conversion pipeline, top to bottom in convert_with_report: load and validate -> expand ONNX
+Attention into its function (rules/attention.py) -> find the rules' sites -> calibrate their ranges
+on the original -> build the spiking ops -> attach the ops' functions -> check (onnx.checker, then
+both models on the same inputs) -> report. Saving is model_io.save (the CLI's last step)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,13 @@ import onnx
 
 from onnx_snn import calibrate as cal
 from onnx_snn import model_io, ops
-from onnx_snn.graph import Graph
+from onnx_snn.graph import Graph, every_node
 from onnx_snn.neurons import NeuronChoice, check_presets
 from onnx_snn.precision import element_types
 from onnx_snn.report import Report, count_macs, count_sites, left_nonlinear, mac_tensors, spike_driven_macs
-from onnx_snn.rewrite import build_sites, find_sites
-from onnx_snn.rules import rule_set
-
-MAX_OPSET = 21
+from onnx_snn.rewrite import build_sites, expand_fused, find_sites
+from onnx_snn.rules import FUSED_RULES, attention, rule_set
+from onnx_snn.runtime import newest_opset
 
 
 class ConversionError(ValueError):
@@ -59,6 +58,7 @@ def convert_with_report(
         raise ConversionError(f"{where}: {e}") from None
     spiking, model_dir = model_io.load(model)
     validate(spiking, model_dir, where)
+    attention.expand(spiking)  # into its ONNX function: the softmax and product rules convert its parts
     batches, synthesized = cal.iter_batches(spiking, calibration, model_dir=model_dir)
 
     graph = Graph(spiking)
@@ -67,7 +67,10 @@ def convert_with_report(
     except ValueError as e:  # rules unknown, or left out by hybrid
         raise ConversionError(f"{where}: {e}") from None
     types = element_types(spiking)
+    expanded, fused_left = expand_fused(graph, FUSED_RULES, types)  # onnxruntime's fused ops, as standard ops
+    types = element_types(spiking) if expanded else types
     sites, near_misses = find_sites(graph, chosen, types)
+    near_misses += fused_left
     probes = [p for site in sites for p in site.probes]
     # calibration runs the original, before the rewrite: no copy of the model is needed
     calibration_result = cal.calibrate(spiking, model_dir, probes, batches, shape_tensors=mac_tensors(graph.graph),
@@ -80,7 +83,7 @@ def convert_with_report(
     spiking.ir_version = max(8, min(spiking.ir_version or ops.IR_VERSION, ops.IR_VERSION))
     model_io.check(spiking, full_check=True)
 
-    replaced, by_kind = count_sites(sites)
+    replaced, by_kind = count_sites(expanded + sites)
     total, driven, unknown = spike_driven_macs(graph, macs_by_layer)
     report = Report(
         model=where, timesteps=timesteps, hybrid=hybrid, replaced=replaced, replaced_by_kind=by_kind,
@@ -99,10 +102,18 @@ def convert_with_report(
 def validate(model: onnx.ModelProto, model_dir: str | None, where: str) -> None:
     """Refuse what cannot be converted, with the reason."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset is None or not ops.common.MIN_OPSET <= opset <= MAX_OPSET:
-        raise ConversionError(f"{where}: opset {opset} is not supported (opsets {ops.common.MIN_OPSET} to {MAX_OPSET}); "
-                              "re-export the model, or convert it with onnx.version_converter")
-    if any(o.domain == ops.DOMAIN for o in model.opset_import):
+    oldest, newest = ops.common.MIN_OPSET, newest_opset()
+    if opset is None:
+        raise ConversionError(f"{where}: the model imports no standard ONNX opset; re-export it")
+    if opset < oldest:
+        raise ConversionError(f"{where}: opset {opset} is not supported (opsets {oldest} to {newest}); re-export the "
+                              f"model at opset {oldest} or newer, or convert it: "
+                              f"onnx.version_converter.convert_version(model, {oldest})")
+    if opset > newest:
+        raise ConversionError(f"{where}: opset {opset} is not supported (opsets {oldest} to {newest}: the newest the "
+                              f"installed onnx and onnxruntime both run); {downgrade_advice(model, newest)}")
+    # by its nodes: onnxruntime's optimizer imports every domain the runtime knows, used or not
+    if any(n.domain == ops.DOMAIN for n in every_node(model.graph)):
         raise ConversionError(f"{where}: already a spiking model (it uses the {ops.DOMAIN} domain)")
     model_io.check_external_data(model, model_dir, where)
     try:
@@ -110,6 +121,22 @@ def validate(model: onnx.ModelProto, model_dir: str | None, where: str) -> None:
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0]
         raise ConversionError(f"{where}: not a valid ONNX model ({first})") from None
+
+
+def downgrade_advice(model: onnx.ModelProto, newest: int) -> str:
+    """How to bring a model of a newer opset to `newest`: onnx.version_converter works only if every
+    op the graph uses has a version at or below it (it cannot write Attention at opset 22)."""
+    first_version: dict[str, int] = {}
+    for schema in onnx.defs.get_all_schemas_with_history():
+        if schema.domain == "":
+            first_version[schema.name] = min(schema.since_version, first_version.get(schema.name, schema.since_version))
+    used = {n.op_type for n in every_node(model.graph) if n.domain in ("", "ai.onnx")}
+    blocking = sorted(op for op in used if first_version.get(op, newest + 1) > newest)
+    advice = f"re-export the model at opset {newest} or lower (torch: torch.onnx.export(..., opset_version={newest}))"
+    if blocking:
+        verb = "has" if len(blocking) == 1 else "have"
+        return f"{advice}; onnx.version_converter cannot: {', '.join(blocking)} {verb} no version at opset {newest}"
+    return f"{advice}, or convert it: onnx.version_converter.convert_version(model, {newest})"
 
 
 def compare(expected: dict[str, np.ndarray], spiking: onnx.ModelProto, model_dir: str | None,

@@ -54,6 +54,12 @@ KNOWN_LINEAR_OPS = {
 # outputs of these are not activations even when their inputs are
 _SHAPE_OPS = {"Shape", "Size", "NonZero", "ArgMax", "ArgMin"}
 POSITION_ONLY = "computes on constants, shapes or positions only (e.g. rotary embeddings), not on activations"
+# RotaryEmbedding (ONNX opset 23, and onnxruntime's) rotates pairs of its input's features by angles
+# of the position: linear in that input (Q or K, activations) once its cos/sin caches are fixed by positions
+ROTARY_OPS = {("", "RotaryEmbedding"), ("com.microsoft", "RotaryEmbedding")}
+ROTARY_LINEAR = ("linear in its input: rotates pairs of its elements by angles that depend on positions only "
+                 "(kept; its output is encoded where a layer or product reads it)")
+ROTARY_ON_ACTIVATIONS = "its cos/sin caches are computed from activations: a product of two activations"
 
 
 def domain_of(node: onnx.NodeProto) -> str:
@@ -374,7 +380,8 @@ def _activations(scope: Graph, outer: frozenset[str] = frozenset()) -> set[str]:
 def left_nonlinear(graph: Graph, near_misses: list[NearMiss]) -> list[dict]:
     """Every nonlinear op the spiking graph still has, in any domain and in subgraphs, with why, and
     every near miss (also one anchored on another op: RMSNorm's x * x). An op of a domain (or of
-    onnxruntime's) that is not known is listed too: whether it is linear cannot be told."""
+    onnxruntime's) that is not known is listed too: whether it is linear cannot be told. Linear ops
+    with position-dependent coefficients (RotaryEmbedding) are listed as such, not on activations."""
     reasons = {m.node: m.reason for m in near_misses}
     active = _activations(graph)
     left = []
@@ -387,18 +394,25 @@ def left_nonlinear(graph: Graph, near_misses: list[NearMiss]) -> list[dict]:
             reason = f"near miss: {reasons[name]}"
         elif not known:
             reason = f"unknown op (domain {node.domain!r}): cannot tell whether it is linear"
+        elif (domain, node.op_type) in ROTARY_OPS:
+            reason = ROTARY_LINEAR if active.isdisjoint(node.input[1:]) else ROTARY_ON_ACTIVATIONS
         elif node.op_type not in NONLINEAR_OPS.get(domain, ()):
             continue
         elif active.isdisjoint(reads(node)):
             reason = POSITION_ONLY
         elif domain == "" and node.op_type in ("Div", "ReduceMean", "Pow") and all(scope.is_constant(i) for i in node.input[1:] if i):
             continue  # scaling by a constant, or a mean: linear
+        elif domain == "" and node.op_type == "Div" and active.isdisjoint(node.input[1:]):
+            continue  # divided by what is computed from constants or shapes only (Attention's softcap): linear
+        elif (domain, node.op_type) == ("", "Attention"):
+            reason = ("attention op: onnx could not expand it into its function (an input's type is not known), so "
+                      "its softmax and products run inside it on decoded values")
         elif (domain, node.op_type) in ATTENTION_OPS:
             reason = "attention op: its softmax and products run inside it on decoded values; no rule converts it"
         else:
             reason = "no rule matches this form"
         left.append({"node": scope.where + name, "op_type": node.op_type, "domain": domain, "reason": reason,
-                     "on_activations": reason != POSITION_ONLY})
+                     "on_activations": reason not in (POSITION_ONLY, ROTARY_LINEAR)})
     return left
 
 

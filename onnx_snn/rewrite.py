@@ -47,6 +47,26 @@ def find_sites(graph: Graph, rules: tuple[Rule, ...],
     return sites, [m for key, m in near_misses.items() if key not in claimed]
 
 
+def expand_fused(graph: Graph, rules: tuple[Rule, ...], types: dict[str, int]) -> tuple[list[Site], list[NearMiss]]:
+    """Rewrite the fused ops the expansion rules match into the standard ops they compute (their
+    values unchanged, integer ones too: ids, masks), in every scope; the graph is rewritten in
+    place. Returns the expansions and the near misses (fused ops left, with why)."""
+    sites: list[Site] = []
+    near_misses: list[NearMiss] = []
+    for scope in graph.scopes():
+        ctx = MatchContext(scope, set(), types)
+        for node in scope.graph.node:
+            result = next((r for r in (rule.match(ctx, node) for rule in rules if node.op_type in rule.anchors)
+                           if r is not None), None)
+            if isinstance(result, Site):
+                scope.replace(result.nodes, result.build(scope, None))
+                sites.append(result)
+            elif isinstance(result, NearMiss):
+                near_misses.append(result)
+    graph.apply()
+    return sites, near_misses
+
+
 def site_values(graph: Graph, site: Site) -> list[str]:
     """The values a site's replacement reads (but constants) and writes, and those it encodes."""
     inside = {id(n) for n in site.nodes}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -12,6 +13,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
+
+from onnx_snn.ops.common import IR_VERSION, MIN_OPSET
 
 _LIBRARY_NAMES = {"linux": "libonnx_snn_ops.so", "darwin": "libonnx_snn_ops.dylib", "win32": "onnx_snn_ops.dll"}
 
@@ -30,6 +33,25 @@ def get_library_path() -> str:
             "(the build compiles it), or run without it: every model also carries its ops as ONNX functions"
         )
     return str(path)
+
+
+@functools.lru_cache(maxsize=None)
+def newest_opset() -> int:
+    """The newest standard opset that both the installed onnx (its schemas) and onnxruntime run, found
+    by loading a one-node model at each opset from onnx's newest down (onnxruntime has no API that
+    tells its own); MIN_OPSET - 1 if none from MIN_OPSET on loads."""
+    for opset in range(onnx.defs.onnx_opset_version(), MIN_OPSET - 1, -1):
+        graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "probe",
+                                       [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                                       [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)],
+                                       ir_version=IR_VERSION)
+        try:
+            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            return opset
+        except (_ort_state.Fail, _ort_state.InvalidGraph, _ort_state.NotImplemented):
+            continue
+    return MIN_OPSET - 1
 
 
 _REGISTERED = "onnx_snn.library_registered"

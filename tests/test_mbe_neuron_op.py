@@ -22,6 +22,9 @@ import onnx_snn
 from onnx_snn.mbe.neuron import MBEParameters, SlotTables, simulate, spike_trains
 from onnx_snn.ops import mbe_neuron
 from onnx_snn.ops.common import IR_VERSION, single_node_model
+from onnx_snn.runtime import newest_opset
+
+NEWEST_OPSET = newest_opset()  # the function bodies at every opset onnx and onnxruntime both run
 
 
 def neuron_graph(neuron: MBEParameters | SlotTables, shape=("n",), opset=17):
@@ -66,7 +69,7 @@ def test_no_custom_op_computes_without_the_library_registered():
     assert model.ir_version == IR_VERSION
 
 
-@pytest.mark.parametrize("opset", [14, 17, 21])
+@pytest.mark.parametrize("opset", [14, 17, 21, 23, NEWEST_OPSET])
 def test_every_implementation_is_bit_identical(any_neuron, opset):
     model = neuron_graph(any_neuron, opset=opset)
     x = probe_inputs(any_neuron)

@@ -209,7 +209,8 @@ def test_attention_ops_are_never_spike_driven_even_on_spikes():
     assert Graph(spiking).producer[mha.input[0]].op_type == "MBENeuron"
     assert report.macs_total == 2 * 2 * 5 * 5 * 4 * 2 and report.macs_spike_driven == 0
     (left,) = report.left
-    assert left["op_type"] == "MultiHeadAttention" and "attention op" in left["reason"]
+    # the ms-multihead-attention expansion needs declared 3-D ranks: t's is not declared
+    assert left["op_type"] == "MultiHeadAttention" and left["on_activations"] and "only the 3-D form" in left["reason"]
 
 
 def test_a_model_with_no_macs_is_not_fully_spike_driven():
@@ -249,6 +250,17 @@ def test_position_only_ops_are_listed_but_not_counted_against_the_model():
     assert entry["op_type"] == "Sin" and not entry["on_activations"] and "positions only" in entry["reason"]
 
 
+def test_rotary_embedding_is_listed_as_position_dependent_and_linear():
+    """com.microsoft RotaryEmbedding is kept: linear in its input, the angles from positions only."""
+    model = small_model(oh.make_node("RotaryEmbedding", ["x", "positions", "cos", "sin"], ["y"], domain=MS),
+                        inputs=[("x", F, [1, 2, 8]), ("positions", TensorProto.INT64, [1, 2])],
+                        initializers=[weight("cos", (4, 4)), weight("sin", (4, 4))], output=(1, 2, 8))
+    (entry,) = left_nonlinear(Graph(model), [])
+    assert entry["op_type"] == "RotaryEmbedding" and not entry["on_activations"]
+    assert entry["reason"].startswith("linear in its input: rotates pairs of its elements by angles that depend on "
+                                      "positions only")
+
+
 def test_strict_refuses_a_model_that_is_not_fully_spiking():
     model_ok = small_model(oh.make_node("MatMul", ["x", "w"], ["h"]), oh.make_node("Tanh", ["h"], ["y"]),
                            initializers=[weight("w", (8, 3))])
@@ -269,3 +281,23 @@ def test_a_mac_bearing_op_without_a_count_makes_the_share_unknown():
     assert report.spike_driven_share is None and report.to_dict()["spike_driven_mac_share"] is None
     assert "LSTM" in {e["op_type"] for e in report.left}
     assert report.shortfall() == "1 nonlinear op left (LSTM 1); the MACs of 1 op(s) not counted"
+
+
+@pytest.mark.parametrize("angles_from", ["positions", "activations"])
+def test_a_rotary_embedding_is_linear_in_its_input_when_its_angles_are_positions(angles_from):
+    # ONNX RotaryEmbedding (opset 23) on x [batch 1, 2 heads, 5 tokens, 8]: cos/sin caches [1, 5, 4]
+    # of the positions' angles, or of a float input (an activation): then x times a function of it
+    angles = [oh.make_node("Cast", ["positions"], ["p"], to=F), oh.make_node("Unsqueeze", ["p", "last"], ["p1"]),
+              oh.make_node("Mul", ["p1", "frequencies"], ["angle"])] if angles_from == "positions" else [
+              oh.make_node("Identity", ["a"], ["angle"])]
+    model = model_of(
+        [*angles, oh.make_node("Cos", ["angle"], ["cos"]), oh.make_node("Sin", ["angle"], ["sin"]),
+         oh.make_node("RotaryEmbedding", ["x", "cos", "sin"], ["y"])],
+        [("x", F, [1, 2, 5, 8]), ("positions", TensorProto.INT64, [1, 5]), ("a", F, [1, 5, 4])], [("y", F, [1, 2, 5, 8])],
+        [numpy_helper.from_array(np.array([-1], np.int64), "last"), weight("frequencies", (4,))], opset=23)
+    onnx.checker.check_model(model, full_check=True)
+    rotary = left_of(model)["RotaryEmbedding"]
+    if angles_from == "positions":
+        assert not rotary["on_activations"] and rotary["reason"].startswith("linear in its input")
+    else:
+        assert rotary["on_activations"] and "computed from activations" in rotary["reason"]

@@ -1,6 +1,6 @@
 """SpikingSoftmax: C++ kernel == ONNX function (onnxruntime without the library, and inlined) ==
-onnx.reference == numpy reference, on random neurons, inputs, shapes, axes and opsets 14-21 and on
-edge values; the blocks the composite ops share (fixed-order sum, frexp, pow2); accuracy with the
+onnx.reference == numpy reference, on random neurons, inputs, shapes, axes and opsets 14 to the
+newest and on edge values; the blocks the composite ops share (fixed-order sum, frexp, pow2); accuracy with the
 shipped presets; validation, threading, the optional spike output.
 
 Bit for bit, not within a tolerance: every implementation runs the same float32 operations in the
@@ -9,7 +9,6 @@ onnx_snn.ops.blocks (a Loop in the function body) rather than ReduceSum, whose o
 onnxruntime's own; so no rounding difference can move a mantissa across a neuron's threshold, and
 no tolerance has to be argued. The max is order-free; NaN entries are kept out of it explicitly
 (onnxruntime's ReduceMax skips NaN, numpy's propagates it)."""
-
 
 import numpy as np
 import onnx
@@ -30,6 +29,9 @@ from spiking_op_helpers import (AXES_OUT_OF_RANGE, BAD_AXIS, LOWEST, assert_all_
 import onnx_snn
 from onnx_snn.mbe.neuron import simulate
 from onnx_snn.ops import CALLS, FUNCTIONS, blocks, mbe_neuron, spiking_softmax
+from onnx_snn.runtime import newest_opset
+
+NEWEST_OPSET = newest_opset()  # the function bodies at every opset onnx and onnxruntime both run
 
 NEURON_PAIRS = [  # (exp2, reciprocal): arbitrary neurons, the ops must simulate whatever they get
     (random_neuron(11, 3, 8).tables, random_neuron(12, 4, 8).tables),
@@ -66,7 +68,7 @@ def test_function_calls_the_mbe_neuron_function_and_inlines_to_standard_ops():
 CASES = [((7,), 0), ((5, 33), -1), ((3, 17, 4), 1), ((2, 3, 5, 9), -3), ((2, 3, 4, 6), 3), ((6, 4), 0)]
 
 
-@pytest.mark.parametrize("opset", [14, 17, 18, 21])
+@pytest.mark.parametrize("opset", [14, 17, 18, 21, 23, NEWEST_OPSET])
 @pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{s}-axis{a}" for s, a in CASES])
 def test_every_implementation_is_bit_identical(case, opset):
     shape, axis = CASES[case]

@@ -61,6 +61,7 @@ class NearMiss:
 class MatchContext:
     graph: Graph
     spike_encoded: set[str]  # tensors that carry MBE neuron outputs once the earlier sites are built
+    types: dict[str, int] = field(default_factory=dict)  # element types (precision.element_types), where known
 
 
 class Rule(Protocol):
@@ -198,6 +199,8 @@ def weight_source(graph: Graph, name: str) -> str | None:
 
 
 def is_weight(graph: Graph, name: str) -> bool:
+    """A constant, also through the ops that only carry a weight (WEIGHT_PATH_OPS: a quantized
+    weight's DequantizeLinear; a Transpose, e.g. a FusedMatMul's transB expanded)."""
     return weight_source(graph, name) is not None
 
 

@@ -1,7 +1,8 @@
 """RMSNorm (Llama family) -> SpikingRMSNorm: the written-out form
     v = ReduceMean(x^2) (Pow 2 or x * x); r = 1 / Sqrt(v + eps) (Reciprocal, or a Div of 1);
     y = x * r (or x / Sqrt(v + eps)); y = y * gamma   (float32 Casts anywhere along the chain)
-and the SimplifiedLayerNormalization op."""
+and the RMSNormalization op (opset 23: stash_type 1, float32, is how SpikingRMSNorm computes anyway)
+and onnxruntime's SimplifiedLayerNormalization."""
 
 from __future__ import annotations
 
@@ -31,11 +32,11 @@ def rmsnorm_site(anchor: onnx.NodeProto, nodes: list[onnx.NodeProto], x: str, ga
 
 class RMSNorm:
     name = NAME
-    anchors = ("Pow", "Mul", "SimplifiedLayerNormalization")
+    anchors = ("Pow", "Mul", "SimplifiedLayerNormalization", "RMSNormalization")
 
     def match(self, ctx: MatchContext, node: onnx.NodeProto) -> Site | NearMiss | None:
         g = ctx.graph
-        if node.op_type == "SimplifiedLayerNormalization":
+        if node.op_type in ("SimplifiedLayerNormalization", "RMSNormalization"):
             if any(n and (g.consumers.get(n) or n in g.graph_outputs) for n in node.output[1:]):
                 return NearMiss(NAME, node_name(node), node.op_type, "its InvStdDev output is used")
             axis, rank = g.attribute(node, "axis", -1), g.declared_rank(node.input[0])

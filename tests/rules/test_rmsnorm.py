@@ -1,8 +1,8 @@
 """rmsnorm: RMSNorm (Llama, T5) written out,
     v = ReduceMean(x^2) (Pow 2 or x * x); r = 1 / Sqrt(v + eps) (Reciprocal, or a Div of 1);
     y = x * r (or x / Sqrt(v + eps)); y = y * gamma   (float32 Casts along the chain)
-and the SimplifiedLayerNormalization op. -> SpikingRMSNorm, checked end to end against its
-reference and the original."""
+and the RMSNormalization (opset 23) and SimplifiedLayerNormalization ops. -> SpikingRMSNorm, checked
+end to end against its reference and the original."""
 
 import numpy as np
 import pytest
@@ -49,6 +49,14 @@ def simplified_layernorm_graph(inv_std_used=False):
     outputs = ["y", "inv_std"] if inv_std_used else ["y"]
     node = oh.make_node("SimplifiedLayerNormalization", ["x0", "gamma"], outputs, axis=-1, epsilon=1e-6)
     return graph_model([node], {"x0": ["batch", 3, HIDDEN]}, outputs, [init("gamma", np.ones(HIDDEN))], check=False)
+
+
+def rmsnormalization_graph(axis=-1, epsilon=1e-6, scale_shape=(HIDDEN,), stash_type=1):
+    """ONNX's RMSNormalization (opset 23; torch's dynamo exporter writes it for torch.nn.RMSNorm and
+    Llama's norms at opset 23)."""
+    node = oh.make_node("RMSNormalization", ["x0", "scale"], ["y"], axis=axis, epsilon=epsilon, stash_type=stash_type)
+    scale = np.random.default_rng(1).uniform(0.5, 1.5, scale_shape)
+    return graph_model([node], {"x0": ["batch", 3, HIDDEN]}, ["y"], [init("scale", scale)], opset=23)
 
 
 def the_site(model):
@@ -113,6 +121,13 @@ def test_simplified_layernormalization_op_is_one_site():
     assert site.nodes == [site.anchor] and site.probes == [Probe("x0")]
 
 
+@pytest.mark.parametrize("axis, scale_shape", [(-1, (HIDDEN,)), (2, (HIDDEN,)), (-2, (3, HIDDEN))],
+                         ids=["last-axis", "positive-axis", "two-axes"])
+def test_rmsnormalization_op_is_one_site(axis, scale_shape):
+    site = the_site(rmsnormalization_graph(axis=axis, scale_shape=scale_shape))
+    assert site.nodes == [site.anchor] and site.probes == [Probe("x0")]
+
+
 # ---- near misses ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("form, reason", [
@@ -164,6 +179,18 @@ def test_near_miss_anchored_on_x_times_x_is_in_the_report():
     assert report.replaced == {}
     assert {(e["op_type"], e["reason"]) for e in report.left} >= {
         ("Mul", "near miss: no small constant epsilon is added to the mean of squares (0.5)")}
+
+
+def test_rmsnormalization_scale_that_only_broadcasts_is_a_near_miss():
+    sites, misses = search(rmsnormalization_graph(scale_shape=(1,)))
+    assert sites == []
+    assert [(m.rule, m.op_type) for m in misses] == [(RULE, "RMSNormalization")] and "gamma of shape" in misses[0].reason
+
+
+def test_rmsnormalization_left_is_in_the_report_with_why():
+    _, report = convert(rmsnormalization_graph(scale_shape=(1,)), {"x0": inputs()})
+    (entry,) = [e for e in report.left if e["op_type"] == "RMSNormalization"]
+    assert entry["on_activations"] and entry["reason"].startswith("near miss: its gamma of shape [1]")
 
 
 def test_used_inv_std_output_of_the_op_is_a_near_miss():
@@ -226,6 +253,15 @@ def test_written_out_form_with_casts_and_large_epsilon_converts():
 def test_simplified_layernormalization_op_converts_to_spiking_rmsnorm():
     assert_composite_conversion(simplified_layernorm_graph(), "rmsnorm", RULE, inputs(), gamma=np.ones(HIDDEN),
                                 axis=-1, epsilon=1e-6)
+
+
+@pytest.mark.parametrize("axis, scale_shape, epsilon", [(-1, (HIDDEN,), 1e-6), (-2, (3, HIDDEN), 1e-6),
+                                                        (-1, (HIDDEN,), 0.05)],
+                         ids=["last-axis", "two-axes", "large-epsilon"])
+def test_rmsnormalization_op_converts_to_spiking_rmsnorm(axis, scale_shape, epsilon):
+    model = rmsnormalization_graph(axis=axis, epsilon=epsilon, scale_shape=scale_shape)
+    assert_composite_conversion(model, "rmsnorm", RULE, inputs(scale=0.1 if epsilon > 0.01 else 3.0),
+                                gamma=weights(model)["scale"], axis=axis, epsilon=epsilon)
 
 
 def test_two_axes_form_converts_on_axis_minus_2():

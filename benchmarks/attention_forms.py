@@ -1,0 +1,103 @@
+"""ONNX Attention: what expanding it into its function costs, side by side in one process. A random-
+weight BertModel (sdpa) exported by torch dynamo at opset 23 (ONNX Attention), run as exported
+(onnxruntime's Attention kernel), with Attention expanded into its ONNX function (not spiking: the
+cost of the expansion alone, all a composite spiking attention op could win back), and converted
+(expanded, then spiking); alternating runs, medians; and the conversion time.
+
+    python benchmarks/attention_forms.py [--hidden 128] [--layers 2] [--batch 8] [--sequence 128] [--repeats 11]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+import onnx_snn
+from onnx_snn.pipeline import convert_with_report
+from onnx_snn.rules import attention
+
+
+def export_bert(hidden: int, layers: int, opset: int = 23) -> onnx.ModelProto:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=1000, hidden_size=hidden, num_hidden_layers=layers,
+                                     num_attention_heads=hidden // 32, intermediate_size=4 * hidden,
+                                     max_position_embeddings=512, attn_implementation="sdpa")
+    model = transformers.BertModel(config).eval()
+
+    class Output(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    ids = torch.tensor([[5, 17, 99, 3, 42, 7], [8, 9, 10, 11, 0, 0]])
+    dims = {0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        return torch.onnx.export(Output(), (ids, (ids > 0).long()), dynamo=True, opset_version=opset, verbose=False,
+                                 input_names=["input_ids", "attention_mask"], output_names=["y"],
+                                 dynamic_shapes=(dims, dims)).model_proto
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--sequence", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=11)
+    args = parser.parse_args()
+
+    original = export_bert(args.hidden, args.layers)
+    expanded = onnx.ModelProto()
+    expanded.CopyFrom(original)
+    start = time.perf_counter()
+    attention.expand(expanded)
+    expand_time = time.perf_counter() - start
+    rng = np.random.default_rng(0)
+    shape = (args.batch, args.sequence)
+    calibration = [{"input_ids": rng.integers(1, 1000, shape), "attention_mask": np.ones(shape, np.int64)}
+                   for _ in range(4)]
+    start = time.perf_counter()
+    spiking, report = convert_with_report(original, calibration=calibration)
+    convert_time = time.perf_counter() - start
+    feeds = {"input_ids": rng.integers(1, 1000, shape), "attention_mask": np.ones(shape, np.int64)}
+    feeds["attention_mask"][-1, args.sequence // 2:] = 0
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    sessions = {"as exported (Attention kernel)": ort.InferenceSession(original.SerializeToString(), options),
+                "Attention expanded, not spiking": ort.InferenceSession(expanded.SerializeToString(), options),
+                "converted (expanded, spiking)": onnx_snn.session(spiking, sess_options=options)}
+    outputs = {name: s.run(None, feeds)[0] for name, s in sessions.items()}  # warm-up
+    times = {name: [] for name in sessions}
+    for _ in range(args.repeats):
+        for name, sess in sessions.items():
+            start = time.perf_counter()
+            sess.run(None, feeds)
+            times[name].append(time.perf_counter() - start)
+    reference = outputs["as exported (Attention kernel)"].ravel().astype(np.float64)
+    print(f"BertModel hidden {args.hidden}, {args.layers} layers, opset 23, batch {args.batch} x {args.sequence}, "
+          f"1 intra-op thread, {args.repeats} alternating runs, medians")
+    print(f"expansion {expand_time * 1e3:.0f} ms; conversion (expansion included) {convert_time:.2f} s; "
+          f"spike-driven MACs {report.spike_driven_share:.0%}")
+    base = statistics.median(times["as exported (Attention kernel)"])
+    for name, runs in times.items():
+        out = outputs[name].ravel().astype(np.float64)
+        cosine = out @ reference / (np.linalg.norm(out) * np.linalg.norm(reference))
+        print(f"  {name:<34} {statistics.median(runs) * 1e3:7.1f} ms  x{statistics.median(runs) / base:.2f}  "
+              f"cosine {cosine:.6f}")
+
+
+if __name__ == "__main__":
+    main()
