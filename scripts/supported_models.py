@@ -197,12 +197,16 @@ def held_out_cosine(row: Row, source: onnx.ModelProto | Path, spiking: onnx.Mode
 
 
 def left_summary(report: Report) -> str:
-    """The ops left, counted by op and reason; those off activations (positions, rotary) marked so."""
+    """The ops left, counted by op, grouped by reason; those off activations (positions, rotary)
+    say so."""
     if not report.left:
         return "none"
-    short = {POSITION_ONLY: "on constants, shapes or positions only", ROTARY_LINEAR: "rotary: linear, angles from positions"}
-    counts = Counter((e["op_type"], short.get(e["reason"], e["reason"])) for e in report.left)
-    return "; ".join(f"{op} {n} ({reason})" for (op, reason), n in sorted(counts.items()))
+    short = {POSITION_ONLY: "on constants, shapes or positions only", ROTARY_LINEAR: "linear, angles from positions"}
+    by_reason: dict[str, Counter] = {}
+    for e in report.left:
+        by_reason.setdefault(short.get(e["reason"], e["reason"]), Counter())[e["op_type"]] += 1
+    return "; ".join(", ".join(f"{op} {n}" for op, n in sorted(ops.items())) + f" ({reason})"
+                     for reason, ops in by_reason.items())
 
 
 def share(report: Report) -> str:
