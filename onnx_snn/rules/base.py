@@ -192,10 +192,13 @@ def root_of_mean(ctx: MatchContext, mean: onnx.NodeProto, nodes: list[onnx.NodeP
     g = ctx.graph
     variance = through_casts(ctx, mean.output[0], nodes)
     add = g.only_consumer(variance)
-    epsilon = g.scalar(other_input(add, variance) or "") if add is not None and add.op_type == "Add" else None
+    added = other_input(add, variance) if add is not None and add.op_type == "Add" else None
+    cast = g.producer.get(added or "")  # jax2onnx writes CastLike(epsilon, x)
+    cast = cast if cast is not None and cast.op_type in ("Cast", "CastLike") and g.only_consumer(added) is add else None
+    epsilon = g.scalar(cast.input[0] if cast is not None else added or "")
     if epsilon is None or not 0 <= epsilon < 1e-1:
         return f"no small constant epsilon is added to the mean of squares ({epsilon})"
-    nodes.append(add)
+    nodes += [add] if cast is None else [cast, add]
     sqrt = g.only_consumer(add.output[0])
     if sqrt is None or sqrt.op_type != "Sqrt":
         return "mean of squares + epsilon has no Sqrt"

@@ -1,8 +1,10 @@
-"""LayerNorm written out, as torch's legacy exporter does before opset 17:
-    mean = ReduceMean(x); d = x - mean; var = ReduceMean(d^2) (Pow 2 or d * d); s = Sqrt(var + eps)
-    y = d / s (or d * Reciprocal(s)); y = y * gamma [+ beta]
-ReduceMean axes as an attribute (before opset 18) or an input (from 18); float32 Casts anywhere
-along the chain. -> SpikingLayerNorm, like the LayerNormalization op."""
+"""LayerNorm written out, as torch's legacy exporter (before opset 17), tf2onnx and jax2onnx do:
+    mean = ReduceMean(x) (tf2onnx: GlobalAveragePool on rank 3); d = x - mean
+    var = ReduceMean(d^2) (Pow 2 or d * d), or E[x^2] - mean^2 [Max 0] (flax, by jax2onnx)
+    s = Sqrt(var + eps); y = d / s (or d * Reciprocal(s)); y = y * gamma [+ beta]
+    or, as Keras folds it (tf2onnx): inv = Reciprocal(s) * gamma; y = x * inv + (-mean * inv [+ beta])
+ReduceMean axes as an attribute (before opset 18) or an input (from 18), negative or (the rank known)
+positive; float32 Casts anywhere along the chain. -> SpikingLayerNorm, like the LayerNormalization op."""
 
 from __future__ import annotations
 
@@ -14,21 +16,99 @@ from onnx_snn.rules.base import (MatchContext, NearMiss, Site, consumers_of, is_
 from onnx_snn.rules.layernorm import layernorm_site
 
 NAME = "layernorm-decomposed"
+MEANS = ("ReduceMean", "GlobalAveragePool")
 
 
-def trailing_axis(axes: list[int] | None) -> int | None:
-    """The LayerNormalization axis for reduction axes [-k, ..., -1], else None."""
+def trailing_axis(axes: list[int] | None, rank: int | None = None) -> int | None:
+    """The LayerNormalization axis for reduction axes [-k, ..., -1] (or, the rank given, the
+    positive ones they are), else None."""
     if not axes:
         return None
-    ordered = sorted(axes)
+    ordered = sorted(a - rank if rank is not None and a >= 0 else a for a in axes)
     if ordered != list(range(-len(ordered), 0)):
         return None
     return ordered[0]
 
 
+def mean_axis(ctx: MatchContext, mean: onnx.NodeProto) -> int | None:
+    """The LayerNormalization axis of a mean over the trailing axes that keeps their dims: a
+    ReduceMean with keepdims, or a GlobalAveragePool (over the axes after the second); else None."""
+    g = ctx.graph
+    if mean.op_type == "GlobalAveragePool":
+        rank = g.rank(mean.input[0])
+        return None if rank is None or rank < 3 else 2 - rank
+    if mean.op_type != "ReduceMean" or g.attribute(mean, "keepdims", 1) != 1:
+        return None
+    axes = reduce_axes(ctx, mean)
+    positive = axes is not None and any(a >= 0 for a in axes)
+    return trailing_axis(axes, g.rank(mean.input[0]) if positive else None)
+
+
+def is_square(g, node: onnx.NodeProto, value: str) -> bool:
+    return is_power(g, node, value, 2.0) or (node.op_type == "Mul" and list(node.input) == [value, value])
+
+
+def variance_by_moments(ctx: MatchContext, mean: onnx.NodeProto, axis: int,
+                        nodes: list[onnx.NodeProto]) -> onnx.NodeProto | None:
+    """The node computing E[x^2] - mean^2 (clipped at 0 by a Max or not), as flax's LayerNorm writes
+    the variance, appending its nodes; None if the variance is not so computed."""
+    g = ctx.graph
+    x, m = mean.input[0], mean.output[0]
+    second = [r for s in g.consumers.get(x, []) if is_square(g, s, x)
+              for r in [g.only_consumer(s.output[0])] if r is not None and r.op_type in MEANS and mean_axis(ctx, r) == axis]
+    mean_squared = [s for s in g.consumers.get(m, []) if is_square(g, s, m)]
+    if len(second) != 1 or len(mean_squared) != 1:
+        return None
+    variance = g.only_consumer(second[0].output[0])
+    if variance is None or variance.op_type != "Sub" or list(variance.input) != [second[0].output[0], mean_squared[0].output[0]]:
+        return None
+    nodes += [g.producer[second[0].input[0]], second[0], mean_squared[0], variance]
+    clip = g.only_consumer(variance.output[0])
+    if clip is not None and clip.op_type == "Max" and g.scalar(other_input(clip, variance.output[0]) or "") == 0.0:
+        nodes.append(clip)
+        return clip
+    return variance
+
+
+def folded_affine(ctx: MatchContext, mean: onnx.NodeProto, inverse: str, axis: int,
+                  nodes: list[onnx.NodeProto]) -> tuple[str, str | None, onnx.NodeProto] | str:
+    """Keras' LayerNormalization (by tf2onnx): inv = (1 / std) * gamma; y = x * inv + (-mean * inv
+    [+ beta]). (gamma, beta or None, the last Add), appending the nodes; else why not."""
+    g = ctx.graph
+    x, scale = mean.input[0], g.only_consumer(inverse)
+    gamma = other_input(scale, inverse) if scale is not None and scale.op_type == "Mul" else None
+    if gamma is None or not is_weight(g, gamma):
+        return "x - mean is not multiplied by 1 / std, nor x by gamma / std"
+    problem = not_per_feature(g, "gamma", gamma, -axis)
+    if problem:
+        return problem
+    inv = scale.output[0]
+    negated = consumers_of(ctx, mean.output[0], "Neg")
+    users = g.consumers.get(inv, [])
+    x_scaled = [u for u in users if u.op_type == "Mul" and other_input(u, inv) == x]
+    mean_scaled = [u for u in users if u.op_type == "Mul" and negated and other_input(u, inv) == negated[0].output[0]]
+    if len(users) != 2 or len(x_scaled) != 1 or len(mean_scaled) != 1:
+        return "gamma / std does not scale x and -mean, once each"
+    nodes += [scale, x_scaled[0], negated[0], mean_scaled[0]]
+    offset, beta = mean_scaled[0].output[0], None
+    shift = g.only_consumer(offset)
+    if shift is not None and shift.op_type == "Add" and is_weight(g, other_input(shift, offset) or ""):
+        beta = other_input(shift, offset)
+        problem = not_per_feature(g, "beta", beta, -axis)
+        if problem:
+            return problem
+        nodes.append(shift)
+        offset = shift.output[0]
+    total = g.only_consumer(x_scaled[0].output[0])
+    if total is None or total.op_type != "Add" or other_input(total, x_scaled[0].output[0]) != offset:
+        return "x * gamma / std is not added to -mean * gamma / std [+ beta]"
+    nodes.append(total)
+    return gamma, beta, total
+
+
 class LayerNormDecomposed:
     name = NAME
-    anchors = ("ReduceMean",)
+    anchors = MEANS
 
     def match(self, ctx: MatchContext, mean: onnx.NodeProto) -> Site | NearMiss | None:
         g = ctx.graph
@@ -39,33 +119,34 @@ class LayerNormDecomposed:
         sub = subs[0]
 
         def miss(reason: str) -> NearMiss:
-            return NearMiss(NAME, node_name(mean), "ReduceMean", reason)
+            return NearMiss(NAME, node_name(mean), mean.op_type, reason)
 
-        axis = trailing_axis(reduce_axes(ctx, mean))
-        if axis is None or g.attribute(mean, "keepdims", 1) != 1:
+        axis = mean_axis(ctx, mean)
+        if axis is None:
             return miss("the mean is not taken over the trailing axes with keepdims")
         nodes = [mean, sub]
         d = sub.output[0]
         casted = [c for c in consumers_of(ctx, d, "Cast") if g.attribute(c, "to") == onnx.TensorProto.FLOAT]
         squares = [n for value in (d, *[c.output[0] for c in casted])  # d may reach the square through a Cast
-                   for n in g.consumers.get(value, []) if is_power(g, n, value, 2.0)
-                   or (n.op_type == "Mul" and list(n.input) == [value, value])]
+                   for n in g.consumers.get(value, []) if is_square(g, n, value)]
         squares = list({id(n): n for n in squares}.values())  # Mul(d, d) is listed once per operand
-        if len(squares) != 1:
-            return miss("x - mean is not squared (Pow 2 or d * d) exactly once")
-        square = squares[0]
-        if square.input[0] != d:
-            nodes.append(g.producer[square.input[0]])
-        nodes.append(square)
-        var = g.only_consumer(through_casts(ctx, square.output[0], nodes))
-        if var is None or var.op_type != "ReduceMean" or trailing_axis(reduce_axes(ctx, var)) != axis:
-            return miss("the squares are not averaged over the same axes")
-        nodes.append(var)
+        var = variance_by_moments(ctx, mean, axis, nodes) if not squares else None
+        if var is None:
+            if len(squares) != 1:
+                return miss("x - mean is not squared (Pow 2 or d * d) exactly once")
+            square = squares[0]
+            if square.input[0] != d:
+                nodes.append(g.producer[square.input[0]])
+            nodes.append(square)
+            var = g.only_consumer(through_casts(ctx, square.output[0], nodes))
+            if var is None or var.op_type not in MEANS or mean_axis(ctx, var) != axis:
+                return miss("the squares are not averaged over the same axes")
+            nodes.append(var)
         root = root_of_mean(ctx, var, nodes)
         if isinstance(root, str):
             return miss(root)
         epsilon, divisor = root
-        # d / s, or d * (1 / s)
+        # d / s, or d * (1 / s), or Keras' folded form
         centred = (d, *[c.output[0] for c in casted])
         norm = next((n for n in consumers_of(ctx, divisor, "Div") if n.input[1] == divisor and n.input[0] in centred), None)
         if norm is None:
@@ -75,7 +156,12 @@ class LayerNormDecomposed:
             nodes.append(recip)
             norm = g.only_consumer(recip.output[0])
             if norm is None or norm.op_type != "Mul" or other_input(norm, recip.output[0]) not in centred:
-                return miss("x - mean is not multiplied by 1 / std")
+                folded = folded_affine(ctx, mean, recip.output[0], axis, nodes)
+                if isinstance(folded, str):
+                    return miss(folded)
+                gamma, beta, last = folded
+                return private_or_near_miss(NAME, ctx, mean, nodes, last.output[0]) or layernorm_site(
+                    NAME, mean, nodes, x, gamma, beta, last.output[0], axis, epsilon)
         nodes += [g.producer[name] for name in norm.input if name in centred[1:]]
         nodes.append(norm)
         scaled = scaled_per_feature(ctx, norm.output[0], nodes, -axis)

@@ -1,5 +1,6 @@
 """RMSNorm (Llama family) -> SpikingRMSNorm: the written-out form
-    v = ReduceMean(x^2) (Pow 2 or x * x); r = 1 / Sqrt(v + eps) (Reciprocal, or a Div of 1);
+    v = ReduceMean(x^2) (Pow 2 or x * x; tf2onnx: GlobalAveragePool; axes as layernorm-decomposed
+    reads them); r = 1 / Sqrt(v + eps) (Reciprocal, or a Div of 1; eps may be CastLike'd, as by jax2onnx);
     y = x * r (or x / Sqrt(v + eps)); y = y * gamma   (float32 Casts anywhere along the chain)
 and the SimplifiedLayerNormalization op."""
 
@@ -9,8 +10,8 @@ import onnx
 
 from onnx_snn.calibrate import Probe
 from onnx_snn.rules.base import (MatchContext, NearMiss, Site, is_power, near, node_name, not_per_feature,
-                                 private_or_near_miss, reduce_axes, root_of_mean, scaled_per_feature, through_casts)
-from onnx_snn.rules.layernorm_decomposed import trailing_axis
+                                 private_or_near_miss, root_of_mean, scaled_per_feature, through_casts)
+from onnx_snn.rules.layernorm_decomposed import MEANS, mean_axis
 
 NAME = "rmsnorm"
 
@@ -52,7 +53,7 @@ class RMSNorm:
         x = node.input[0]
         nodes = [node]
         mean = g.only_consumer(through_casts(ctx, node.output[0], nodes))
-        if mean is None or mean.op_type != "ReduceMean":
+        if mean is None or mean.op_type not in MEANS:
             return None
         centred = g.producer.get(x)
         while centred is not None and centred.op_type == "Cast":
@@ -64,8 +65,8 @@ class RMSNorm:
         def miss(reason: str) -> NearMiss:
             return NearMiss(NAME, node_name(node), node.op_type, reason)
 
-        axis = trailing_axis(reduce_axes(ctx, mean))
-        if axis is None or g.attribute(mean, "keepdims", 1) != 1:
+        axis = mean_axis(ctx, mean)
+        if axis is None:
             return miss("the mean square is not taken over the trailing axes with keepdims")
         nodes.append(mean)
         found = root_of_mean(ctx, mean, nodes)
