@@ -32,13 +32,14 @@ def t5_layernorm():
 
 def rmsnorm_graph(opset=17, axes=(-1,), keepdims=1, axes_as="initializer", square="pow", invert="div-one", casts=(),
                   epsilon=1e-6, gamma="initializer", swap=False, constants="initializer", also_output=None,
-                  exponent=2.0, numerator=1.0, gamma_shape=(HIDDEN,)):
+                  exponent=2.0, numerator=1.0, gamma_shape=(HIDDEN,), mean_op="ReduceMean", epsilon_cast_like=False):
     """RMSNorm of x0 [batch, 3, 8] written out. invert: "div-one" (x * (1 / root)), "reciprocal"
     (x * Reciprocal(root)), "div-x" (x / root) or "none" (x * root); casts: values followed by a
-    float32 Cast, of "x", "square", "ms", "root", "inverse", "norm"."""
+    float32 Cast, of "x", "square", "ms", "root", "inverse", "norm"; mean_op "GlobalAveragePool"
+    (tf2onnx) and epsilon_cast_like (jax2onnx): rule_kit.write_rmsnorm."""
     b = Builder(constants)
     y = write_rmsnorm(b, "x0", opset, axes, keepdims, axes_as, square, invert, casts, epsilon, gamma, swap, exponent,
-                      numerator, gamma_shape)
+                      numerator, gamma_shape, mean_op, epsilon_cast_like)
     inputs = {"x0": ["batch", 3, HIDDEN]} | ({"gamma_in": [HIDDEN]} if gamma == "input" else {})
     outputs = {y: ["batch", 3, HIDDEN]} | ({also_output: ["batch", 3, None]} if also_output else {})
     return b.model(inputs, outputs, opset=opset)
@@ -113,7 +114,32 @@ def test_simplified_layernormalization_op_is_one_site():
     assert site.nodes == [site.anchor] and site.probes == [Probe("x0")]
 
 
+def jax2onnx_form(**form):
+    """flax's RMSNorm as jax2onnx writes it: x * x, ReduceMean over axis 2, epsilon CastLike x, x / root."""
+    return rmsnorm_graph(opset=18, axes=(2,), square="mul", invert="div-x", epsilon_cast_like=True, **form)
+
+
+def test_jax2onnx_form_is_one_site_with_its_castlike():
+    site = the_site(jax2onnx_form())
+    assert op_types(site) == ["Add", "CastLike", "Div", "Mul", "Mul", "ReduceMean", "Sqrt"]
+    assert site.probes == [Probe("x0")]
+
+
+@pytest.mark.parametrize("opset", [15, 18])
+def test_tf2onnx_global_average_pool_is_one_site(opset):
+    """Keras' LayerNormalization(rms_scaling=True) written out; tf2onnx averages with GlobalAveragePool."""
+    model = rmsnorm_graph(opset=opset, square="mul", invert="reciprocal", mean_op="GlobalAveragePool")
+    assert rules_found(model) == {RULE: 1}
+
+
 # ---- near misses ---------------------------------------------------------------------------------
+
+def test_castlike_epsilon_too_large_is_a_near_miss():
+    sites, misses = search(jax2onnx_form(epsilon=0.5))
+    assert sites == []
+    assert [(m.rule, m.op_type) for m in misses] == [(RULE, "Mul")]
+    assert "no small constant epsilon is added to the mean of squares (0.5)" in misses[0].reason
+
 
 @pytest.mark.parametrize("form, reason", [
     (dict(axes=(1,)), "the mean square is not taken over the trailing axes with keepdims"),
@@ -226,6 +252,11 @@ def test_written_out_form_with_casts_and_large_epsilon_converts():
 def test_simplified_layernormalization_op_converts_to_spiking_rmsnorm():
     assert_composite_conversion(simplified_layernorm_graph(), "rmsnorm", RULE, inputs(), gamma=np.ones(HIDDEN),
                                 axis=-1, epsilon=1e-6)
+
+
+def test_jax2onnx_form_converts():
+    model = jax2onnx_form()
+    assert_composite_conversion(model, "rmsnorm", RULE, inputs(), gamma=weights(model)["gamma"], axis=-1, epsilon=1e-6)
 
 
 def test_two_axes_form_converts_on_axis_minus_2():
