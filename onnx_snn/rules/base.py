@@ -186,11 +186,11 @@ def consumers_of(ctx: MatchContext, name: str, op_type: str) -> list[onnx.NodePr
     return [n for n in ctx.graph.consumers.get(name, []) if n.op_type == op_type]
 
 
-def root_of_mean(ctx: MatchContext, mean: onnx.NodeProto, nodes: list[onnx.NodeProto]) -> tuple[float, str] | str:
-    """From a ReduceMean of squares: Add(epsilon) then Sqrt (Casts allowed), as normalisations
+def root_of_mean(ctx: MatchContext, mean: str, nodes: list[onnx.NodeProto]) -> tuple[float, str] | str:
+    """From a mean of squares (its value): Add(epsilon) then Sqrt (Casts allowed), as normalisations
     write them. (epsilon, the root's value name), appending the nodes; or why the chain breaks."""
     g = ctx.graph
-    variance = through_casts(ctx, mean.output[0], nodes)
+    variance = through_casts(ctx, mean, nodes)
     add = g.only_consumer(variance)
     added = other_input(add, variance) if add is not None and add.op_type == "Add" else None
     cast = g.producer.get(added or "")  # jax2onnx writes CastLike(epsilon, x)

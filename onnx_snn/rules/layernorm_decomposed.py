@@ -4,7 +4,8 @@
     s = Sqrt(var + eps); y = d / s (or d * Reciprocal(s)); y = y * gamma [+ beta]
     or, as Keras folds it (tf2onnx): inv = Reciprocal(s) * gamma; y = x * inv + (-mean * inv [+ beta])
 ReduceMean axes as an attribute (before opset 18) or an input (from 18), negative or (the rank known)
-positive; float32 Casts anywhere along the chain. -> SpikingLayerNorm, like the LayerNormalization op."""
+positive; without keepdims, the dims put back by an Unsqueeze or Reshape; float32 Casts anywhere
+along the chain. -> SpikingLayerNorm, like the LayerNormalization op."""
 
 from __future__ import annotations
 
@@ -30,18 +31,39 @@ def trailing_axis(axes: list[int] | None, rank: int | None = None) -> int | None
     return ordered[0]
 
 
-def mean_axis(ctx: MatchContext, mean: onnx.NodeProto) -> int | None:
-    """The LayerNormalization axis of a mean over the trailing axes that keeps their dims: a
-    ReduceMean with keepdims, or a GlobalAveragePool (over the axes after the second); else None."""
+def kept_mean(ctx: MatchContext, mean: onnx.NodeProto) -> tuple[int | None, str, list[onnx.NodeProto]]:
+    """A mean as the value that keeps its reduced dims: (the LayerNormalization axis, None unless
+    the mean is over the trailing axes; that value; the nodes putting the dims back). A ReduceMean
+    with keepdims; a GlobalAveragePool (over the axes after the second); or a ReduceMean without
+    keepdims followed by an Unsqueeze of the same axes or a Reshape to a constant shape of 0s (or one
+    -1) and then as many 1s as axes reduced (as jax2onnx writes some)."""
     g = ctx.graph
+    x, value = mean.input[0], mean.output[0]
     if mean.op_type == "GlobalAveragePool":
-        rank = g.rank(mean.input[0])
-        return None if rank is None or rank < 3 else 2 - rank
-    if mean.op_type != "ReduceMean" or g.attribute(mean, "keepdims", 1) != 1:
-        return None
+        rank = g.rank(x)
+        return (None if rank is None or rank < 3 else 2 - rank), value, []
     axes = reduce_axes(ctx, mean)
-    positive = axes is not None and any(a >= 0 for a in axes)
-    return trailing_axis(axes, g.rank(mean.input[0]) if positive else None)
+    if mean.op_type != "ReduceMean" or not axes:
+        return None, value, []
+    rank = g.rank(x) if any(a >= 0 for a in axes) else None
+    axis = trailing_axis(axes, rank)
+    if g.attribute(mean, "keepdims", 1) == 1:
+        return axis, value, []
+    restore = g.only_consumer(value)
+    if axis is None or restore is None:
+        return None, value, []
+    if restore.op_type == "Unsqueeze" and len(restore.input) > 1:
+        unsqueezed = g.constant(restore.input[1])
+        restored = unsqueezed is not None and trailing_axis(unsqueezed.reshape(-1).tolist(), g.rank(x)) == axis
+    else:
+        shape = g.constant(restore.input[1]) if restore.op_type == "Reshape" else None
+        kept = None if shape is None else shape.reshape(-1).tolist()
+        # 0 copies the mean's dim, -1 takes what is left: the shape of x with the reduced dims 1
+        restored = kept is not None and len(kept) == g.rank(x) and kept[axis:] == [1] * -axis and (
+            set(kept[:axis]) <= {0, -1} and kept[:axis].count(-1) <= 1 and g.attribute(restore, "allowzero", 0) == 0)
+    # a Reshape or Unsqueeze that does not put the dims back is still followed: the near miss is reported
+    reshaped = restore.op_type in ("Reshape", "Unsqueeze")
+    return (axis if restored else None), (restore.output[0] if reshaped else value), ([restore] if reshaped else [])
 
 
 def is_square(g, node: onnx.NodeProto, value: str) -> bool:
@@ -53,16 +75,19 @@ def variance_by_moments(ctx: MatchContext, mean: onnx.NodeProto, axis: int,
     """The node computing E[x^2] - mean^2 (clipped at 0 by a Max or not), as flax's LayerNorm writes
     the variance, appending its nodes; None if the variance is not so computed."""
     g = ctx.graph
-    x, m = mean.input[0], mean.output[0]
-    second = [r for s in g.consumers.get(x, []) if is_square(g, s, x)
-              for r in [g.only_consumer(s.output[0])] if r is not None and r.op_type in MEANS and mean_axis(ctx, r) == axis]
+    x = mean.input[0]
+    m = kept_mean(ctx, mean)[1]
+    second = [(r, kept) for s in g.consumers.get(x, []) if is_square(g, s, x)
+              for r in [g.only_consumer(s.output[0])] if r is not None and r.op_type in MEANS
+              for kept in [kept_mean(ctx, r)] if kept[0] == axis]
     mean_squared = [s for s in g.consumers.get(m, []) if is_square(g, s, m)]
     if len(second) != 1 or len(mean_squared) != 1:
         return None
-    variance = g.only_consumer(second[0].output[0])
-    if variance is None or variance.op_type != "Sub" or list(variance.input) != [second[0].output[0], mean_squared[0].output[0]]:
+    (average, (_, moment, restore)), = second
+    variance = g.only_consumer(moment)
+    if variance is None or variance.op_type != "Sub" or list(variance.input) != [moment, mean_squared[0].output[0]]:
         return None
-    nodes += [g.producer[second[0].input[0]], second[0], mean_squared[0], variance]
+    nodes += [g.producer[average.input[0]], average, *restore, mean_squared[0], variance]
     clip = g.only_consumer(variance.output[0])
     if clip is not None and clip.op_type == "Max" and g.scalar(other_input(clip, variance.output[0]) or "") == 0.0:
         nodes.append(clip)
@@ -70,12 +95,12 @@ def variance_by_moments(ctx: MatchContext, mean: onnx.NodeProto, axis: int,
     return variance
 
 
-def folded_affine(ctx: MatchContext, mean: onnx.NodeProto, inverse: str, axis: int,
+def folded_affine(ctx: MatchContext, x: str, mean: str, inverse: str, axis: int,
                   nodes: list[onnx.NodeProto]) -> tuple[str, str | None, onnx.NodeProto] | str:
     """Keras' LayerNormalization (by tf2onnx): inv = (1 / std) * gamma; y = x * inv + (-mean * inv
     [+ beta]). (gamma, beta or None, the last Add), appending the nodes; else why not."""
     g = ctx.graph
-    x, scale = mean.input[0], g.only_consumer(inverse)
+    scale = g.only_consumer(inverse)
     gamma = other_input(scale, inverse) if scale is not None and scale.op_type == "Mul" else None
     if gamma is None or not is_weight(g, gamma):
         return "x - mean is not multiplied by 1 / std, nor x by gamma / std"
@@ -83,7 +108,7 @@ def folded_affine(ctx: MatchContext, mean: onnx.NodeProto, inverse: str, axis: i
     if problem:
         return problem
     inv = scale.output[0]
-    negated = consumers_of(ctx, mean.output[0], "Neg")
+    negated = consumers_of(ctx, mean, "Neg")
     users = g.consumers.get(inv, [])
     x_scaled = [u for u in users if u.op_type == "Mul" and other_input(u, inv) == x]
     mean_scaled = [u for u in users if u.op_type == "Mul" and negated and other_input(u, inv) == negated[0].output[0]]
@@ -113,7 +138,8 @@ class LayerNormDecomposed:
     def match(self, ctx: MatchContext, mean: onnx.NodeProto) -> Site | NearMiss | None:
         g = ctx.graph
         x = mean.input[0]
-        subs = [s for s in consumers_of(ctx, mean.output[0], "Sub") if list(s.input) == [x, mean.output[0]]]
+        axis, m, restore = kept_mean(ctx, mean)
+        subs = [s for s in consumers_of(ctx, m, "Sub") if list(s.input) == [x, m]]
         if not subs:
             return None
         sub = subs[0]
@@ -121,10 +147,9 @@ class LayerNormDecomposed:
         def miss(reason: str) -> NearMiss:
             return NearMiss(NAME, node_name(mean), mean.op_type, reason)
 
-        axis = mean_axis(ctx, mean)
         if axis is None:
-            return miss("the mean is not taken over the trailing axes with keepdims")
-        nodes = [mean, sub]
+            return miss("the mean is not taken over the trailing axes with its dims kept (keepdims, or put back)")
+        nodes = [mean, *restore, sub]
         d = sub.output[0]
         casted = [c for c in consumers_of(ctx, d, "Cast") if g.attribute(c, "to") == onnx.TensorProto.FLOAT]
         squares = [n for value in (d, *[c.output[0] for c in casted])  # d may reach the square through a Cast
@@ -138,11 +163,13 @@ class LayerNormDecomposed:
             if square.input[0] != d:
                 nodes.append(g.producer[square.input[0]])
             nodes.append(square)
-            var = g.only_consumer(through_casts(ctx, square.output[0], nodes))
-            if var is None or var.op_type not in MEANS or mean_axis(ctx, var) != axis:
+            average = g.only_consumer(through_casts(ctx, square.output[0], nodes))
+            kept = kept_mean(ctx, average) if average is not None and average.op_type in MEANS else (None, "", [])
+            if kept[0] != axis:
                 return miss("the squares are not averaged over the same axes")
-            nodes.append(var)
-        root = root_of_mean(ctx, var, nodes)
+            nodes += [average, *kept[2]]
+            var = g.producer[kept[1]]
+        root = root_of_mean(ctx, var.output[0], nodes)
         if isinstance(root, str):
             return miss(root)
         epsilon, divisor = root
@@ -156,7 +183,7 @@ class LayerNormDecomposed:
             nodes.append(recip)
             norm = g.only_consumer(recip.output[0])
             if norm is None or norm.op_type != "Mul" or other_input(norm, recip.output[0]) not in centred:
-                folded = folded_affine(ctx, mean, recip.output[0], axis, nodes)
+                folded = folded_affine(ctx, x, m, recip.output[0], axis, nodes)
                 if isinstance(folded, str):
                     return miss(folded)
                 gamma, beta, last = folded

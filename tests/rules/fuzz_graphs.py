@@ -350,7 +350,10 @@ def normalisation(chain: Chain, pattern: str, near_miss: str | None) -> Instance
     # tf2onnx averages the trailing axes after the second with GlobalAveragePool
     mean_op = "ReduceMean" if near_miss == "axes" or len(axes) != rank - 2 or not ranked else draw(
         st.sampled_from(["ReduceMean", "GlobalAveragePool"]))
-    form = dict(axes=axes, opset=chain.opset, square=square, mean_op=mean_op,
+    # means without keepdims, their dims put back (a Reshape needs the rank, which the writer takes as 3)
+    restores = [None] + (["unsqueeze"] if mean_op == "ReduceMean" and near_miss != "axes" else []) + (
+        ["reshape"] if mean_op == "ReduceMean" and near_miss != "axes" and ranked and rank == 3 else [])
+    form = dict(axes=axes, opset=chain.opset, square=square, mean_op=mean_op, restore=draw(st.sampled_from(restores)),
                 epsilon=draw(st.sampled_from([1e-12, 1e-6, 1e-5, 1e-3, 0.05])),
                 gamma=draw(st.sampled_from(["initializer", "identity"])), swap=draw(st.booleans()))
     if chain.opset >= 18:
@@ -428,7 +431,7 @@ def normalisation(chain: Chain, pattern: str, near_miss: str | None) -> Instance
                 reported = layernorm or not value.split("/")[-1].startswith("square")
             if apart == "scaled read elsewhere":
                 detail = f"scaled read by a {chain.extra_consumer(b.name('scaled'))}"
-    anchor = scope + ("mean" if layernorm else "square")
+    anchor = scope + (("mean_reduced" if form["restore"] else "mean") if layernorm else "square")
     chain.log.append(f"{pattern} {form} {settings} {apart or ''} near miss: {near_miss} {detail}")
     return Instance(pattern, pattern, x, y, chain.nodes_since(start), anchor, near_miss and f"{near_miss} {detail}",
                     reported, site_output=scope + "scaled" if apart else None)

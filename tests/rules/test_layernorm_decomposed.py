@@ -8,8 +8,8 @@ chain. -> SpikingLayerNorm, checked end to end against its reference and the ori
 import numpy as np
 import pytest
 import torch
-from rule_kit import (COMPOSITE_ERROR, HIDDEN, Builder, assert_composite_conversion, bert_block, convert, export, near_misses_of,
-                      rules_found, run, run_spiking, search, sites_of, weights, write_layernorm)
+from rule_kit import (COMPOSITE_ERROR, HIDDEN, Builder, assert_composite_conversion, bert_block, convert, export, gamma_beta,
+                      init, near_misses_of, rules_found, run, run_spiking, search, sites_of, weights, write_layernorm)
 
 from onnx_snn.calibrate import Probe
 
@@ -33,7 +33,7 @@ class HandWrittenLayerNorm(torch.nn.Module):
 def layernorm_graph(opset=17, axes=(-1,), var_axes=None, keepdims=1, axes_as="initializer", square="pow",
                     divide="div", casts=(), epsilon=1e-5, gamma="initializer", beta="initializer", swap=False,
                     constants="initializer", also_output=None, square_twice=False, exponent=2.0, gamma_shape=None,
-                    beta_shape=None, mean_op="ReduceMean", variance="centred", rank_declared=True):
+                    beta_shape=None, mean_op="ReduceMean", variance="centred", rank_declared=True, restore=None):
     """LayerNorm of x0 [batch, 3, 8] written out. casts: the values followed by a float32 Cast, of
     "x", "d", "square", "var", "std", "norm"; square_twice: d * d also computed for another output;
     gamma_shape: the normalised dims unless given; beta_shape: gamma's unless given; mean_op,
@@ -44,7 +44,7 @@ def layernorm_graph(opset=17, axes=(-1,), var_axes=None, keepdims=1, axes_as="in
         gamma_shape = (3, HIDDEN) if len(axes) == 2 else (HIDDEN,)
     y = write_layernorm(b, "x0", opset, axes, var_axes, keepdims, axes_as, square, divide, casts, epsilon, exponent,
                         gamma=gamma, beta=beta, swap=swap, gamma_shape=gamma_shape, beta_shape=beta_shape,
-                        mean_op=mean_op, variance=variance)
+                        mean_op=mean_op, variance=variance, restore=restore)
     if square_twice:
         also_output = b.op("Mul", ["d", "d"], "square_again")
     shape = ["batch", 3, HIDDEN] if rank_declared else None
@@ -165,6 +165,42 @@ def test_flax_moments_form_is_one_site(variance, axes):
     assert len(the_site(model).nodes) == (12 if variance == "moments-clipped" else 11)
 
 
+@pytest.mark.parametrize("variance", ["centred", "moments"])
+@pytest.mark.parametrize("restore", ["unsqueeze", "reshape"])
+@pytest.mark.parametrize("axes", [(-1,), (2,), (-2, -1)], ids=["axis-minus-1", "axis-2", "two-axes"])
+def test_means_without_keepdims_put_back_are_one_site(axes, restore, variance):
+    """ReduceMean with keepdims=0, then an Unsqueeze of the axes or a Reshape to [0, ..., 1]."""
+    model = layernorm_graph(opset=18, axes=axes, restore=restore, variance=variance, square="mul")
+    assert rules_found(model) == {RULE: 1}
+    assert len(the_site(model).nodes) == (13 if variance == "moments" else 11)  # two restoring nodes in each
+
+
+@pytest.mark.parametrize("restore", [[-1, 1, 1], [-1, 3, 1], [0, 1]],
+                         ids=["reduced-dim-not-last", "a-fixed-dim", "rank-2"])
+def test_means_reshaped_to_other_shapes_are_a_near_miss(restore):
+    """Only 0s (copies) and one -1 before the 1s say the shape is x's with the reduced dims 1."""
+    b = Builder()
+    y = write_layernorm(b, "x0", 18, (-1,), None, 1, "initializer", "mul", "div", (), 1e-5, 2.0, gamma_shape=(HIDDEN,),
+                        restore=restore)
+    model = b.model({"x0": ["batch", 3, HIDDEN]}, {y: ["batch", 3, HIDDEN]}, opset=18, check=False)
+    assert search(model)[0] == []
+    assert "trailing axes with its dims kept" in near_misses_of(model, RULE)[0].reason
+
+
+def test_unsqueeze_of_other_axes_is_a_near_miss():
+    b = Builder()
+    mean = b.reduce_mean("x0", "mean_reduced", (-1,), 0, 18, "initializer")
+    b.initializers.append(init("unsqueeze_axes", [1], np.int64))
+    mean = b.op("Unsqueeze", [mean, "unsqueeze_axes"], "mean")
+    d = b.op("Sub", ["x0", mean], "d")
+    var = b.reduce_mean(b.op("Mul", [d, d], "square"), "var", (-1,), 1, 18, "initializer")
+    std = b.op("Sqrt", [b.op("Add", [var, b.constant("epsilon", 1e-5)], "var_eps")], "std")
+    y = gamma_beta(b, b.op("Div", [d, std], "norm"), "initializer", "initializer", False)
+    model = b.model({"x0": ["batch", HIDDEN, HIDDEN]}, {y: ["batch", HIDDEN, HIDDEN]}, opset=18)
+    assert search(model)[0] == []
+    assert "trailing axes with its dims kept" in near_misses_of(model, RULE)[0].reason
+
+
 def test_global_average_pool_of_unknown_rank_is_a_near_miss():
     """GlobalAveragePool averages every axis after the second: the trailing one only at rank 3."""
     model = layernorm_graph(mean_op="GlobalAveragePool", rank_declared=False)
@@ -196,9 +232,9 @@ def test_moments_over_other_axes_is_a_near_miss():
 # ---- near misses ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("form, reason", [
-    (dict(axes=(1,)), "the mean is not taken over the trailing axes with keepdims"),
-    (dict(axes=(-2,)), "the mean is not taken over the trailing axes with keepdims"),
-    (dict(keepdims=0), "the mean is not taken over the trailing axes with keepdims"),
+    (dict(axes=(1,)), "the mean is not taken over the trailing axes with its dims kept"),
+    (dict(axes=(-2,)), "the mean is not taken over the trailing axes with its dims kept"),
+    (dict(keepdims=0), "the mean is not taken over the trailing axes with its dims kept"),
     (dict(axes=(-1,), var_axes=(-2, -1)), "the squares are not averaged over the same axes"),
     (dict(epsilon=0.5), "no small constant epsilon is added to the mean of squares (0.5)"),
     # x^2.0001 is NaN for x < 0, though 2.0001 is inside the rules' tolerance for constants (the fuzz
@@ -328,8 +364,10 @@ def test_weights_with_leading_ones_convert_flattened():
 
 @pytest.mark.parametrize("form", [dict(opset=15, mean_op="GlobalAveragePool", divide="folded"),
                                   dict(opset=18, divide="folded", swap=True),
-                                  dict(opset=18, axes=(2,), variance="moments-clipped")],
-                         ids=["keras-folded-opset-15", "keras-folded-opset-18", "flax-moments"])
+                                  dict(opset=18, axes=(2,), variance="moments-clipped"),
+                                  dict(opset=18, restore="reshape"), dict(opset=18, restore="unsqueeze", divide="folded")],
+                         ids=["keras-folded-opset-15", "keras-folded-opset-18", "flax-moments", "means-reshaped",
+                              "means-unsqueezed"])
 def test_exporter_forms_convert(form):
     model = layernorm_graph(square="mul", **form)
     w = weights(model)
