@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import onnx
 
+from onnx_snn.graph import Graph
 from onnx_snn.rules.base import (MatchContext, NearMiss, Site, consumers_of, is_power, is_weight, node_name,
                                  not_per_feature, other_input, private_or_near_miss, reduce_axes, root_of_mean,
                                  scaled_per_feature, through_casts)
@@ -36,7 +37,8 @@ def kept_mean(ctx: MatchContext, mean: onnx.NodeProto) -> tuple[int | None, str,
     the mean is over the trailing axes; that value; the nodes putting the dims back). A ReduceMean
     with keepdims; a GlobalAveragePool (over the axes after the second); or a ReduceMean without
     keepdims followed by an Unsqueeze of the same axes or a Reshape to a constant shape of 0s (or one
-    -1) and then as many 1s as axes reduced (as jax2onnx writes some)."""
+    -1) and then as many 1s as axes reduced. (jax2onnx 0.17 writes the means of norms written in
+    jax.numpy as ReduceSum, a Reshape to a computed shape, an Expand and a Div: not matched.)"""
     g = ctx.graph
     x, value = mean.input[0], mean.output[0]
     if mean.op_type == "GlobalAveragePool":
@@ -66,7 +68,7 @@ def kept_mean(ctx: MatchContext, mean: onnx.NodeProto) -> tuple[int | None, str,
     return (axis if restored else None), (restore.output[0] if reshaped else value), ([restore] if reshaped else [])
 
 
-def is_square(g, node: onnx.NodeProto, value: str) -> bool:
+def is_square(g: Graph, node: onnx.NodeProto, value: str) -> bool:
     return is_power(g, node, value, 2.0) or (node.op_type == "Mul" and list(node.input) == [value, value])
 
 
