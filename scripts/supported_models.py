@@ -1,7 +1,8 @@
 """The "Supported models" table of the README, measured: each export path and variant is built
 in-process (random-weight BERT, GPT-2 and Llama, hidden 64, 2 layers, from onnx_snn.variants; with
 --real also the real all-MiniLM-L6-v2), converted at T=16 by onnx_snn.convert_with_report, and
-written as one markdown row: what was replaced (by kind), what nonlinear op is left and why, the
+written as one markdown row (with --exporters also the Transformer blocks tf2onnx, jax2onnx and
+paddle2onnx write, exported in venvs of their own): what was replaced (by kind), what nonlinear op is left and why, the
 share of MACs that is spike-driven, and the output cosine against the same variant's original. A
 variant that fails gets its one-line error in the row.
 
@@ -10,7 +11,7 @@ synthesised from the model's signature (seed 1: other tokens than calibration's;
 KV cache: a prefill and a decoding step, the lower cosine); MiniLM, the mean sentence-embedding
 cosine on the 200 pang_lee_polarity sentences (onnx_snn.demo.minilm_fidelity).
 
-    python scripts/supported_models.py [--real] [--out docs/supported-models.md] [--only TEXT]
+    python scripts/supported_models.py [--real] [--exporters] [--out docs/supported-models.md] [--only TEXT]
 """
 
 from __future__ import annotations
@@ -161,6 +162,15 @@ def minilm_rows() -> list[Row]:
     return rows
 
 
+def exporter_rows() -> list[Row]:
+    """Other frameworks' exporters: a random-weight Transformer block (LayerNorm or RMSNorm, GELU,
+    softmax attention; hidden 64) each writes, exported in a venv of its own (onnx_snn.export)."""
+    from onnx_snn.export import EXPORTER_BLOCKS, export_block
+
+    return [Row("Transformer block (random)", f"{spec[0]}, opset {spec[1]}", " ".join(spec[2:]) or "layernorm",
+                lambda f, spec=spec: export_block(*spec)) for _, spec in sorted(EXPORTER_BLOCKS.items())]
+
+
 def first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return (text[0] if text else type(error).__name__).replace("|", "/")
@@ -243,10 +253,12 @@ def measure(row: Row, folder: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--real", action="store_true", help="also the real all-MiniLM-L6-v2 (minutes)")
+    parser.add_argument("--exporters", action="store_true",
+                        help="also tf2onnx's, jax2onnx's and paddle2onnx's blocks (their venvs: minutes on first use)")
     parser.add_argument("--out", type=Path, help="write the table (with this command line on top) to this file")
     parser.add_argument("--only", help="only the rows whose model, export path or variant contains this text")
     args = parser.parse_args(argv)
-    rows = tiny_rows() + (minilm_rows() if args.real else [])
+    rows = tiny_rows() + (exporter_rows() if args.exporters else []) + (minilm_rows() if args.real else [])
     if args.only:
         rows = [r for r in rows if args.only.lower() in f"{r.model} {r.export} {r.variant}".lower()]
     start = time.perf_counter()
