@@ -1,9 +1,9 @@
 """The model variants users bring, built in-process for the tests and scripts/supported_models.py:
 tiny random-weight transformers models (BERT, GPT-2, Llama: hidden 64, 2 layers), their exports
 (torch's legacy exporter; its dynamo exporter at an opset; a decoder with its KV cache,
-onnx_snn.export.export_causal_lm), and the
-variants model hubs ship beside model.onnx (float16 both ways, bfloat16, a merged decoder,
-onnxruntime's quantizations, its transformers optimizer, onnxruntime-genai's model builder).
+onnx_snn.export.export_causal_lm), and the variants model hubs ship beside model.onnx (float16 both
+ways, bfloat16, a merged decoder, onnxruntime's quantizations, its transformers optimizer,
+onnxruntime-genai's model builder).
 
 Not on the conversion path: torch, transformers, onnxconverter-common and onnxruntime's tools are
 imported inside the functions that use them."""

@@ -1,10 +1,10 @@
 """The "Supported models" table of the README, measured: each export path and variant is built
 in-process (random-weight BERT, GPT-2 and Llama, hidden 64, 2 layers, from onnx_snn.variants; with
---real also the real all-MiniLM-L6-v2), converted at T=16 by onnx_snn.convert_with_report, and
-written as one markdown row (with --exporters also the Transformer blocks tf2onnx, jax2onnx and
-paddle2onnx write, exported in venvs of their own): what was replaced (by kind), what nonlinear op is left and why, the
-share of MACs that is spike-driven, and the output cosine against the same variant's original. A
-variant that fails gets its one-line error in the row.
+--real also the real all-MiniLM-L6-v2; with --exporters the Transformer blocks tf2onnx, jax2onnx and
+paddle2onnx write, exported in venvs of their own), converted at T=16 by
+onnx_snn.convert_with_report, and written as one markdown row: what was replaced (by kind), what
+nonlinear op is left and why, the share of MACs that is spike-driven, and the output cosine against
+the same variant's original. A variant that fails gets its one-line error in the row.
 
 Fidelity: tiny models, the cosine of the first output (hidden states or logits) on held-out inputs
 synthesised from the model's signature (seed 1: other tokens than calibration's; a decoder with a
@@ -184,7 +184,8 @@ def original_session(source: onnx.ModelProto | Path) -> ort.InferenceSession:
 
 
 def batches(row: Row, source: onnx.ModelProto | Path, seed: int) -> list[dict]:
-    """Calibration (seed 0: four, or two prefill and decoding pairs) or held-out batches (seed 1)."""
+    """Calibration (seed 0: four batches; a decoder with a KV cache, four prefill and decoding pairs)
+    or held-out batches (seed 1: two, or two pairs)."""
     if row.inputs:
         return row.inputs(original_session(source), seed)
     model = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source), load_external_data=False)
