@@ -2,7 +2,8 @@
 grouped-query attention) built as users build one (fp32, CPU) writes GroupQueryAttention (packed
 QKV, KV cache, rotary inside), SkipSimplifiedLayerNormalization and SimplifiedLayerNormalization.
 The expansions compute what its kernels compute, on a padded prompt and the decode step after it;
-the model converts once its opset (22) is accepted (issue 13, item 1)."""
+the model converts (opset 22) with only RotaryEmbedding left, every MAC spike-driven, logits at
+cosine >= 0.999 on both phases at T=16."""
 
 from __future__ import annotations
 
@@ -95,26 +96,39 @@ def test_expansions_compute_what_the_kernels_compute(built):
             np.testing.assert_allclose(value, outputs[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
-def test_converts_and_runs_with_the_kv_cache(built, tmp_path):
-    model = onnx.load(str(built))
-    # the builder declares its [1]-shaped constants as scalars, which onnx's full check refuses
-    kept = [v for v in model.graph.value_info if not v.name.startswith("/model/constants/")]
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(kept)
-    original = runner(ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]))
+def test_converts_and_runs_with_the_kv_cache(built):
+    original = runner(ort.InferenceSession(str(built), providers=["CPUExecutionProvider"]))
     checked = prompt_and_step(original)
-    # calibration takes no empty input (a first prompt's past): a second chunk of a prompt, and a decode step
+    # calibrated on both phases as generation runs them: first prompts (past length 0) and the
+    # decode step after each (other token ids than the checked ones)
     rng = np.random.default_rng(5)
-    first = feeds(rng.integers(3, 256, (4, 8)), np.ones((4, 8), np.int64), None)
-    chunk = feeds(rng.integers(3, 256, (4, 8)), np.ones((4, 16), np.int64), original(first))
-    spiking, report = pipeline.convert_with_report(model, timesteps=16, calibration=[chunk, checked[1][0]])
+    calibration = []
+    for _ in range(2):
+        first = feeds(rng.integers(3, 256, (4, 8)), np.ones((4, 8), np.int64), None)
+        step = feeds(rng.integers(3, 256, (4, 1)), np.ones((4, 9), np.int64), original(first))
+        calibration += [first, step]
+    # the path, not a loaded model: the builder's [1]-shaped constants declared as scalars are the
+    # converter's to drop (onnx's full check refuses them)
+    spiking, report = pipeline.convert_with_report(built, timesteps=16, calibration=calibration)
     assert report.spike_driven_share == 1.0
     assert {e["op_type"] for e in report.left} == {"RotaryEmbedding"}
     assert not any(e["on_activations"] for e in report.left)
-    converted = runner(session(spiking))
-    # measured: the prompt 0.9982 (below the issue's 0.999: its ranges are not calibrated on a first
-    # prompt), the decode step 0.99995
-    for (inputs, outputs), bar in zip(checked, (0.998, 0.999)):
+    converted = runner(session(spiking, external_data_dir=str(built.parent)))
+    # measured: the prompt 0.99951, the decode step 0.99991 (0.9982 on the prompt when only later
+    # chunks and decode steps were calibrated)
+    for inputs, outputs in checked:
         got, expected = converted(inputs)["logits"][0], outputs["logits"][0]  # row 0: no padding
         cosine = float(np.dot(got.ravel(), expected.ravel()) / np.linalg.norm(got) / np.linalg.norm(expected))
-        assert cosine >= bar, cosine
+        assert cosine >= 0.999, cosine
+
+
+def test_synthesised_calibration_reads_the_head_size_beside_the_model(built):
+    """The builder's past inputs declare the head size symbolic (kv_cache_dim): synthesis takes it
+    from genai_config.json, and calibrates a first prompt (past length 0) and the decode step."""
+    from onnx_snn.calibrate import synthesize
+
+    prefill, step = synthesize(onnx.load(str(built), load_external_data=False), batches=1, sequence=5,
+                               model_dir=str(built.parent))
+    assert prefill["past_key_values.0.key"].shape == (4, KV_HEADS, 0, HEAD)
+    assert step["past_key_values.1.value"].shape == (4, KV_HEADS, 5, HEAD)
+    assert step["input_ids"].shape == (4, 1) and step["attention_mask"].shape == (4, 6)
