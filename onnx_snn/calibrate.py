@@ -158,7 +158,7 @@ def synthesize(model: onnx.ModelProto, *, batches: int = 2, batch_size: int = 4,
     past_inputs = {name for name, _, dims in signature if _past_suffix(name, PAST_PREFIXES) is not None
                    and len(dims) >= 3 and not isinstance(dims[-2], int)}
 
-    head_size = _genai_head_size(model_dir)
+    head_size = genai_head_size(model_dir)
 
     def size(name: str, dims: list, axis: int, past: int, new: int) -> int:
         """A symbolic dim's size: the batch, a past input's past length (or head size, if the
@@ -195,7 +195,7 @@ def synthesize(model: onnx.ModelProto, *, batches: int = 2, batch_size: int = 4,
     return result
 
 
-def _genai_head_size(model_dir: str | None) -> int | None:
+def genai_head_size(model_dir: str | None) -> int | None:
     """The head size onnxruntime-genai's model builder records in genai_config.json beside the model
     (its past inputs declare that dim symbolic, "kv_cache_dim"), if there is one."""
     import json

@@ -7,10 +7,6 @@ cosine >= 0.999 on both phases at T=16."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -29,14 +25,14 @@ B, S = 2, 6
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """The builder's model.onnx from a random-weight Llama saved as a Hugging Face folder (with a
-    word-level tokenizer: the builder writes one out)."""
+def hf_folder(tmp_path_factory):
+    """A random-weight Llama saved as a Hugging Face folder (with a word-level tokenizer: the builder
+    writes one out)."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    folder = tmp_path_factory.mktemp("genai")
+    folder = tmp_path_factory.mktemp("genai") / "hf"
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
                                       num_attention_heads=4, num_key_value_heads=KV_HEADS, max_position_embeddings=128,
@@ -44,15 +40,25 @@ def built(tmp_path_factory):
     model = transformers.LlamaForCausalLM(config)
     for name, p in model.named_parameters():  # weights large enough for activations to span the neurons
         torch.nn.init.uniform_(p, 0.5, 1.5) if name.endswith("norm.weight") else torch.nn.init.normal_(p, std=0.15)
-    model.save_pretrained(folder / "hf")
+    model.save_pretrained(folder)
     tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(256)}, unk_token="t0"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="t0", bos_token="t1",
-                                         eos_token="t2").save_pretrained(folder / "hf")
-    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", "tiny-llama", "-i", folder / "hf",
-                    "-o", folder / "fp32", "-p", "fp32", "-e", "cpu", "-c", folder / "cache"], check=True,
-                   capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    return folder / "fp32" / "model.onnx"
+                                         eos_token="t2").save_pretrained(folder)
+    return folder
+
+
+def build(hf_folder, precision: str):
+    """The builder's model.onnx (external data and genai_config.json beside it), as users build one:
+    `python -m onnxruntime_genai.models.builder -i FOLDER -o OUT -p PRECISION -e cpu`."""
+    from onnx_snn.export import build_with_genai
+
+    return build_with_genai(hf_folder, hf_folder.parent / precision, precision)
+
+
+@pytest.fixture(scope="module")
+def built(hf_folder):
+    return build(hf_folder, "fp32")
 
 
 def feeds(ids: np.ndarray, mask: np.ndarray, presents: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
@@ -96,7 +102,10 @@ def test_expansions_compute_what_the_kernels_compute(built):
             np.testing.assert_allclose(value, outputs[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
-def test_converts_and_runs_with_the_kv_cache(built):
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+def test_converts_and_runs_with_the_kv_cache(hf_folder, precision):
+    """int4: the builder writes every linear layer as com.microsoft MatMulNBits (4-bit weights)."""
+    built = build(hf_folder, precision)
     original = runner(ort.InferenceSession(str(built), providers=["CPUExecutionProvider"]))
     checked = prompt_and_step(original)
     # calibrated on both phases as generation runs them: first prompts (past length 0) and the
