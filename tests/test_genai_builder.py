@@ -141,3 +141,46 @@ def test_synthesised_calibration_reads_the_head_size_beside_the_model(built):
     assert prefill["past_key_values.0.key"].shape == (4, KV_HEADS, 0, HEAD)
     assert step["past_key_values.1.value"].shape == (4, KV_HEADS, 5, HEAD)
     assert step["input_ids"].shape == (4, 1) and step["attention_mask"].shape == (4, 6)
+
+
+# ---------------------------------------------------------------------------- the real model (slow)
+
+SLOW_WINDOWS = 24  # of 64 tokens, 16 prefilled, 48 decoded one at a time: 1,512 scored tokens
+SLOW_WINDOW, SLOW_PREFILL = 64, 16
+
+
+@pytest.mark.slow
+def test_smollm2_through_the_builder_generates_and_keeps_its_perplexity():
+    """SmolLM2-135M-Instruct built by onnxruntime-genai's builder (fp32), calibrated on prefill and
+    decoding batches of real text, run as generation runs it (CachedDecoder: a prefill, then one
+    token a step with the KV cache): greedy generation runs, and teacher-forced perplexity over
+    lee_background windows stays within 2% of the builder's original, run the same way."""
+    from onnx_snn import lm_eval
+    from onnx_snn.calibrate import genai_head_size
+    from onnx_snn.export import export_smollm2_genai, smollm2_tokenizer
+
+    path = export_smollm2_genai(precision="fp32")
+    tokenizer = smollm2_tokenizer()
+    head_size = genai_head_size(str(path.parent))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    original = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    calibration = lm_eval.kv_calibration_batches(original, tokenizer, head_size=head_size)
+    spiking, report = pipeline.convert_with_report(path, timesteps=16, calibration=calibration)
+    print("\n" + report.format())
+    assert report.spike_driven_share == 1.0
+    assert {e["op_type"] for e in report.left} == {"RotaryEmbedding"}
+
+    ann = lm_eval.CachedDecoder(original, head_size)
+    snn = lm_eval.CachedDecoder(session(spiking, sess_options=options, external_data_dir=str(path.parent)), head_size)
+    prompt = np.asarray(tokenizer("The capital of France is")["input_ids"], np.int64)[None, :]
+    generated = snn.generate(prompt, 8)
+    print("generated:", repr(tokenizer.decode(generated[0])), "original:", repr(tokenizer.decode(ann.generate(prompt, 8)[0])))
+    assert generated.shape == (1, 8)
+    windows = lm_eval.perplexity_windows(tokenizer, lm_eval.background_text(), SLOW_WINDOW, SLOW_WINDOW,
+                                         max_windows=SLOW_WINDOWS)
+    result = lm_eval.compare_causal_lm(lambda feeds: ann.teacher_forced(feeds, SLOW_PREFILL),
+                                       lambda feeds: snn.teacher_forced(feeds, SLOW_PREFILL), windows,
+                                       progress=False, window=SLOW_WINDOW, stride=SLOW_WINDOW)
+    print(result.format())
+    assert abs(result.perplexity_change) < 0.02
