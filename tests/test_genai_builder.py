@@ -131,6 +131,37 @@ def test_converts_and_runs_with_the_kv_cache(hf_folder, precision):
         assert cosine >= 0.999, cosine
 
 
+def test_onnxruntime_genai_generates_with_the_converted_model(built, tmp_path):
+    """The converted model in the builder's folder layout (its genai_config.json unchanged: one buffer
+    shared by past and present) runs in onnxruntime-genai itself, which has no onnx_snn kernels (the
+    ops' ONNX functions run): greedy generation gives the original's tokens (measured: all 16)."""
+    import shutil
+
+    import onnxruntime_genai as og
+
+    from onnx_snn import model_io
+
+    spiking = pipeline.convert(built, timesteps=16)  # calibration synthesised (head size from genai_config.json)
+    model_io.save(spiking, tmp_path / "model.onnx", str(built.parent))
+    for name in ("genai_config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(built.parent / name, tmp_path / name)
+
+    def greedy(folder) -> list[int]:
+        model = og.Model(str(folder))
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=20, do_sample=False)
+        generator = og.Generator(model, params)
+        generator.append_tokens(np.array([[5, 9, 17, 33]], np.int32))
+        tokens = []
+        while not generator.is_done():
+            generator.generate_next_token()
+            tokens.append(int(generator.get_next_tokens()[0]))
+        return tokens
+
+    expected = greedy(built.parent)
+    assert len(expected) == 16 and greedy(tmp_path) == expected
+
+
 def test_synthesised_calibration_reads_the_head_size_beside_the_model(built):
     """The builder's past inputs declare the head size symbolic (kv_cache_dim): synthesis takes it
     from genai_config.json, and calibrates a first prompt (past length 0) and the decode step."""
