@@ -10,7 +10,6 @@ cost of the expansion alone, all a composite spiking attention op could win back
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 import warnings
 
@@ -21,6 +20,7 @@ import onnxruntime as ort
 import onnx_snn
 from onnx_snn.pipeline import convert_with_report
 from onnx_snn.rules import attention
+from timing import alternating_medians  # benchmarks/timing.py
 
 
 def export_bert(hidden: int, layers: int, opset: int = 23) -> onnx.ModelProto:
@@ -79,23 +79,18 @@ def main() -> None:
     sessions = {"as exported (Attention kernel)": ort.InferenceSession(original.SerializeToString(), options),
                 "Attention expanded, not spiking": ort.InferenceSession(expanded.SerializeToString(), options),
                 "converted (expanded, spiking)": onnx_snn.session(spiking, sess_options=options)}
-    outputs = {name: s.run(None, feeds)[0] for name, s in sessions.items()}  # warm-up
-    times = {name: [] for name in sessions}
-    for _ in range(args.repeats):
-        for name, sess in sessions.items():
-            start = time.perf_counter()
-            sess.run(None, feeds)
-            times[name].append(time.perf_counter() - start)
+    medians, outputs = alternating_medians(sessions, feeds, args.repeats)
+    outputs = {name: out[0] for name, out in outputs.items()}
     reference = outputs["as exported (Attention kernel)"].ravel().astype(np.float64)
     print(f"BertModel hidden {args.hidden}, {args.layers} layers, opset 23, batch {args.batch} x {args.sequence}, "
           f"1 intra-op thread, {args.repeats} alternating runs, medians")
     print(f"expansion {expand_time * 1e3:.0f} ms; conversion (expansion included) {convert_time:.2f} s; "
           f"spike-driven MACs {report.spike_driven_share:.0%}")
-    base = statistics.median(times["as exported (Attention kernel)"])
-    for name, runs in times.items():
+    base = medians["as exported (Attention kernel)"]
+    for name, median in medians.items():
         out = outputs[name].ravel().astype(np.float64)
         cosine = out @ reference / (np.linalg.norm(out) * np.linalg.norm(reference))
-        print(f"  {name:<34} {statistics.median(runs) * 1e3:7.1f} ms  x{statistics.median(runs) / base:.2f}  "
+        print(f"  {name:<34} {median * 1e3:7.1f} ms  x{median / base:.2f}  "
               f"cosine {cosine:.6f}")
 
 

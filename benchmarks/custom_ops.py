@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import statistics
-import time
 
 import numpy as np
 import onnx
@@ -23,6 +21,7 @@ from onnx import helper as oh
 
 import onnx_snn
 from onnx_snn.ops.common import IR_VERSION
+from timing import alternating_medians  # benchmarks/timing.py
 
 LANES = {"avx512": 16, "avx2": 8, "baseline": 4}  # float32 lanes of the kernel's registers
 GELU_BASES = 4
@@ -72,18 +71,6 @@ def cases(rng: np.random.Generator, timesteps: int) -> list[tuple[str, onnx.Mode
     return found
 
 
-def median_times(sessions: list[ort.InferenceSession], feeds: list[dict], repeats: int) -> list[float]:
-    for sess, feed in zip(sessions, feeds):  # warm-up
-        sess.run(None, feed)
-    times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(repeats):
-        for sess, feed, spent in zip(sessions, feeds, times):
-            start = time.perf_counter()
-            sess.run(None, feed)
-            spent.append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
-
-
 def clock_ghz() -> float:
     """The highest clock /proc/cpuinfo reports (what a VM shows is its nominal clock)."""
     with open("/proc/cpuinfo") as cpuinfo:
@@ -115,9 +102,11 @@ def main() -> None:
     gelu_rate = None
     for name, original, spiking, x in cases(np.random.default_rng(0), args.timesteps):
         ops = ", ".join(sorted({n.op_type for n in spiking.graph.node if n.domain == "onnx_snn"}))
-        sessions = [ort.InferenceSession(original.SerializeToString(), options(), providers=["CPUExecutionProvider"]),
-                    onnx_snn.session(spiking, sess_options=options())]
-        before, after = median_times(sessions, [{"x": x}] * 2, args.repeats)
+        sessions = {"original": ort.InferenceSession(original.SerializeToString(), options(),
+                                                     providers=["CPUExecutionProvider"]),
+                    "spiking": onnx_snn.session(spiking, sess_options=options())}
+        medians, _ = alternating_medians(sessions, {"x": x}, args.repeats)
+        before, after = medians["original"], medians["spiking"]
         print(f"| {name} | {ops} | {x.size:,} | {x.size / before / 1e6:,.0f} | {x.size / after / 1e6:,.0f} "
               f"| {after / before:.2f} |")
         if name == "Gelu":

@@ -12,8 +12,6 @@ against the optimised original.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import onnxruntime as ort
@@ -21,6 +19,7 @@ import onnxruntime as ort
 import onnx_snn
 from onnx_snn.demo import calibration_batches
 from onnx_snn.export import export_minilm, export_minilm_optimized
+from timing import alternating_medians  # benchmarks/timing.py
 
 
 def main() -> None:
@@ -49,14 +48,8 @@ def main() -> None:
             options.intra_op_num_threads = threads
             sessions[name] = (ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
                               if name == "original" else onnx_snn.session(spiking, sess_options=options))
-            sessions[name].run(None, feeds)  # warm-up
-        times = {name: [] for name in sessions}
-        for _ in range(args.repeats):
-            for name, sess in sessions.items():
-                start = time.perf_counter()
-                sess.run(None, feeds)
-                times[name].append(time.perf_counter() - start)
-        original, spiking_time = (statistics.median(times[n]) for n in ("original", "spiking"))
+        medians, _ = alternating_medians(sessions, feeds, args.repeats)
+        original, spiking_time = medians["original"], medians["spiking"]
         print(f"  intra-op threads {threads}: original {original * 1e3:.1f} ms, spiking {spiking_time * 1e3:.1f} ms, "
               f"ratio {spiking_time / original:.2f}")
 

@@ -10,8 +10,9 @@ Needs the models extra and the GGUF: pip install -c constraints.txt ".[models]" 
 """
 
 import sys
+from functools import partial
 
-from onnx_snn.export import export_command, export_smollm2_kv
+from onnx_snn.export import export_command, export_smollm2
 
 if __name__ == "__main__":
-    sys.exit(export_command(__doc__, {"smollm2-kv": export_smollm2_kv}))
+    sys.exit(export_command(__doc__, {"smollm2-kv": partial(export_smollm2, with_past=True)}))

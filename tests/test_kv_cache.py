@@ -239,9 +239,9 @@ def test_smollm2_with_kv_cache_converts_and_decodes_like_the_full_sequence():
     """SmolLM2-135M exported with its cache, calibrated on prefill and decoding batches of real
     text: teacher-forced decoding with the cache, one token a step, against the same spiking
     model on whole windows and against the original."""
-    from onnx_snn.export import export_smollm2_kv, smollm2_tokenizer
+    from onnx_snn.export import export_smollm2, smollm2_tokenizer
 
-    path = export_smollm2_kv()
+    path = export_smollm2(with_past=True)
     tokenizer = smollm2_tokenizer()
     options = ort.SessionOptions()
     options.log_severity_level = 3

@@ -53,13 +53,18 @@ def given(node: onnx.NodeProto, index: int) -> str | None:
     return node.input[index] if index < len(node.input) and node.input[index] else None
 
 
-def not_expandable(ctx: MatchContext, node: onnx.NodeProto, float_inputs: list[str]) -> str | None:
-    """Why an op cannot be expanded here (opset too old, or a value not float32), else None."""
+def not_expandable(ctx: MatchContext, node: onnx.NodeProto, float_inputs: list[str],
+                   unsupported_inputs: dict[int, str] | None = None) -> str | None:
+    """Why an op cannot be expanded here (opset too old, a value not float32, one of the
+    `unsupported_inputs` given: {index: what that input is}), else None."""
     if ctx.graph.opset < MIN_EXPANSION_OPSET:
         return f"expanded into standard ops of opset {MIN_EXPANSION_OPSET}+; the model is opset {ctx.graph.opset}"
     for name in float_inputs:
         if name and ctx.types.get(name, TensorProto.FLOAT) != TensorProto.FLOAT:
             return f"{name!r} is not float32 (16-bit fused ops are not expanded)"
+    for index, form in (unsupported_inputs or {}).items():
+        if given(node, index):
+            return f"{form}: not expanded"
     return None
 
 

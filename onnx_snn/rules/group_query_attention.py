@@ -43,10 +43,7 @@ class GroupQueryAttention:
         if node.domain != MS_DOMAIN:
             return None
         g = ctx.graph
-        why = not_expandable(ctx, node, [node.input[0]])
-        for index, form in _UNSUPPORTED_INPUTS.items():
-            if given(node, index):
-                why = why or f"{form}: not expanded"
+        why = not_expandable(ctx, node, [node.input[0]], _UNSUPPORTED_INPUTS)
         for attribute, default in _UNSUPPORTED_ATTRIBUTES.items():
             if g.attribute(node, attribute, default) != default:
                 why = why or f"{attribute}={g.attribute(node, attribute)}: not expanded"

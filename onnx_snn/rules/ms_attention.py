@@ -32,10 +32,7 @@ class MsAttention:
         if node.domain != MS_DOMAIN:
             return None
         g = ctx.graph
-        why = not_expandable(ctx, node, [node.input[0]])
-        for index, form in _UNSUPPORTED_INPUTS.items():
-            if given(node, index):
-                why = why or f"{form}: not expanded"
+        why = not_expandable(ctx, node, [node.input[0]], _UNSUPPORTED_INPUTS)
         if len(node.output) > 1 and used(g, node.output[1]):
             why = why or "its present (KV cache) output is used: not expanded"
         for attribute in ("do_rotary", "past_present_share_buffer"):

@@ -32,10 +32,7 @@ class MsMultiHeadAttention:
             return None
         g = ctx.graph
         query, key, value = given(node, 0), given(node, 1), given(node, 2)
-        why = not_expandable(ctx, node, [query, key, value])
-        for index, form in _UNSUPPORTED_INPUTS.items():
-            if given(node, index):
-                why = why or f"{form}: not expanded"
+        why = not_expandable(ctx, node, [query, key, value], _UNSUPPORTED_INPUTS)
         if any(used(g, name) for name in node.output[1:]):
             why = why or "its present KV or qk output is used: not expanded"
         ranks = [g.declared_rank(name) if name else None for name in (query, key, value)]
