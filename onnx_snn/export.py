@@ -296,7 +296,6 @@ def build_with_genai(hf_folder: Path, out: Path, precision: str = "fp32") -> Pat
     com.microsoft MatMulNBits), offline, into `out` (model.onnx, its .data, genai_config.json and the
     tokenizer); written to a temporary folder and renamed, so `out` is complete or absent. Returns
     out/model.onnx. Cached: an existing model is reused."""
-    import shutil
     import subprocess
     import sys
     import tempfile

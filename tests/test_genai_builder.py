@@ -206,7 +206,8 @@ def test_smollm2_through_the_builder_generates_and_keeps_its_perplexity():
     snn = lm_eval.CachedDecoder(session(spiking, sess_options=options, external_data_dir=str(path.parent)), head_size)
     prompt = np.asarray(tokenizer("The capital of France is")["input_ids"], np.int64)[None, :]
     generated = snn.generate(prompt, 8)
-    print("generated:", repr(tokenizer.decode(generated[0])), "original:", repr(tokenizer.decode(ann.generate(prompt, 8)[0])))
+    original_tokens = ann.generate(prompt, 8)
+    print("generated:", repr(tokenizer.decode(generated[0])), "original:", repr(tokenizer.decode(original_tokens[0])))
     assert generated.shape == (1, 8)
     windows = lm_eval.perplexity_windows(tokenizer, lm_eval.background_text(), SLOW_WINDOW, SLOW_WINDOW,
                                          max_windows=SLOW_WINDOWS)
