@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
@@ -38,10 +38,12 @@ CalibrationData = Union[None, str, os.PathLike, Batch, Iterable[Batch]]
 @dataclass(frozen=True)
 class Probe:
     """A statistic calibration measures: the values of `tensor`, or, with `centered_axis`, the values
-    minus their mean over the dimensions from that axis on (LayerNorm's centred values)."""
+    minus their mean over the dimensions from that axis on (LayerNorm's centred values), or, with
+    `dequantized` (scale, zero point), the real values an integer tensor stands for."""
 
     tensor: str
     centered_axis: int | None = None
+    dequantized: tuple[float, float] | None = None
 
 
 @dataclass
@@ -588,13 +590,17 @@ def calibrate(
         if count == 0:
             first = (feeds, {name: values[name] for name in model_outputs})
         for probe in probes:
-            if probe in extremes:
-                lo, hi = (float(values[name]) for name in extremes[probe])
+            measured = replace(probe, dequantized=None)  # an integer tensor's extremes are measured as they are
+            if measured in extremes:
+                lo, hi = (float(values[name]) for name in extremes[measured])
                 found = (lo, hi) if lo <= hi else None  # (inf, -inf): no finite value
             elif probe.tensor in values:  # a centred probe of the main graph
                 found = _extremes(values[probe.tensor], probe)
             else:
                 found = None  # in the body of an op calibration does not see through
+            if found is not None and probe.dequantized is not None:
+                scale, zero = probe.dequantized
+                found = tuple(sorted((v - zero) * scale for v in found))
             if found is not None:
                 running[probe].add(*found)
         del values

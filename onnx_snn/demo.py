@@ -35,7 +35,7 @@ def minilm_fidelity(form: str, timesteps: int, path: Path | None = None, **optio
     spiking = sentence_embeddings(runner(session(model)), batches)
     c = cosines(reference, spiking)
     return {"form": form, "timesteps": timesteps, "mean_cosine": float(c.mean()), "min_cosine": float(c.min()),
-            "sentences": len(c), "convert_seconds": seconds, "report": report}
+            "sentences": len(c), "convert_seconds": seconds, "report": report, "embeddings": (reference, spiking)}
 
 
 def run(form: str = "legacy17", timesteps: tuple[int, ...] = (16, 12, 8), rules: list[str] | None = None) -> int:

@@ -25,6 +25,8 @@ from onnx import numpy_helper
 
 # constants larger than this are weights, not the scalars and axes rules compare
 _SMALL_CONSTANT = 1024
+# ops removed when nothing reads them after a rewrite
+_CONSTANT_OPS = ("Constant", "QuantizeLinear", "DequantizeLinear")
 
 
 def named_bodies(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
@@ -126,6 +128,8 @@ class Graph:
         tensor = self.initializers.get(name)
         if tensor is None:
             node = self.producer.get(name)
+            if node is not None and node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.domain in ("", "ai.onnx"):
+                return self._quantized_constant(node)
             if node is None or node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
                 return None
             for attr in node.attribute:
@@ -140,6 +144,19 @@ class Graph:
         if tensor.data_location == onnx.TensorProto.EXTERNAL or np.prod(tensor.dims, dtype=np.int64) > _SMALL_CONSTANT:
             return None
         return numpy_helper.to_array(tensor)
+
+    def _quantized_constant(self, node: onnx.NodeProto) -> np.ndarray | None:
+        """A small constant quantized or dequantized with a per-tensor scale (a static QDQ model
+        writes a pattern's 0.5 as DequantizeLinear(QuantizeLinear(0.5))), as onnxruntime computes it."""
+        x, scale = self.constant(node.input[0]), self.constant(node.input[1])
+        zero = self.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if x is None or scale is None or scale.size != 1 or (zero is not None and zero.size != 1):
+            return None
+        zero = np.zeros((), np.uint8) if zero is None else zero.reshape(())
+        if node.op_type == "DequantizeLinear":
+            return ((x.astype(np.float32) - zero.astype(np.float32)) * scale.reshape(())).astype(scale.dtype)
+        info = np.iinfo(zero.dtype)
+        return np.clip(np.rint(x / scale.reshape(())) + zero, info.min, info.max).astype(zero.dtype)
 
     def constant_shape(self, name: str) -> tuple[int, ...] | None:
         """The shape of an initializer or of a Constant node's output (without reading its value)."""
@@ -291,10 +308,15 @@ class Graph:
                         heapq.heappush(ready, j)
         if len(order) != len(nodes):
             raise ValueError("the rewritten graph has a cycle")
-        used = self._used_names(order)
-        # constants only the removed nodes read (a GELU's sqrt(2), a LayerNorm's epsilon) go too
-        order = [n for n in order if not (n.op_type == "Constant" and n.domain in ("", "ai.onnx")
-                                          and not any(o in used for o in n.output))]
+        # constants only the removed nodes read (a GELU's sqrt(2), a LayerNorm's epsilon, and in a
+        # static QDQ model the QuantizeLinear -> DequantizeLinear of such a constant) go too
+        while True:
+            used = self._used_names(order)
+            kept = [n for n in order if not (n.op_type in _CONSTANT_OPS and n.domain in ("", "ai.onnx")
+                                             and not any(o in used for o in n.output))]
+            if len(kept) == len(order):
+                break
+            order = kept
         del self.graph.node[:]
         self.graph.node.extend(order)
         kept = [t for t in self.graph.initializer if t.name in used or t.name in self.graph_inputs]

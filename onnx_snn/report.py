@@ -358,10 +358,10 @@ class Report:
 
 def _activations(scope: Graph, outer: frozenset[str] = frozenset()) -> set[str]:
     """Values computed from activations: float graph inputs and embedding lookups (Gather from a
-    weight table by computed indices), and everything computed from those, in the scope and its
-    bodies (their float inputs, a Loop's or Scan's state, are taken as activations; `outer`: the
-    enclosing scopes' active values). Values computed only from constants, shapes or integer inputs
-    (positions: rotary embeddings) are not."""
+    weight table, quantized ones too, by computed indices), and everything computed from those, in
+    the scope and its bodies (their float inputs, a Loop's or Scan's state, are taken as activations;
+    `outer`: the enclosing scopes' active values). Values computed only from constants, shapes or
+    integer inputs (positions: rotary embeddings) are not."""
     floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
     active = set(outer) | {v.name for v in scope.graph.input if not scope.is_constant(v.name)
                            and v.type.tensor_type.elem_type in floats}
@@ -369,7 +369,7 @@ def _activations(scope: Graph, outer: frozenset[str] = frozenset()) -> set[str]:
     for node in scope.graph.node:
         if node.op_type in _SHAPE_OPS:
             continue
-        lookup = node.op_type == "Gather" and scope.is_constant(node.input[0]) and not scope.is_constant(node.input[1])
+        lookup = node.op_type == "Gather" and is_weight(scope, node.input[0]) and not scope.is_constant(node.input[1])
         if lookup or not active.isdisjoint(reads(node)):
             active.update(o for o in node.output if o)
         for body in bodies(node):

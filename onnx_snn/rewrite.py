@@ -17,7 +17,8 @@ def find_sites(graph: Graph, rules: tuple[Rule, ...],
     """Every site of every rule in every scope (the main graph and the bodies of If, Loop and
     Scan), rules in order: a node one rule takes is not offered to the next. Near misses of nodes
     that a later rule takes after all are dropped. A site whose values are not all float32, float16
-    or bfloat16 (`types`: precision.element_types) is a near miss."""
+    or bfloat16 (`types`: precision.element_types) is a near miss, unless it reads and writes
+    integers through quantizers of its own (Site.quantized)."""
     types = element_types(graph.model) if types is None else types
     scopes = graph.scopes()
     # names are unique over the model, so one set serves all scopes (a body may read an outer value)
@@ -32,7 +33,7 @@ def find_sites(graph: Graph, rules: tuple[Rule, ...],
                 if node.op_type not in rule.anchors or id(node) in claimed:
                     continue
                 result = rule.match(ctx, node)
-                if isinstance(result, Site):
+                if isinstance(result, Site) and not result.quantized:
                     problem = not_float(types, site_values(ctx.graph, result))
                     result = result if problem is None else NearMiss(rule.name, node_name(node), node.op_type, problem)
                 if isinstance(result, NearMiss):
@@ -103,4 +104,4 @@ def build_sites(graph: Graph, sites: list[Site], neurons: Neurons, types: dict[s
         for user in users:
             scope.rewire(user, tensor, encoded)
     graph.apply()
-    return len(consumers)
+    return len(consumers) + sum(site.encoders for site in sites)

@@ -45,6 +45,8 @@ class Site:
     build: Callable[[Graph, Neurons], list[onnx.NodeProto]] | None = None
     spike_output: str | None = None  # the output that will be an MBE neuron's (spike-decoded) value
     encode: list[tuple[str, onnx.NodeProto]] = field(default_factory=list)  # (tensor, consumer) pairs
+    encoders: int = 0  # identity encoders its build adds itself (integer operands of QOperator layers)
+    quantized: bool = False  # reads and writes integers, through DequantizeLinear/QuantizeLinear its build adds
 
 
 @dataclass
@@ -133,37 +135,81 @@ def reduce_axes(ctx: MatchContext, node: onnx.NodeProto) -> list[int] | None:
 
 
 def through_casts(ctx: MatchContext, name: str, casts: list[onnx.NodeProto]) -> str:
-    """Follow Casts to float32 (or, in a 16-bit model, float16 or bfloat16) forward from `name` (each
-    the value's only reader); the Casts passed are appended to `casts`. Exporters insert them around
-    normalisations; the replacement computes in float32 and writes the last value's type."""
+    """Follow Casts to float32 (or, in a 16-bit model, float16 or bfloat16), and QuantizeLinear ->
+    DequantizeLinear pairs (a static QDQ model rounds the values between the ops of a pattern),
+    forward from `name` (each the value's only reader); the nodes passed are appended to `casts`.
+    Exporters insert Casts around normalisations; the replacement computes in float32 and writes
+    the last value's type."""
+    g = ctx.graph
     while True:
-        user = ctx.graph.only_consumer(name)
-        if user is None or user.op_type != "Cast" or ctx.graph.attribute(user, "to") not in FLOAT_TYPES:
+        user = g.only_consumer(name)
+        if user is not None and user.op_type == "Cast" and g.attribute(user, "to") in FLOAT_TYPES:
+            casts.append(user)
+            name = user.output[0]
+            continue
+        dequantize = g.only_consumer(user.output[0]) if user is not None and user.op_type == "QuantizeLinear" else None
+        if dequantize is None or dequantize.op_type != "DequantizeLinear":
             return name
-        casts.append(user)
-        name = user.output[0]
+        casts += [user, dequantize]
+        name = dequantize.output[0]
 
 
-def weight_source(graph: Graph, name: str, through: tuple[str, ...] = ("Identity",)) -> str | None:
-    """The constant (initializer or Constant output) a value is, also through the ops in `through`:
-    Identity (torch's exporter keeps one copy of identical weights and writes the others as Identity of
-    it); is_weight adds Transpose (a FusedMatMul's transB expanded, dynamo's tied output layer)."""
+def behind_qdq(ctx: MatchContext, name: str, pairs: list[onnx.NodeProto]) -> str:
+    """Follow QuantizeLinear -> DequantizeLinear pairs backward from `name` (a static QDQ model
+    rounds the values between the ops of a pattern), each value read by one node only; the pairs
+    passed are appended to `pairs`. The mirror of through_casts."""
+    g = ctx.graph
+    while True:
+        dequantize = g.producer.get(name)
+        quantize = g.producer.get(dequantize.input[0]) if dequantize is not None and dequantize.op_type == "DequantizeLinear" else None
+        if (quantize is None or quantize.op_type != "QuantizeLinear" or g.only_consumer(name) is None
+                or g.only_consumer(quantize.output[0]) is not dequantize):
+            return name
+        pairs += [quantize, dequantize]
+        name = quantize.input[0]
+
+
+# ops that carry a stored weight to where it is used without computing on activations: torch's
+# exporter keeps one copy of identical weights and writes the others as Identity of it; a quantized
+# model stores integers and dequantizes them (DequantizeLinear, its scale and zero point constants
+# too), or quantizes a shared float weight where it is used (static QDQ of such an Identity); layout
+# changes and Casts on the way. The first four keep the weight's shape.
+WEIGHT_PATH_OPS = ("Identity", "DequantizeLinear", "QuantizeLinear", "Cast", "Transpose", "Reshape")
+_SHAPE_KEEPING = WEIGHT_PATH_OPS[:4]
+
+
+def _weight_path(graph: Graph, name: str) -> tuple[str, list[onnx.NodeProto]] | None:
+    """(the stored constant a value is, the ops between), or None if the value is computed."""
+    path = []
     while not graph.is_constant(name):
         node = graph.defining_node(name)
-        if node is None or node.op_type not in through:
+        if (node is None or node.domain not in ("", "ai.onnx") or node.op_type not in WEIGHT_PATH_OPS
+                or not all(is_weight(graph, other) for other in node.input[1:] if other)):
             return None
+        path.append(node)
         name = node.input[0]
-    return name
+    return name, path
+
+
+def weight_source(graph: Graph, name: str) -> str | None:
+    """The constant (initializer or Constant output) a value is, also through the ops that only
+    carry a weight (WEIGHT_PATH_OPS): a quantized weight is a weight, never an activation."""
+    found = _weight_path(graph, name)
+    return None if found is None else found[0]
 
 
 def is_weight(graph: Graph, name: str) -> bool:
-    """A constant, also through Identity and Transpose nodes (a FusedMatMul's transB, expanded)."""
-    return weight_source(graph, name, ("Identity", "Transpose")) is not None
+    """A constant, also through the ops that only carry a weight (WEIGHT_PATH_OPS: a quantized
+    weight's DequantizeLinear; a Transpose, e.g. a FusedMatMul's transB expanded)."""
+    return weight_source(graph, name) is not None
 
 
 def weight_shape(graph: Graph, name: str) -> tuple[int, ...] | None:
-    source = weight_source(graph, name, through=("Identity",))  # a Transpose would reorder the shape
-    return None if source is None else graph.constant_shape(source)
+    """A weight's shape, when only shape-keeping ops lie between it and its stored constant."""
+    found = _weight_path(graph, name)
+    if found is None or any(node.op_type not in _SHAPE_KEEPING for node in found[1]):
+        return None
+    return graph.constant_shape(found[0])
 
 
 def not_per_feature(graph: Graph, role: str, name: str, normalised: int | None) -> str | None:
@@ -174,7 +220,7 @@ def not_per_feature(graph: Graph, role: str, name: str, normalised: int | None) 
     as a broadcast)."""
     shape = weight_shape(graph, name)
     if shape is None:
-        return f"its {role} is not a weight"
+        return f"its {role} is not a weight" if not is_weight(graph, name) else f"its {role} is reshaped on its way"
     if normalised is None:
         return "the normalised dims are not known (a positive axis on a value of undeclared rank)"
     dims = shape[next((i for i, d in enumerate(shape) if d != 1), len(shape)):]
@@ -197,7 +243,7 @@ def root_of_mean(ctx: MatchContext, mean: onnx.NodeProto, nodes: list[onnx.NodeP
     if epsilon is None or not 0 <= epsilon < 1e-1:
         return f"no small constant epsilon is added to the mean of squares ({epsilon})"
     nodes.append(add)
-    sqrt = g.only_consumer(add.output[0])
+    sqrt = g.only_consumer(through_casts(ctx, add.output[0], nodes))
     if sqrt is None or sqrt.op_type != "Sqrt":
         return "mean of squares + epsilon has no Sqrt"
     nodes.append(sqrt)

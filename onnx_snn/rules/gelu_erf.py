@@ -1,6 +1,8 @@
 """GELU written with Erf: x * 0.5 * (1 + erf(x / sqrt(2))), as torch's legacy exporter and many
 others write it. Accepted forms: Div by sqrt(2) or Mul by 1/sqrt(2); the 0.5 applied first or last;
-operands of Add and Mul in either order; constants as initializers or Constant nodes."""
+operands of Add and Mul in either order; constants as initializers or Constant nodes. In a static QDQ
+model the values between the ops pass QuantizeLinear -> DequantizeLinear pairs (removed with the
+pattern) and the constants are quantized too; the pairs around it stay."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import math
 
 import onnx
 
-from onnx_snn.rules.base import MatchContext, NearMiss, Site, elementwise_site, near, node_name, other_input, private_or_near_miss
+from onnx_snn.rules.base import (MatchContext, NearMiss, Site, elementwise_site, near, node_name, other_input,
+                                 private_or_near_miss, through_casts)
 
 NAME = "gelu-erf"
 
@@ -35,22 +38,28 @@ class GeluErf:
             factor = g.scalar(other_input(scale, x)) if x is not None else None
             if x is None or not near(factor, 1 / math.sqrt(2)):
                 return miss(f"Erf's input is multiplied by {factor}, not 1/sqrt(2)")
-        add = g.only_consumer(erf.output[0])
-        if add is None or add.op_type != "Add" or not near(g.scalar(other_input(add, erf.output[0])), 1.0):
+        nodes = [scale, erf]  # the values between the ops may pass Q/DQ pairs (static QDQ models)
+        erf_value = through_casts(ctx, erf.output[0], nodes)
+        add = g.only_consumer(erf_value)
+        if add is None or add.op_type != "Add" or not near(g.scalar(other_input(add, erf_value)), 1.0):
             return miss("Erf is not followed by Add 1 (alone)")
-        first = g.only_consumer(add.output[0])
+        nodes.append(add)
+        one_plus = through_casts(ctx, add.output[0], nodes)
+        first = g.only_consumer(one_plus)
         if first is None or first.op_type != "Mul":
             return miss("1 + erf is not multiplied")
-        nodes = [scale, erf, add, first]
-        other = other_input(first, add.output[0])
+        nodes.append(first)
+        other = other_input(first, one_plus)
         if other == x:  # (x * (1 + erf)) * 0.5
-            last = g.only_consumer(first.output[0])
-            if last is None or last.op_type != "Mul" or not near(g.scalar(other_input(last, first.output[0])), 0.5):
+            product = through_casts(ctx, first.output[0], nodes)
+            last = g.only_consumer(product)
+            if last is None or last.op_type != "Mul" or not near(g.scalar(other_input(last, product)), 0.5):
                 return miss("x * (1 + erf) is not multiplied by 0.5")
             nodes.append(last)
         elif near(g.scalar(other), 0.5):  # ((1 + erf) * 0.5) * x
-            last = g.only_consumer(first.output[0])
-            if last is None or last.op_type != "Mul" or other_input(last, first.output[0]) != x:
+            product = through_casts(ctx, first.output[0], nodes)
+            last = g.only_consumer(product)
+            if last is None or last.op_type != "Mul" or other_input(last, product) != x:
                 return miss("0.5 * (1 + erf) is not multiplied by x")
             nodes.append(last)
         else:  # (x * 0.5) * (1 + erf)

@@ -1,10 +1,12 @@
-"""SiLU / Swish: x * Sigmoid(x), operands in either order (Llama's MLP)."""
+"""SiLU / Swish: x * Sigmoid(x), operands in either order (Llama's MLP); in a static QDQ model the
+sigmoid passes a QuantizeLinear -> DequantizeLinear pair on its way (removed with the pattern)."""
 
 from __future__ import annotations
 
 import onnx
 
-from onnx_snn.rules.base import MatchContext, NearMiss, Site, elementwise_site, other_input, private_or_near_miss
+from onnx_snn.rules.base import (MatchContext, NearMiss, Site, elementwise_site, other_input, private_or_near_miss,
+                                 through_casts)
 
 NAME = "silu"
 
@@ -17,10 +19,12 @@ class Silu:
         if sigmoid.domain not in ("", "ai.onnx"):
             return None
         x = sigmoid.input[0]
-        mul = ctx.graph.only_consumer(sigmoid.output[0])
-        if mul is None or mul.op_type != "Mul" or other_input(mul, sigmoid.output[0]) != x:
+        nodes = [sigmoid]
+        gate = through_casts(ctx, sigmoid.output[0], nodes)  # a Q/DQ pair in a static QDQ model
+        mul = ctx.graph.only_consumer(gate)
+        if mul is None or mul.op_type != "Mul" or other_input(mul, gate) != x:
             return None  # a plain Sigmoid: the sigmoid rule takes it
-        nodes = [sigmoid, mul]
+        nodes.append(mul)
         return private_or_near_miss(NAME, ctx, sigmoid, nodes, mul.output[0]) or elementwise_site(
             NAME, "silu", "silu", sigmoid, nodes, x, mul.output[0]
         )

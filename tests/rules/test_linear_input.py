@@ -5,6 +5,7 @@ the layers it feeds. Left out by hybrid conversion."""
 import numpy as np
 import pytest
 import torch
+from onnx import TensorProto
 from onnx import helper as oh
 from rule_kit import (convert, encoder_error, export, graph_model, init, rules_found, run, run_spiking, search,
                       sites_of)
@@ -137,3 +138,70 @@ def test_torch_conv_converts_to_an_encoder_within_its_error():
     error = np.abs(run_spiking(spiking, {"x0": x})[0] - run(model, {"x0": x})[0])
     bound = encoder_error(x) * np.abs(conv.weight.detach().numpy()).sum(axis=(1, 2, 3))
     assert np.all(error <= bound[None, :, None, None]) and error.max() > 0
+
+
+# ---- quantized layers --------------------------------------------------------------------------
+
+W_INT8 = np.random.default_rng(9).integers(-127, 128, (8, 5)).astype(np.int8)
+
+
+def dynamic_int8_graph():
+    """quantize_dynamic's layer: x0 -> DynamicQuantizeLinear -> MatMulInteger(int8 weight) -> Cast ->
+    Mul(scale of x0 * scale of the weight)."""
+    nodes = [oh.make_node("DynamicQuantizeLinear", ["x0"], ["xq", "xs", "xz"]),
+             oh.make_node("MatMulInteger", ["xq", "wq", "xz", "wz"], ["acc"]),
+             oh.make_node("Cast", ["acc"], ["acc_f"], to=TensorProto.FLOAT),
+             oh.make_node("Mul", ["xs", "ws"], ["scale"]),
+             oh.make_node("Mul", ["acc_f", "scale"], ["y"])]
+    initializers = [init("wq", W_INT8, np.int8), init("wz", 0, np.int8), init("ws", 0.01)]
+    return graph_model(nodes, {"x0": ["batch", 8]}, {"y": ["batch", 5]}, initializers)
+
+
+def qdq_graph(weight_path: str = "dequantize"):
+    """quantize_static's QDQ layer: MatMul(DQ(Q(x0)), the int8 weight's DequantizeLinear), the weight
+    also through a Transpose (weight_path "transpose": stored as its transpose)."""
+    stored = W_INT8.T.copy() if weight_path == "transpose" else W_INT8
+    nodes = [oh.make_node("QuantizeLinear", ["x0", "xs", "xz"], ["xq"]),
+             oh.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["x_dq"]),
+             oh.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w_dq"])]
+    if weight_path == "transpose":
+        nodes.append(oh.make_node("Transpose", ["w_dq"], ["w_t"], perm=[1, 0]))
+    nodes.append(oh.make_node("MatMul", ["x_dq", "w_t" if weight_path == "transpose" else "w_dq"], ["y"]))
+    initializers = [init("xs", 0.02), init("xz", 0, np.int8), init("wq", stored, np.int8), init("ws", 0.01),
+                    init("wz", 0, np.int8)]
+    return graph_model(nodes, {"x0": ["batch", 8]}, {"y": ["batch", 5]}, initializers)
+
+
+def test_matmulinteger_is_encoded_on_the_float_input_of_its_dynamic_quantizer():
+    (site,) = sites_of(dynamic_int8_graph(), RULE)
+    assert [(tensor, node.op_type) for tensor, node in site.encode] == [("x0", "DynamicQuantizeLinear")]
+    x = np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32)
+    spiking, report = convert(dynamic_int8_graph(), {"x0": x})
+    produced = {o: n.op_type for n in spiking.graph.node for o in n.output}
+    quantizer = next(n for n in spiking.graph.node if n.op_type == "DynamicQuantizeLinear")
+    assert produced[quantizer.input[0]] == "MBENeuron"
+    assert report.macs_total == 16 * 8 * 5 and report.spike_driven_share == 1.0
+
+
+@pytest.mark.parametrize("weight_path", ["dequantize", "transpose"])
+def test_qdq_layer_is_encoded_before_its_quantizer_and_its_weight_never(weight_path):
+    model = qdq_graph(weight_path)
+    (site,) = sites_of(model, RULE)
+    assert [(tensor, node.op_type) for tensor, node in site.encode] == [("x0", "QuantizeLinear")]
+    x = np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32)
+    spiking, report = convert(model, {"x0": x})
+    assert [n.input[0] for n in spiking.graph.node if n.op_type == "MBENeuron"] == ["x0"]
+    assert report.macs_total == 16 * 8 * 5 and report.spike_driven_share == 1.0
+    # the encoder's error moves a value across at most one rounding step of the 0.02 quantizer
+    error = np.abs(run_spiking(spiking, {"x0": x})[0] - run(model, {"x0": x})[0])
+    assert np.max(error) <= 0.02 * np.abs(W_INT8 * 0.01).sum(axis=0).max() + 1e-5
+
+
+def test_a_quantized_weight_is_a_weight():
+    from onnx_snn.graph import Graph
+    from onnx_snn.rules.base import is_weight, weight_shape
+
+    graph = Graph(qdq_graph("transpose"))
+    assert is_weight(graph, "w_dq") and weight_shape(graph, "w_dq") == (5, 8)  # as stored
+    assert is_weight(graph, "w_t") and weight_shape(graph, "w_t") is None  # transposed on its way
+    assert not is_weight(graph, "x_dq")

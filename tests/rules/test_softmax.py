@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from onnx import helper as oh
-from rule_kit import (assert_composite_conversion, bert_block, convert, export, graph_model, rules_found,
+from rule_kit import (assert_composite_conversion, bert_block, convert, export, graph_model, init, rules_found, run,
                       run_spiking, search, sites_of)
 
 RULE = "softmax"
@@ -72,3 +72,33 @@ def test_masked_positions_are_exactly_zero_after_conversion():
     assert np.all(y[1, :, 4:] == 0)
     assert np.all(y[1, :, :4] > 0)
     np.testing.assert_allclose(y.sum(-1), 1.0, atol=2e-3)
+
+
+# ---- QOperator: com.microsoft QLinearSoftmax -------------------------------------------------------
+
+def qlinear_softmax_model(opset_attribute: int = 13, axis: int = -1):
+    """y = DequantizeLinear(QLinearSoftmax(QuantizeLinear(x0))): uint8 in and out, as onnxruntime's
+    QOperator quantization writes attention probabilities."""
+    nodes = [oh.make_node("QuantizeLinear", ["x0", "xs", "xz"], ["xq"]),
+             oh.make_node("QLinearSoftmax", ["xq", "xs", "xz", "ys", "yz"], ["yq"], domain="com.microsoft",
+                          axis=axis, opset=opset_attribute),
+             oh.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"])]
+    initializers = [init("xs", 0.05), init("xz", 128, np.uint8), init("ys", 1 / 256), init("yz", 0, np.uint8)]
+    return graph_model(nodes, {"x0": ["batch", 8]}, ["y"], initializers, ms_domain=True)
+
+
+def test_qlinear_softmax_becomes_spiking_softmax_between_dequantize_and_quantize():
+    model = qlinear_softmax_model()
+    x = np.random.default_rng(3).uniform(-6, 6, (64, 8)).astype(np.float32)
+    spiking, report = convert(model, {"x0": x})
+    assert report.replaced == {RULE: 1} and report.left == []
+    ops = [n.op_type for n in spiking.graph.node]
+    assert ops == ["QuantizeLinear", "DequantizeLinear", "SpikingSoftmax", "QuantizeLinear", "DequantizeLinear"]
+    # the probabilities come back as uint8 steps of 1/256: the spiking softmax's error (~1e-3) moves
+    # a value by at most one step
+    np.testing.assert_allclose(run_spiking(spiking, {"x0": x})[0], run(model, {"x0": x})[0], rtol=0, atol=1 / 256 + 1e-7)
+
+
+def test_qlinear_softmax_of_old_semantics_on_another_axis_is_a_near_miss():
+    (miss,) = search(qlinear_softmax_model(opset_attribute=11, axis=1))[1]
+    assert miss.rule == RULE and "flattened" in miss.reason
