@@ -189,9 +189,8 @@ class CachedDecoder:
             past = {}
             for name in self.pairs:  # the past length (the dim before the last) 0, the head size, else the batch
                 dims = self.inputs[name].shape
-                sizes = {len(dims) - 2: 0, len(dims) - 1: self.head_size}
-                shape = [d if isinstance(d, int) else sizes.get(i) if sizes.get(i) is not None else batch
-                         for i, d in enumerate(dims)]
+                sizes = {len(dims) - 2: 0, **({len(dims) - 1: self.head_size} if self.head_size else {})}
+                shape = [d if isinstance(d, int) else sizes.get(i, batch) for i, d in enumerate(dims)]
                 past[name] = np.zeros(shape, _NUMPY_TYPES[self.inputs[name].type])
         length = next(iter(past.values())).shape[-2]
         given = {"input_ids": ids, "attention_mask": np.ones((batch, length + new), np.int64),
