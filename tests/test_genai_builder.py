@@ -164,6 +164,20 @@ def test_onnxruntime_genai_generates_with_the_converted_model(built, tmp_path):
     assert len(expected) == 16 and greedy(tmp_path) == expected
 
 
+def test_cached_decoder_runs_the_builder_model(built):
+    """lm_eval.CachedDecoder on the builder's names (past_key_values.N.key, present.N.key; no
+    position_ids) with the head size from genai_config.json: decoding a token a step with the cache
+    gives the logits of the whole sequence in one run."""
+    from onnx_snn.calibrate import genai_head_size
+    from onnx_snn.lm_eval import CachedDecoder
+
+    decoder = CachedDecoder(ort.InferenceSession(str(built), providers=["CPUExecutionProvider"]),
+                            genai_head_size(str(built.parent)))
+    assert decoder.head_size == HEAD
+    ids = {"input_ids": np.random.default_rng(2).integers(3, 256, (2, 9))}
+    np.testing.assert_allclose(decoder.teacher_forced(ids, 3), decoder.full_sequence(ids), rtol=1e-4, atol=1e-4)
+
+
 def test_synthesised_calibration_reads_the_head_size_beside_the_model(built):
     """The builder's past inputs declare the head size symbolic (kv_cache_dim): synthesis takes it
     from genai_config.json, and calibrates a first prompt (past length 0) and the decode step."""
