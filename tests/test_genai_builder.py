@@ -197,16 +197,18 @@ SLOW_WINDOW, SLOW_PREFILL = 64, 16
 
 
 @pytest.mark.slow
-def test_smollm2_through_the_builder_generates_and_keeps_its_perplexity():
-    """SmolLM2-135M-Instruct built by onnxruntime-genai's builder (fp32), calibrated on prefill and
-    decoding batches of real text, run as generation runs it (CachedDecoder: a prefill, then one
-    token a step with the KV cache): greedy generation runs, and teacher-forced perplexity over
-    lee_background windows stays within 2% of the builder's original, run the same way."""
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+def test_smollm2_through_the_builder_generates_and_keeps_its_perplexity(precision):
+    """SmolLM2-135M-Instruct built by onnxruntime-genai's builder (fp32; int4: MatMulNBits),
+    calibrated on prefill and decoding batches of real text, run as generation runs it
+    (CachedDecoder: a prefill, then one token a step with the KV cache): greedy generation runs,
+    and teacher-forced perplexity over lee_background windows stays within 2% of the builder's
+    original, run the same way (measured: fp32 +0.50%, int4 +0.81%)."""
     from onnx_snn import lm_eval
     from onnx_snn.calibrate import genai_head_size
     from onnx_snn.export import export_smollm2_genai, smollm2_tokenizer
 
-    path = export_smollm2_genai(precision="fp32")
+    path = export_smollm2_genai(precision=precision)
     tokenizer = smollm2_tokenizer()
     head_size = genai_head_size(str(path.parent))
     options = ort.SessionOptions()
@@ -215,7 +217,7 @@ def test_smollm2_through_the_builder_generates_and_keeps_its_perplexity():
     calibration = lm_eval.kv_calibration_batches(original, tokenizer, head_size=head_size)
     spiking, report = pipeline.convert_with_report(path, timesteps=16, calibration=calibration)
     print("\n" + report.format())
-    assert report.spike_driven_share == 1.0
+    assert report.spike_driven_share == 1.0 and report.replaced_by_kind["linear"] == 151  # 5 a layer, lm_head
     assert {e["op_type"] for e in report.left} == {"RotaryEmbedding"}
 
     ann = lm_eval.CachedDecoder(original, head_size)
