@@ -387,3 +387,69 @@ def export_vit(out_dir: Path | None = None) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+# Other frameworks' exporters, each in a venv of its own: installed here they would change onnx,
+# protobuf and numpy (paddle2onnx pins onnx 1.17; it imports packaging without requiring it). Their
+# block scripts (onnx_snn/exporters/) run there and write ONNX files this environment converts.
+EXPORTERS = {  # tool: (what its venv installs, its block script)
+    "tf2onnx": (["tensorflow-cpu==2.21.*", "tf2onnx==1.17.*"], "tf_block.py"),
+    "jax2onnx": (["jax==0.10.*", "flax", "jax2onnx==0.17.*"], "jax_block.py"),
+    "paddle2onnx": (["paddlepaddle==3.3.*", "paddle2onnx==2.1.*", "packaging"], "paddle_block.py"),
+}
+
+
+def exporter_venv(tool: str) -> Path:
+    """The python of `tool`'s venv (cache_dir()/venvs/<tool>), made and installed on first use
+    (minutes: the frameworks are large)."""
+    import subprocess
+    import sys
+
+    requirements, _ = EXPORTERS[tool]
+    venv = cache_dir() / "venvs" / tool
+    python, done = venv / "bin" / "python", venv / "installed.txt"
+    wanted = "\n".join(requirements)
+    if done.is_file() and done.read_text() == wanted:
+        return python
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    installed = subprocess.run([str(python), "-m", "pip", "install", "-q", *requirements], capture_output=True,
+                               text=True)
+    if installed.returncode != 0:
+        raise RuntimeError(f"{tool}: pip install {' '.join(requirements)} failed in {venv}:\n{installed.stderr[-2000:]}")
+    done.write_text(wanted)
+    return python
+
+
+def export_block(tool: str, opset: int, *variant: str, out_dir: Path | None = None) -> Path:
+    """A random-weight Transformer block written by `tool` (tf2onnx, jax2onnx: variant "layernorm"
+    or "rmsnorm", paddle2onnx) at `opset`, input x0 [batch, 8, 64]; beside it a .npz with a batch
+    x0 and the framework's own output y for it. Cached: an existing export is reused."""
+    import subprocess
+
+    out_dir = out_dir or cache_dir() / "models"
+    path = out_dir / f"{tool}-block-{'-'.join(variant) + '-' if variant else ''}opset{opset}.onnx"
+    if path.is_file():
+        return path
+    python, script = exporter_venv(tool), Path(__file__).parent / "exporters" / EXPORTERS[tool][1]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
+    staged = [tmp, tmp.with_suffix(".npz")]
+    try:
+        run = subprocess.run([str(python), str(script), str(tmp), str(opset), *variant], capture_output=True, text=True)
+        if run.returncode != 0:
+            raise RuntimeError(f"{tool} could not export its block at opset {opset}:\n{run.stderr[-3000:]}")
+        os.replace(staged[1], path.with_suffix(".npz"))
+        os.replace(staged[0], path)  # the .onnx last: its presence means both are there
+    finally:
+        for file in staged:
+            if file.exists():
+                file.unlink()
+    return path
+
+
+# the blocks the tests convert (tests/test_exporters.py), by name: (tool, opset, variant...)
+EXPORTER_BLOCKS = {
+    "tf2onnx-opset15": ("tf2onnx", 15), "tf2onnx-opset18": ("tf2onnx", 18),
+    "jax2onnx-layernorm": ("jax2onnx", 21, "layernorm"), "jax2onnx-rmsnorm": ("jax2onnx", 21, "rmsnorm"),
+    "paddle2onnx-opset14": ("paddle2onnx", 14), "paddle2onnx-opset17": ("paddle2onnx", 17),
+}

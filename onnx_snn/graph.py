@@ -112,6 +112,7 @@ class Graph:
         self.subgraphs = [Graph(model, body, self, path) for path, body in inner]
         self._removed: set[int] = set()
         self._added: list[onnx.NodeProto] = []
+        self._ranks: dict[str, int] | None = None  # by shape inference, on first use
 
     def scopes(self) -> list[Graph]:
         """This graph, then every body in it, outer before inner."""
@@ -183,6 +184,18 @@ class Graph:
             if info.name == name and info.type.tensor_type.HasField("shape"):
                 return len(info.type.tensor_type.shape.dim)
         return None if self.outer is None else self.outer.declared_rank(name)
+
+    def rank(self, name: str) -> int | None:
+        """The rank of a value of the main graph as declared or as onnx shape inference finds it
+        (run once, when first asked: exporters such as tf2onnx declare no inner shapes)."""
+        declared = self.declared_rank(name)
+        if declared is not None or self.outer is not None:
+            return declared
+        if self._ranks is None:
+            from onnx_snn.precision import ranks
+
+            self._ranks = ranks(self.model)
+        return self._ranks.get(name)
 
     def defining_node(self, name: str) -> onnx.NodeProto | None:
         """The node producing `name`, in this scope or an enclosing one."""

@@ -30,21 +30,9 @@ def element_types(model: onnx.ModelProto) -> dict[str, int]:
     type their float inputs share, as those ops' type constraints say, and inference is run again
     from there."""
     graph = model.graph
-    small = [t for t in graph.initializer
-             if t.data_location != TensorProto.EXTERNAL and math.prod(t.dims) <= _INFERENCE_CONSTANT]
-    small_names = {t.name for t in small}
-    declared_inputs = {v.name for v in graph.input}
-    weights_as_inputs = [oh.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in graph.initializer
-                         if t.name not in small_names and t.name not in declared_inputs]
-    light = oh.make_model(
-        oh.make_graph(list(graph.node), graph.name or "graph", [*graph.input, *weights_as_inputs], list(graph.output),
-                      small, value_info=list(graph.value_info)),
-        opset_imports=list(model.opset_import), functions=list(model.functions), ir_version=model.ir_version)
+    light = _light(model)
     while True:
-        try:
-            light = onnx.shape_inference.infer_shapes(light, strict_mode=False)
-        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError):
-            pass  # what the model declares is still known
+        light = _inferred(light)
         types = {t.name: t.data_type for g in graphs(graph) for t in g.initializer}
         for info in (info for g in graphs(light.graph) for info in (*g.input, *g.output, *g.value_info)):
             if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
@@ -53,6 +41,36 @@ def element_types(model: onnx.ModelProto) -> dict[str, int]:
         if not contrib:
             return types
         light.graph.value_info.extend(oh.make_tensor_value_info(name, t, None) for name, t in contrib.items())
+
+
+def ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """The rank of every value of the model's main graph that it declares or onnx shape inference
+    finds (on a copy with the weights as typed inputs, as element_types runs it)."""
+    graph = _inferred(_light(model)).graph
+    return {info.name: len(info.type.tensor_type.shape.dim) for info in (*graph.input, *graph.output, *graph.value_info)
+            if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape")}
+
+
+def _light(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with only its small constants: the larger weights become typed inputs."""
+    graph = model.graph
+    small = [t for t in graph.initializer
+             if t.data_location != TensorProto.EXTERNAL and math.prod(t.dims) <= _INFERENCE_CONSTANT]
+    small_names = {t.name for t in small}
+    declared_inputs = {v.name for v in graph.input}
+    weights_as_inputs = [oh.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in graph.initializer
+                         if t.name not in small_names and t.name not in declared_inputs]
+    return oh.make_model(
+        oh.make_graph(list(graph.node), graph.name or "graph", [*graph.input, *weights_as_inputs], list(graph.output),
+                      small, value_info=list(graph.value_info)),
+        opset_imports=list(model.opset_import), functions=list(model.functions), ir_version=model.ir_version)
+
+
+def _inferred(light: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(light, strict_mode=False)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError):
+        return light  # what the model declares is still known
 
 
 def _contrib_types(graph: onnx.GraphProto, types: dict[str, int]) -> dict[str, int]:

@@ -233,16 +233,19 @@ def consumers_of(ctx: MatchContext, name: str, op_type: str) -> list[onnx.NodePr
     return [n for n in ctx.graph.consumers.get(name, []) if n.op_type == op_type]
 
 
-def root_of_mean(ctx: MatchContext, mean: onnx.NodeProto, nodes: list[onnx.NodeProto]) -> tuple[float, str] | str:
-    """From a ReduceMean of squares: Add(epsilon) then Sqrt (Casts allowed), as normalisations
+def root_of_mean(ctx: MatchContext, mean: str, nodes: list[onnx.NodeProto]) -> tuple[float, str] | str:
+    """From a mean of squares (its value): Add(epsilon) then Sqrt (Casts allowed), as normalisations
     write them. (epsilon, the root's value name), appending the nodes; or why the chain breaks."""
     g = ctx.graph
-    variance = through_casts(ctx, mean.output[0], nodes)
+    variance = through_casts(ctx, mean, nodes)
     add = g.only_consumer(variance)
-    epsilon = g.scalar(other_input(add, variance) or "") if add is not None and add.op_type == "Add" else None
+    added = other_input(add, variance) if add is not None and add.op_type == "Add" else None
+    cast = g.producer.get(added or "")  # jax2onnx writes CastLike(epsilon, x)
+    cast = cast if cast is not None and cast.op_type in ("Cast", "CastLike") and g.only_consumer(added) is add else None
+    epsilon = g.scalar(cast.input[0] if cast is not None else added or "")
     if epsilon is None or not 0 <= epsilon < 1e-1:
         return f"no small constant epsilon is added to the mean of squares ({epsilon})"
-    nodes.append(add)
+    nodes += [add] if cast is None else [cast, add]
     sqrt = g.only_consumer(through_casts(ctx, add.output[0], nodes))
     if sqrt is None or sqrt.op_type != "Sqrt":
         return "mean of squares + epsilon has no Sqrt"

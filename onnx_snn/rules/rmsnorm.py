@@ -1,5 +1,6 @@
 """RMSNorm (Llama family) -> SpikingRMSNorm: the written-out form
-    v = ReduceMean(x^2) (Pow 2 or x * x); r = 1 / Sqrt(v + eps) (Reciprocal, or a Div of 1);
+    v = ReduceMean(x^2) (Pow 2 or x * x; tf2onnx: GlobalAveragePool; axes and dims kept as
+    layernorm-decomposed reads them); r = 1 / Sqrt(v + eps) (Reciprocal, or a Div of 1; eps may be CastLike'd, as by jax2onnx);
     y = x * r (or x / Sqrt(v + eps)); y = y * gamma   (float32 Casts anywhere along the chain)
 and the RMSNormalization op (opset 23: stash_type 1, float32, is how SpikingRMSNorm computes anyway)
 and onnxruntime's SimplifiedLayerNormalization."""
@@ -10,8 +11,8 @@ import onnx
 
 from onnx_snn.calibrate import Probe
 from onnx_snn.rules.base import (MatchContext, NearMiss, Site, is_power, near, node_name, not_per_feature,
-                                 private_or_near_miss, reduce_axes, root_of_mean, scaled_per_feature, through_casts)
-from onnx_snn.rules.layernorm_decomposed import trailing_axis
+                                 private_or_near_miss, root_of_mean, scaled_per_feature, through_casts)
+from onnx_snn.rules.layernorm_decomposed import MEANS, kept_mean
 
 NAME = "rmsnorm"
 
@@ -53,23 +54,25 @@ class RMSNorm:
         x = node.input[0]
         nodes = [node]
         mean = g.only_consumer(through_casts(ctx, node.output[0], nodes))
-        if mean is None or mean.op_type != "ReduceMean":
+        if mean is None or mean.op_type not in MEANS:
             return None
         centred = g.producer.get(x)
         while centred is not None and centred.op_type == "Cast":
             centred = g.producer.get(centred.input[0])
-        average = g.parent(centred, 1, "ReduceMean") if centred is not None and centred.op_type == "Sub" else None
-        if average is not None and average.input[0] == centred.input[0]:
+        average = g.parent(centred, 1) if centred is not None and centred.op_type == "Sub" else None
+        if average is not None and average.op_type in ("Reshape", "Unsqueeze"):  # a mean's dims put back
+            average = g.parent(average, 0)
+        if average is not None and average.op_type in MEANS and average.input[0] == centred.input[0]:
             return None  # x - mean(x) squared: a LayerNorm's, the LayerNorm rule's (or its near miss)
 
         def miss(reason: str) -> NearMiss:
             return NearMiss(NAME, node_name(node), node.op_type, reason)
 
-        axis = trailing_axis(reduce_axes(ctx, mean))
-        if axis is None or g.attribute(mean, "keepdims", 1) != 1:
-            return miss("the mean square is not taken over the trailing axes with keepdims")
-        nodes.append(mean)
-        found = root_of_mean(ctx, mean, nodes)
+        axis, mean_square, restore = kept_mean(ctx, mean)
+        if axis is None:
+            return miss("the mean square is not taken over the trailing axes with its dims kept (keepdims, or put back)")
+        nodes += [mean, *restore]
+        found = root_of_mean(ctx, mean_square, nodes)
         if isinstance(found, str):
             return miss(found)
         epsilon, root = found

@@ -342,8 +342,19 @@ def normalisation(chain: Chain, pattern: str, near_miss: str | None) -> Instance
     rank = len(chain.shape)
     layernorm = pattern == "layernorm-decomposed"
     axes = normalised_axes(draw, chain)
+    # the rank of x, which positive axes and GlobalAveragePool need, is known where onnx's shape
+    # inference reaches: not after an op it has no schema for (com.microsoft's Gelu)
+    ranked = all(n.domain in ("", "ai.onnx") for n in b.nodes)
+    if ranked and draw(st.booleans()):  # as jax2onnx writes every axis
+        axes = tuple(rank + a for a in axes)
     square = "pow" if near_miss == "reverse" else draw(st.sampled_from(["pow", "mul"]))
-    form = dict(axes=axes, opset=chain.opset, square=square,
+    # tf2onnx averages the trailing axes after the second with GlobalAveragePool
+    mean_op = "ReduceMean" if near_miss == "axes" or len(axes) != rank - 2 or not ranked else draw(
+        st.sampled_from(["ReduceMean", "GlobalAveragePool"]))
+    # means without keepdims, their dims put back (a Reshape needs the rank, which the writer takes as 3)
+    restores = [None] + (["unsqueeze"] if mean_op == "ReduceMean" and near_miss != "axes" else []) + (
+        ["reshape"] if mean_op == "ReduceMean" and near_miss != "axes" and ranked and rank == 3 else [])
+    form = dict(axes=axes, opset=chain.opset, square=square, mean_op=mean_op, restore=draw(st.sampled_from(restores)),
                 epsilon=draw(st.sampled_from([1e-12, 1e-6, 1e-5, 1e-3, 0.05])),
                 gamma=draw(st.sampled_from(["initializer", "identity"])), swap=draw(st.booleans()))
     if chain.opset >= 18:
@@ -352,10 +363,15 @@ def normalisation(chain: Chain, pattern: str, near_miss: str | None) -> Instance
     form["casts"] = tuple(draw(st.lists(st.sampled_from(along), unique=True, max_size=3)))  # float32 Casts after these
     ordered = []  # the values of ops whose operand order matters
     if layernorm:
-        form["divide"] = draw(st.sampled_from(["div", "reciprocal"]))
+        form["divide"] = draw(st.sampled_from(["div", "reciprocal", "folded"]))  # folded: Keras' (tf2onnx)
+        # moments: flax's (x - mean is only divided there: never with Keras' folded form, which has no x - mean else)
+        form["variance"] = "centred" if form["divide"] == "folded" else draw(
+            st.sampled_from(["centred", "moments", "moments-clipped"]))
         form["beta"] = draw(st.sampled_from(["initializer", "none"]))
-        ordered = ["d"] + (["square"] if square == "pow" else []) + (["norm"] if form["divide"] == "div" else [])
+        ordered = (["d"] + (["square"] if square == "pow" else []) + (["norm"] if form["divide"] == "div" else [])
+                   + (["var"] if form["variance"] != "centred" else []))
     else:
+        form["epsilon_cast_like"] = chain.opset >= 15 and draw(st.booleans())  # as jax2onnx writes it
         form["invert"] = draw(st.sampled_from(["div-one", "reciprocal", "div-x"]))
         ordered = (["square"] if form["square"] == "pow" else []) + {
             "div-one": ["inverse"], "div-x": ["norm"], "reciprocal": []}[form["invert"]]
@@ -369,7 +385,7 @@ def normalisation(chain: Chain, pattern: str, near_miss: str | None) -> Instance
     # the rewrite may end at gamma, beta's Add following it: a beta that is not one value per feature,
     # or gamma's product read elsewhere too
     apart = None
-    if layernorm and form["beta"] == "initializer" and not near_miss:
+    if layernorm and form["beta"] == "initializer" and form["divide"] != "folded" and not near_miss:
         apart = draw(st.sampled_from([None, "broadcast beta", "scaled read elsewhere"]))
     if apart == "broadcast beta":
         form["beta_shape"] = draw(st.sampled_from([(), (1,)]))
@@ -381,16 +397,19 @@ def normalisation(chain: Chain, pattern: str, near_miss: str | None) -> Instance
         detail = f"{name}={form[name]:.6g}"
         reported = layernorm or name != "exponent"  # RMSNorm is anchored on the square: no square, no RMSNorm
     if near_miss == "axes":
-        wrong = {"positive": dict(axes=tuple(rank + a for a in axes))}
-        if rank + axes[0] >= 2:
-            wrong["not trailing"] = dict(axes=(axes[0] - 1,))
+        first = axes[0] - rank if axes[0] >= 0 else axes[0]
+        wrong = {}
+        if rank + first >= 2:
+            wrong["not trailing"] = dict(axes=(first - 1,))
         if layernorm and rank - len(axes) >= 2:
-            wrong["variance over other axes"] = dict(var_axes=(axes[0] - 1, *axes))
+            wrong["variance over other axes"] = dict(var_axes=(first - 1, *range(first, 0)))
         try:  # the mean without its reduced dims must still broadcast against x
             if np.broadcast_shapes(chain.shape, chain.shape[:rank - len(axes)]) == chain.shape:
                 wrong["keepdims=0"] = dict(keepdims=0)
         except ValueError:
             pass
+        if not wrong:  # the positive axes that were a near miss convert now: the mean over the first axis is not
+            wrong["first axis"] = dict(axes=(-rank,))
         detail = draw(st.sampled_from(sorted(wrong)))
         form |= wrong[detail]
     if near_miss == "reverse":
@@ -413,7 +432,7 @@ def normalisation(chain: Chain, pattern: str, near_miss: str | None) -> Instance
                 reported = layernorm or not value.split("/")[-1].startswith("square")
             if apart == "scaled read elsewhere":
                 detail = f"scaled read by a {chain.extra_consumer(b.name('scaled'))}"
-    anchor = scope + ("mean" if layernorm else "square")
+    anchor = scope + (("mean_reduced" if form["restore"] else "mean") if layernorm else "square")
     chain.log.append(f"{pattern} {form} {settings} {apart or ''} near miss: {near_miss} {detail}")
     return Instance(pattern, pattern, x, y, chain.nodes_since(start), anchor, near_miss and f"{near_miss} {detail}",
                     reported, site_output=scope + "scaled" if apart else None)

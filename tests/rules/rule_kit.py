@@ -361,7 +361,23 @@ class Builder:
         """name followed by a float32 Cast when `key` is one of `casts`."""
         return self.cast(name) if key in casts else name
 
-    def reduce_mean(self, x: str, output: str, axes, keepdims: int, opset: int, axes_as: str) -> str:
+    def reduce_mean(self, x: str, output: str, axes, keepdims: int, opset: int, axes_as: str,
+                    op_type: str = "ReduceMean", restore: str | None = None, rank: int = 3) -> str:
+        """A ReduceMean, or (op_type "GlobalAveragePool", as tf2onnx writes a trailing mean) that.
+        restore: without keepdims, the reduced dims put back by an "unsqueeze" of the axes or a
+        "reshape" to [0, ..., 0, 1, ..., 1] (x of `rank`), or (a list) to that shape."""
+        if op_type == "GlobalAveragePool":
+            return self.op(op_type, [x], output)
+        if restore is not None:
+            reduced = self.reduce_mean(x, f"{output}_reduced", axes, 0, opset, axes_as)
+            if restore == "unsqueeze":
+                values, op_type = list(axes), "Unsqueeze"
+            else:
+                values = restore if isinstance(restore, list) else [0] * (rank - len(axes)) + [1] * len(axes)
+                op_type = "Reshape"
+            name = self._new(f"{output}_{op_type.lower()}")
+            self.initializers.append(init(name, values, np.int64))
+            return self.op(op_type, [reduced, name], output)
         if opset < 18:
             return self.op("ReduceMean", [x], output, axes=list(axes), keepdims=keepdims)
         axes_name = self._new(f"{output}_axes")
@@ -398,31 +414,69 @@ def gamma_beta(b: Builder, normalised: str, gamma: str, beta: str, swap: bool, s
     return b.op("Add", [bias, scaled] if swap else [scaled, bias], "shifted")
 
 
+def folded_gamma_beta(b: Builder, x: str, mean: str, inverse_std: str, gamma: str, beta: str, swap: bool,
+                      shape=(HIDDEN,), beta_shape=None) -> str:
+    """Keras' LayerNormalization: inv = inverse_std * gamma; x * inv + (-mean * inv [+ beta]).
+    gamma: "initializer" or "input"; beta: "initializer" or "none"."""
+    rng = np.random.default_rng(1)
+    name = "gamma_in" if gamma == "input" else b.weight("gamma", rng.uniform(0.5, 1.5, shape))
+
+    def mul(a, c, output):
+        return b.op("Mul", [c, a] if swap else [a, c], output)
+
+    inv = mul(inverse_std, name, "inv")
+    x_scaled, offset = mul(x, inv, "x_scaled"), mul(b.op("Neg", [mean], "neg_mean"), inv, "mean_scaled")
+    if beta != "none":
+        bias = b.weight("beta", rng.uniform(-0.5, 0.5, shape if beta_shape is None else beta_shape))
+        offset = b.op("Add", [bias, offset] if swap else [offset, bias], "offset")
+    return b.op("Add", [offset, x_scaled] if swap else [x_scaled, offset], "shifted")
+
+
 def square_of(b: Builder, x: str, square: str, exponent: float) -> str:
     """x squared as Pow(x, exponent) (square="pow") or x * x."""
     return b.op("Pow", [x, b.constant("two", exponent)], "square") if square == "pow" else b.op("Mul", [x, x], "square")
 
 
-def root_of(b: Builder, mean: str, epsilon: float, swap: bool, sum_name: str, root_name: str) -> str:
-    """Sqrt(mean + epsilon), the Add's operands swapped when `swap`."""
+def root_of(b: Builder, mean: str, epsilon: float, swap: bool, sum_name: str, root_name: str,
+            cast_like: str | None = None) -> str:
+    """Sqrt(mean + epsilon), the Add's operands swapped when `swap`; epsilon CastLike `cast_like`
+    if given (as jax2onnx writes it)."""
     eps = b.constant("epsilon", epsilon)
+    if cast_like is not None:
+        eps = b.op("CastLike", [eps, cast_like], "epsilon_cast")
     return b.op("Sqrt", [b.op("Add", [eps, mean] if swap else [mean, eps], sum_name)], root_name)
 
 
 def write_layernorm(b: Builder, x: str, opset: int = 17, axes=(-1,), var_axes=None, keepdims: int = 1,
                     axes_as: str = "initializer", square: str = "pow", divide: str = "div", casts=(),
                     epsilon: float = 1e-5, exponent: float = 2.0, gamma: str = "initializer",
-                    beta: str = "initializer", swap: bool = False, gamma_shape=(HIDDEN,), beta_shape=None) -> str:
+                    beta: str = "initializer", swap: bool = False, gamma_shape=(HIDDEN,), beta_shape=None,
+                    mean_op: str = "ReduceMean", variance: str = "centred", restore: str | None = None) -> str:
     """LayerNorm of x written out, as torch's legacy exporter writes it; returns the output. casts:
     the values followed by a float32 Cast, of "x", "d", "square", "var", "std", "norm"; gamma, beta:
-    as gamma_beta; swap: the operands of the Add and Mul nodes the other way round."""
+    as gamma_beta; swap: the operands of the Add and Mul nodes the other way round. mean_op:
+    "GlobalAveragePool" for both means, as tf2onnx writes them before opset 18; restore: the means
+    without keepdims, their dims put back (Builder.reduce_mean); variance: "centred"
+    (mean of d^2), or "moments" (E[x^2] - mean^2, flax's, "moments-clipped" with a Max at 0);
+    divide: "div", "reciprocal" or "folded" (Keras: x * (gamma / std) + (-mean * (gamma / std) + beta))."""
     x = b.cast(x) if "x" in casts else x
-    mean = b.reduce_mean(x, "mean", axes, keepdims, opset, axes_as)
+    mean = b.reduce_mean(x, "mean", axes, keepdims, opset, axes_as, mean_op, restore)
     d = b.op("Sub", [x, mean], "d")
     centred = b.cast(d) if "d" in casts else d
-    sq = b.cast_if(square_of(b, centred, square, exponent), "square", casts)
-    var = b.cast_if(b.reduce_mean(sq, "var", var_axes or axes, keepdims, opset, axes_as), "var", casts)
+    if variance == "centred":
+        sq = b.cast_if(square_of(b, centred, square, exponent), "square", casts)
+        var = b.reduce_mean(sq, "var", var_axes or axes, keepdims, opset, axes_as, mean_op, restore)
+    else:
+        second = b.reduce_mean(square_of(b, x, square, exponent), "second_moment", var_axes or axes, keepdims, opset,
+                               axes_as, mean_op, restore)
+        var = b.op("Sub", [second, b.op("Mul", [mean, mean], "mean_squared")], "var")
+        if variance == "moments-clipped":
+            var = b.op("Max", [var, b.constant("zero", 0.0)], "var_clipped")
+    var = b.cast_if(var, "var", casts)
     std = b.cast_if(root_of(b, var, epsilon, swap, "var_eps", "std"), "std", casts)
+    if divide == "folded":
+        return folded_gamma_beta(b, x, mean, b.op("Reciprocal", [std], "inverse_std"), gamma, beta, swap, gamma_shape,
+                                 beta_shape)
     if divide == "div":
         norm = b.op("Div", [centred, std], "norm")
     else:
@@ -435,14 +489,17 @@ def write_layernorm(b: Builder, x: str, opset: int = 17, axes=(-1,), var_axes=No
 def write_rmsnorm(b: Builder, x: str, opset: int = 17, axes=(-1,), keepdims: int = 1, axes_as: str = "initializer",
                   square: str = "pow", invert: str = "div-one", casts=(), epsilon: float = 1e-6,
                   gamma: str = "initializer", swap: bool = False, exponent: float = 2.0, numerator: float = 1.0,
-                  gamma_shape=(HIDDEN,)) -> str:
+                  gamma_shape=(HIDDEN,), mean_op: str = "ReduceMean", epsilon_cast_like: bool = False,
+                  restore: str | None = None) -> str:
     """RMSNorm of x written out (Llama, T5); returns the output. invert: "div-one" (x * (1 / root)),
     "reciprocal" (x * Reciprocal(root)), "div-x" (x / root) or "none" (x * root); casts: values
-    followed by a float32 Cast, of "x", "square", "ms", "root", "inverse", "norm"."""
+    followed by a float32 Cast, of "x", "square", "ms", "root", "inverse", "norm"; mean_op and
+    epsilon_cast_like (epsilon CastLike x), restore (Builder.reduce_mean): as tf2onnx and jax2onnx
+    write them."""
     x = b.cast(x) if "x" in casts else x
     sq = b.cast_if(square_of(b, x, square, exponent), "square", casts)
-    ms = b.cast_if(b.reduce_mean(sq, "ms", axes, keepdims, opset, axes_as), "ms", casts)
-    root = b.cast_if(root_of(b, ms, epsilon, swap, "ms_eps", "root"), "root", casts)
+    ms = b.cast_if(b.reduce_mean(sq, "ms", axes, keepdims, opset, axes_as, mean_op, restore), "ms", casts)
+    root = b.cast_if(root_of(b, ms, epsilon, swap, "ms_eps", "root", x if epsilon_cast_like else None), "root", casts)
     if invert == "div-x":
         norm = b.op("Div", [x, root], "norm")
     else:

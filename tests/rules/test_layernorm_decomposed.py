@@ -8,8 +8,8 @@ chain. -> SpikingLayerNorm, checked end to end against its reference and the ori
 import numpy as np
 import pytest
 import torch
-from rule_kit import (COMPOSITE_ERROR, HIDDEN, Builder, assert_composite_conversion, bert_block, convert, export, near_misses_of,
-                      rules_found, run, run_spiking, search, sites_of, weights, write_layernorm)
+from rule_kit import (COMPOSITE_ERROR, HIDDEN, Builder, assert_composite_conversion, bert_block, convert, export, gamma_beta,
+                      init, near_misses_of, rules_found, run, run_spiking, search, sites_of, weights, write_layernorm)
 
 from onnx_snn.calibrate import Probe
 
@@ -33,20 +33,24 @@ class HandWrittenLayerNorm(torch.nn.Module):
 def layernorm_graph(opset=17, axes=(-1,), var_axes=None, keepdims=1, axes_as="initializer", square="pow",
                     divide="div", casts=(), epsilon=1e-5, gamma="initializer", beta="initializer", swap=False,
                     constants="initializer", also_output=None, square_twice=False, exponent=2.0, gamma_shape=None,
-                    beta_shape=None):
+                    beta_shape=None, mean_op="ReduceMean", variance="centred", rank_declared=True, restore=None):
     """LayerNorm of x0 [batch, 3, 8] written out. casts: the values followed by a float32 Cast, of
     "x", "d", "square", "var", "std", "norm"; square_twice: d * d also computed for another output;
-    gamma_shape: the normalised dims unless given; beta_shape: gamma's unless given."""
+    gamma_shape: the normalised dims unless given; beta_shape: gamma's unless given; mean_op,
+    variance and divide "folded": tf2onnx's and jax2onnx's forms (rule_kit.write_layernorm);
+    rank_declared: x0's shape is declared (else not: positive axes cannot be read)."""
     b = Builder(constants)
     if gamma_shape is None:
         gamma_shape = (3, HIDDEN) if len(axes) == 2 else (HIDDEN,)
     y = write_layernorm(b, "x0", opset, axes, var_axes, keepdims, axes_as, square, divide, casts, epsilon, exponent,
-                        gamma=gamma, beta=beta, swap=swap, gamma_shape=gamma_shape, beta_shape=beta_shape)
+                        gamma=gamma, beta=beta, swap=swap, gamma_shape=gamma_shape, beta_shape=beta_shape,
+                        mean_op=mean_op, variance=variance, restore=restore)
     if square_twice:
         also_output = b.op("Mul", ["d", "d"], "square_again")
-    inputs = {"x0": ["batch", 3, HIDDEN]} | ({"gamma_in": [HIDDEN]} if gamma == "input" else {})
-    outputs = {y: ["batch", 3, HIDDEN]} | ({also_output: ["batch", 3, None]} if also_output else {})
-    return b.model(inputs, outputs, opset=opset)
+    shape = ["batch", 3, HIDDEN] if rank_declared else None
+    inputs = {"x0": shape} | ({"gamma_in": [HIDDEN]} if gamma == "input" else {})
+    outputs = {y: shape} | ({also_output: ["batch", 3, None] if rank_declared else None} if also_output else {})
+    return b.model(inputs, outputs, opset=opset, check=rank_declared)  # the checker wants inputs' shapes
 
 
 def the_site(model):
@@ -138,12 +142,99 @@ def test_scaled_value_used_elsewhere_is_a_site_without_beta():
     assert all(n.output[0] != "shifted" for n in site.nodes)
 
 
+# tf2onnx writes Keras' LayerNormalization folded (inv = gamma / std; x * inv + (beta - mean * inv)),
+# with GlobalAveragePool for the means before opset 18; jax2onnx writes flax's LayerNorm with the
+# variance as E[x^2] - mean^2 clipped at 0, and positive axes.
+@pytest.mark.parametrize("swap", [False, True], ids=["operands-as-written", "operands-swapped"])
+@pytest.mark.parametrize("beta", ["initializer", "none"], ids=["with-beta", "without-beta"])
+@pytest.mark.parametrize("opset, mean_op", [(15, "GlobalAveragePool"), (18, "ReduceMean")],
+                         ids=["global-average-pool-opset-15", "reduce-mean-opset-18"])
+def test_keras_folded_form_is_one_site(opset, mean_op, beta, swap):
+    model = layernorm_graph(opset=opset, mean_op=mean_op, square="mul", divide="folded", beta=beta, swap=swap)
+    assert rules_found(model) == {RULE: 1}
+    site = the_site(model)
+    assert len(site.nodes) == (13 if beta == "initializer" else 12)
+    assert site.probes == [Probe("x0"), Probe("x0", centered_axis=-1)]
+
+
+@pytest.mark.parametrize("variance", ["moments", "moments-clipped"])
+@pytest.mark.parametrize("axes", [(-1,), (2,)], ids=["axis-minus-1", "axis-2"])
+def test_flax_moments_form_is_one_site(variance, axes):
+    model = layernorm_graph(opset=18, axes=axes, square="mul", variance=variance)
+    assert rules_found(model) == {RULE: 1}
+    assert len(the_site(model).nodes) == (12 if variance == "moments-clipped" else 11)
+
+
+@pytest.mark.parametrize("variance", ["centred", "moments"])
+@pytest.mark.parametrize("restore", ["unsqueeze", "reshape"])
+@pytest.mark.parametrize("axes", [(-1,), (2,), (-2, -1)], ids=["axis-minus-1", "axis-2", "two-axes"])
+def test_means_without_keepdims_put_back_are_one_site(axes, restore, variance):
+    """ReduceMean with keepdims=0, then an Unsqueeze of the axes or a Reshape to [0, ..., 1]."""
+    model = layernorm_graph(opset=18, axes=axes, restore=restore, variance=variance, square="mul")
+    assert rules_found(model) == {RULE: 1}
+    assert len(the_site(model).nodes) == (13 if variance == "moments" else 11)  # two restoring nodes in each
+
+
+@pytest.mark.parametrize("restore", [[-1, 1, 1], [-1, 3, 1], [0, 1]],
+                         ids=["reduced-dim-not-last", "a-fixed-dim", "rank-2"])
+def test_means_reshaped_to_other_shapes_are_a_near_miss(restore):
+    """Only 0s (copies) and one -1 before the 1s say the shape is x's with the reduced dims 1."""
+    b = Builder()
+    y = write_layernorm(b, "x0", 18, (-1,), None, 1, "initializer", "mul", "div", (), 1e-5, 2.0, gamma_shape=(HIDDEN,),
+                        restore=restore)
+    model = b.model({"x0": ["batch", 3, HIDDEN]}, {y: ["batch", 3, HIDDEN]}, opset=18, check=False)
+    assert search(model)[0] == []
+    assert "trailing axes with its dims kept" in near_misses_of(model, RULE)[0].reason
+
+
+def test_unsqueeze_of_other_axes_is_a_near_miss():
+    b = Builder()
+    mean = b.reduce_mean("x0", "mean_reduced", (-1,), 0, 18, "initializer")
+    b.initializers.append(init("unsqueeze_axes", [1], np.int64))
+    mean = b.op("Unsqueeze", [mean, "unsqueeze_axes"], "mean")
+    d = b.op("Sub", ["x0", mean], "d")
+    var = b.reduce_mean(b.op("Mul", [d, d], "square"), "var", (-1,), 1, 18, "initializer")
+    std = b.op("Sqrt", [b.op("Add", [var, b.constant("epsilon", 1e-5)], "var_eps")], "std")
+    y = gamma_beta(b, b.op("Div", [d, std], "norm"), "initializer", "initializer", False)
+    model = b.model({"x0": ["batch", HIDDEN, HIDDEN]}, {y: ["batch", HIDDEN, HIDDEN]}, opset=18)
+    assert search(model)[0] == []
+    assert "trailing axes with its dims kept" in near_misses_of(model, RULE)[0].reason
+
+
+def test_global_average_pool_of_unknown_rank_is_a_near_miss():
+    """GlobalAveragePool averages every axis after the second: the trailing one only at rank 3."""
+    model = layernorm_graph(mean_op="GlobalAveragePool", rank_declared=False)
+    assert search(model)[0] == []
+    (miss,) = near_misses_of(model, RULE)
+    assert "trailing axes" in miss.reason
+
+
+@pytest.mark.parametrize("form, reason", [
+    (dict(gamma="input"), "x - mean is not multiplied by 1 / std, nor x by gamma / std"),
+    (dict(gamma_shape=(1,)), "gamma of shape"),
+    (dict(beta_shape=(1,)), "beta of shape"),
+    (dict(also_output="mean_scaled"), "x * gamma / std is not added to -mean * gamma / std [+ beta]"),
+    (dict(also_output="inv"), "inner value 'inv' is also used outside the pattern"),
+], ids=["computed-gamma", "scalar-gamma", "scalar-beta", "offset-used-elsewhere", "inv-used-elsewhere"])
+def test_folded_form_near_miss_says_why(form, reason):
+    model = layernorm_graph(opset=18, square="mul", divide="folded", **form)
+    assert search(model)[0] == []
+    assert [(m.rule, m.op_type) for m in search(model)[1]] == [(RULE, "ReduceMean")]
+    assert reason in search(model)[1][0].reason
+
+
+def test_moments_over_other_axes_is_a_near_miss():
+    model = layernorm_graph(opset=18, square="mul", variance="moments", var_axes=(-2, -1))
+    assert search(model)[0] == []
+    assert "x - mean is not squared" in near_misses_of(model, RULE)[0].reason
+
+
 # ---- near misses ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("form, reason", [
-    (dict(axes=(1,)), "the mean is not taken over the trailing axes with keepdims"),
-    (dict(axes=(-2,)), "the mean is not taken over the trailing axes with keepdims"),
-    (dict(keepdims=0), "the mean is not taken over the trailing axes with keepdims"),
+    (dict(axes=(1,)), "the mean is not taken over the trailing axes with its dims kept"),
+    (dict(axes=(-2,)), "the mean is not taken over the trailing axes with its dims kept"),
+    (dict(keepdims=0), "the mean is not taken over the trailing axes with its dims kept"),
     (dict(axes=(-1,), var_axes=(-2, -1)), "the squares are not averaged over the same axes"),
     (dict(epsilon=0.5), "no small constant epsilon is added to the mean of squares (0.5)"),
     # x^2.0001 is NaN for x < 0, though 2.0001 is inside the rules' tolerance for constants (the fuzz
@@ -198,11 +289,17 @@ def test_beta_that_only_broadcasts_stays_an_add_after_the_spiking_op():
         np.abs(expected))
 
 
-def test_positive_trailing_axis_is_a_near_miss_as_the_rank_is_not_known():
-    """axes=[2] of a rank-3 input is the trailing axis, but the rule reads no shapes: not rewritten."""
-    assert search(layernorm_graph(axes=(2,)))[0] == []
-    (miss,) = near_misses_of(layernorm_graph(axes=(2,)), RULE)
-    assert "trailing axes" in miss.reason
+@pytest.mark.parametrize("rank_declared", [True, False], ids=["rank-declared", "rank-unknown"])
+def test_positive_trailing_axis_is_read_with_the_rank(rank_declared):
+    """axes=[2] of a rank-3 input (as jax2onnx writes every axis) is the trailing axis when the rank
+    is declared or inferred; of a value of unknown rank it is a near miss."""
+    model = layernorm_graph(axes=(2,), rank_declared=rank_declared)
+    if rank_declared:
+        assert the_site(model).probes[1] == Probe("x0", centered_axis=-1)
+    else:
+        assert search(model)[0] == []
+        (miss,) = near_misses_of(model, RULE)
+        assert "trailing axes" in miss.reason
 
 
 def test_torch_layernorm_without_affine_is_a_near_miss():
@@ -263,6 +360,19 @@ def test_weights_with_leading_ones_convert_flattened():
     w = weights(model)
     assert_composite_conversion(model, "layernorm", RULE, inputs(), kept=["Flatten", "Flatten"], gamma=w["gamma"],
                                 beta=w["beta"], axis=-1, epsilon=1e-5)
+
+
+@pytest.mark.parametrize("form", [dict(opset=15, mean_op="GlobalAveragePool", divide="folded"),
+                                  dict(opset=18, divide="folded", swap=True),
+                                  dict(opset=18, axes=(2,), variance="moments-clipped"),
+                                  dict(opset=18, restore="reshape"), dict(opset=18, restore="unsqueeze", divide="folded")],
+                         ids=["keras-folded-opset-15", "keras-folded-opset-18", "flax-moments", "means-reshaped",
+                              "means-unsqueezed"])
+def test_exporter_forms_convert(form):
+    model = layernorm_graph(square="mul", **form)
+    w = weights(model)
+    assert_composite_conversion(model, "layernorm", RULE, inputs(), gamma=w["gamma"], beta=w["beta"], axis=-1,
+                                epsilon=1e-5)
 
 
 def test_two_axes_form_converts_on_axis_minus_2():

@@ -32,13 +32,16 @@ def t5_layernorm():
 
 def rmsnorm_graph(opset=17, axes=(-1,), keepdims=1, axes_as="initializer", square="pow", invert="div-one", casts=(),
                   epsilon=1e-6, gamma="initializer", swap=False, constants="initializer", also_output=None,
-                  exponent=2.0, numerator=1.0, gamma_shape=(HIDDEN,)):
+                  exponent=2.0, numerator=1.0, gamma_shape=(HIDDEN,), mean_op="ReduceMean", epsilon_cast_like=False,
+                  restore=None):
     """RMSNorm of x0 [batch, 3, 8] written out. invert: "div-one" (x * (1 / root)), "reciprocal"
     (x * Reciprocal(root)), "div-x" (x / root) or "none" (x * root); casts: values followed by a
-    float32 Cast, of "x", "square", "ms", "root", "inverse", "norm"."""
+    float32 Cast, of "x", "square", "ms", "root", "inverse", "norm"; mean_op "GlobalAveragePool"
+    (tf2onnx), epsilon_cast_like (jax2onnx) and restore (keepdims=0, the dims put back):
+    rule_kit.write_rmsnorm."""
     b = Builder(constants)
     y = write_rmsnorm(b, "x0", opset, axes, keepdims, axes_as, square, invert, casts, epsilon, gamma, swap, exponent,
-                      numerator, gamma_shape)
+                      numerator, gamma_shape, mean_op, epsilon_cast_like, restore)
     inputs = {"x0": ["batch", 3, HIDDEN]} | ({"gamma_in": [HIDDEN]} if gamma == "input" else {})
     outputs = {y: ["batch", 3, HIDDEN]} | ({also_output: ["batch", 3, None]} if also_output else {})
     return b.model(inputs, outputs, opset=opset)
@@ -128,11 +131,52 @@ def test_rmsnormalization_op_is_one_site(axis, scale_shape):
     assert site.nodes == [site.anchor] and site.probes == [Probe("x0")]
 
 
+def jax2onnx_form(**form):
+    """flax's RMSNorm as jax2onnx writes it: x * x, ReduceMean over axis 2, epsilon CastLike x, x / root."""
+    return rmsnorm_graph(opset=18, axes=(2,), square="mul", invert="div-x", epsilon_cast_like=True, **form)
+
+
+def test_jax2onnx_form_is_one_site_with_its_castlike():
+    site = the_site(jax2onnx_form())
+    assert op_types(site) == ["Add", "CastLike", "Div", "Mul", "Mul", "ReduceMean", "Sqrt"]
+    assert site.probes == [Probe("x0")]
+
+
+@pytest.mark.parametrize("opset", [15, 18])
+def test_tf2onnx_global_average_pool_is_one_site(opset):
+    """Keras' LayerNormalization(rms_scaling=True) written out; tf2onnx averages with GlobalAveragePool."""
+    model = rmsnorm_graph(opset=opset, square="mul", invert="reciprocal", mean_op="GlobalAveragePool")
+    assert rules_found(model) == {RULE: 1}
+
+
+@pytest.mark.parametrize("restore", ["unsqueeze", "reshape"])
+def test_mean_square_without_keepdims_put_back_is_one_site(restore):
+    site = the_site(rmsnorm_graph(opset=18, axes=(2,), keepdims=0, restore=restore))
+    assert op_types(site).count(restore.capitalize()) == 1
+
+
 # ---- near misses ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("restore", [[-1, 1, 1], [0, 3, 1]], ids=["reduced-dim-not-last", "a-fixed-dim"])
+def test_mean_square_reshaped_to_another_shape_is_a_near_miss(restore):
+    b = Builder()
+    y = write_rmsnorm(b, "x0", 18, (-1,), 0, "initializer", restore=restore)
+    model = b.model({"x0": ["batch", 3, HIDDEN]}, {y: ["batch", 3, HIDDEN]}, opset=18, check=False)
+    sites, misses = search(model)
+    assert sites == [] and [(m.rule, m.op_type) for m in misses] == [(RULE, "Pow")]
+    assert "trailing axes with its dims kept" in misses[0].reason
+
+
+def test_castlike_epsilon_too_large_is_a_near_miss():
+    sites, misses = search(jax2onnx_form(epsilon=0.5))
+    assert sites == []
+    assert [(m.rule, m.op_type) for m in misses] == [(RULE, "Mul")]
+    assert "no small constant epsilon is added to the mean of squares (0.5)" in misses[0].reason
+
+
 @pytest.mark.parametrize("form, reason", [
-    (dict(axes=(1,)), "the mean square is not taken over the trailing axes with keepdims"),
-    (dict(keepdims=0), "the mean square is not taken over the trailing axes with keepdims"),
+    (dict(axes=(1,)), "the mean square is not taken over the trailing axes with its dims kept"),
+    (dict(keepdims=0), "the mean square is not taken over the trailing axes with its dims kept"),
     (dict(epsilon=0.5), "no small constant epsilon is added to the mean of squares"),
     (dict(invert="none"), "the root mean square is not inverted"),
     (dict(numerator=2.0), "the root mean square is not inverted"),
@@ -262,6 +306,12 @@ def test_rmsnormalization_op_converts_to_spiking_rmsnorm(axis, scale_shape, epsi
     model = rmsnormalization_graph(axis=axis, epsilon=epsilon, scale_shape=scale_shape)
     assert_composite_conversion(model, "rmsnorm", RULE, inputs(scale=0.1 if epsilon > 0.01 else 3.0),
                                 gamma=weights(model)["scale"], axis=axis, epsilon=epsilon)
+
+
+@pytest.mark.parametrize("form", [{}, dict(keepdims=0, restore="unsqueeze")], ids=["keepdims", "unsqueezed"])
+def test_jax2onnx_form_converts(form):
+    model = jax2onnx_form(**form)
+    assert_composite_conversion(model, "rmsnorm", RULE, inputs(), gamma=weights(model)["gamma"], axis=-1, epsilon=1e-6)
 
 
 def test_two_axes_form_converts_on_axis_minus_2():
