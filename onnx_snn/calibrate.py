@@ -159,17 +159,23 @@ def synthesize(model: onnx.ModelProto, *, batches: int = 2, batch_size: int = 4,
     decoding batch (one new token) whose past is the present the model itself returned on the
     prefill (run with external data from `model_dir`), so both phases are calibrated. The attention
     mask covers past + new tokens; position ids count on from the past length; booleans (a merged
-    decoder's use_cache_branch) are false, then true. The past length is the symbolic dim before the last."""
+    decoder's use_cache_branch) are false, then true. The past length is the symbolic dim before the last;
+    a symbolic last dim is the head size of genai_config.json in `model_dir` (onnxruntime-genai's builder)."""
     rng = np.random.default_rng(seed)
     signature = _signature(model)
     past_inputs = {name for name, _, dims in signature if _past_suffix(name, PAST_PREFIXES) is not None
                    and len(dims) >= 3 and not isinstance(dims[-2], int)}
 
+    head_size = genai_head_size(model_dir)
+
     def size(name: str, dims: list, axis: int, past: int, new: int) -> int:
-        """A symbolic dim's size: the batch, a past input's past length, a mask's past + new, else new."""
+        """A symbolic dim's size: the batch, a past input's past length (or head size, if the
+        model's genai_config.json gives it), a mask's past + new, else new."""
         if axis == 0:
             return batch_size
         if name in past_inputs:
+            if axis == len(dims) - 1 and head_size:
+                return head_size
             if axis != len(dims) - 2:
                 raise CalibrationError(f"past input {name!r} declares dim {axis} ({dims[axis]}) symbolic: its size "
                                        "cannot be synthesised; give calibration inputs (--calibration FILE.npz)")
@@ -195,6 +201,21 @@ def synthesize(model: onnx.ModelProto, *, batches: int = 2, batch_size: int = 4,
                 decode[name] = np.concatenate([value, decode[name][..., sequence:]], axis=-1)
         result += [prefill, decode]
     return result
+
+
+def genai_head_size(model_dir: str | None) -> int | None:
+    """The head size onnxruntime-genai's model builder records in genai_config.json beside the model
+    (its past inputs declare that dim symbolic, "kv_cache_dim"), if there is one."""
+    import json
+
+    path = os.path.join(model_dir, "genai_config.json") if model_dir else None
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return int(json.load(f)["model"]["decoder"]["head_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def past_present_pairs(inputs: Iterable[str], outputs: Iterable[str]) -> dict[str, str]:

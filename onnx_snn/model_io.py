@@ -37,6 +37,31 @@ def load(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, s
     return loaded, str(path.resolve().parent)
 
 
+def drop_contradicted_shapes(model: onnx.ModelProto) -> None:
+    """Remove the graph's value_info entries whose shape contradicts the constant they describe (an
+    initializer's or a Constant node's tensor): onnxruntime ignores them, onnx's full check refuses
+    them. onnxruntime-genai's builder declares its [1]-shaped constants as scalars."""
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                shapes[node.output[0]] = list(value.dims)
+
+    def contradicts(info: onnx.ValueInfoProto) -> bool:
+        tensor = info.type.tensor_type
+        if info.name not in shapes or not tensor.HasField("shape"):
+            return False
+        declared, actual = tensor.shape.dim, shapes[info.name]
+        return len(declared) != len(actual) or any(d.HasField("dim_value") and d.dim_value != n
+                                                   for d, n in zip(declared, actual))
+
+    kept = [info for info in model.graph.value_info if not contradicts(info)]
+    if len(kept) < len(model.graph.value_info):
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(kept)
+
+
 def _external(tensor: onnx.TensorProto) -> dict[str, str]:
     return {e.key: e.value for e in tensor.external_data}
 

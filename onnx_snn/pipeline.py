@@ -98,7 +98,9 @@ def convert_with_report(
 def normalise(model: onnx.ModelProto) -> tuple[Graph, dict[str, int], list, list]:
     """Composite ops as the standard ops they compute, so that the rules see their parts: ONNX
     Attention as its own function, onnxruntime's fused ops by the expansion rules (no value changes).
-    (the graph index, the element types, the expansions, the fused ops left with why)."""
+    (the graph index, the element types, the expansions, the fused ops left with why). Declared
+    shapes that contradict a constant (onnxruntime ignores them, the full check refuses them) go."""
+    model_io.drop_contradicted_shapes(model)
     attention.expand(model)
     graph = Graph(model)
     types = element_types(model)

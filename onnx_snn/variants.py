@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -265,41 +263,27 @@ def quantize(source: str | os.PathLike, variant: str, calibration: list[dict], o
     return out
 
 
-def genai_built(folder: Path, precision: str = "fp32") -> Path:
-    """onnxruntime-genai's model builder (`python -m onnxruntime_genai.models.builder`, CPU) run on
-    the tiny Llama (untied embeddings) saved as a Hugging Face folder with a word-level tokenizer (the
-    builder writes one out): its model.onnx (GroupQueryAttention with the KV cache and rotary inside,
-    SkipSimplifiedLayerNormalization; MatMulNBits at precision int4)."""
+def genai_hf_folder(folder: Path) -> Path:
+    """The tiny Llama (untied embeddings) saved as a Hugging Face folder with a word-level tokenizer
+    (onnxruntime-genai's model builder writes one out), for onnx_snn.export.build_with_genai."""
     import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     folder = Path(folder)
-    tiny_transformer("llama", tie_word_embeddings=False).save_pretrained(folder / "hf")
+    tiny_transformer("llama", tie_word_embeddings=False).save_pretrained(folder)
     tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(VOCAB)}, unk_token="t0"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="t0", bos_token="t1",
-                                         eos_token="t2").save_pretrained(folder / "hf")
-    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", "tiny-llama", "-i", folder / "hf",
-                    "-o", folder / precision, "-p", precision, "-e", "cpu", "-c", folder / "cache"], check=True,
-                   capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    return folder / precision / "model.onnx"
-
-
-def without_constants_declared(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The builder's model without its declarations of /model/constants/ values: it declares its
-    [1]-shaped constants as scalars, which onnx's full check (shape inference) refuses."""
-    kept = [v for v in model.graph.value_info if not v.name.startswith("/model/constants/")]
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(kept)
-    return model
+                                         eos_token="t2").save_pretrained(folder)
+    return folder
 
 
 GENAI_KV_HEADS, GENAI_HEAD = 2, HIDDEN // 4
 
 
 def genai_feeds(ids: np.ndarray, mask: np.ndarray, presents: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-    """Inputs of genai_built's model: the past is `presents` (outputs by name of the step before) or
-    empty (a first prompt). Its head dim is declared symbolic, so inputs cannot be synthesised."""
+    """Inputs of the builder's model of genai_hf_folder: the past is `presents` (outputs by name of
+    the step before) or empty (a first prompt)."""
     inputs = {"input_ids": ids, "attention_mask": mask}
     for layer in range(LAYERS):
         for kind in ("key", "value"):

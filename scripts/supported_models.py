@@ -50,7 +50,6 @@ class Row:
     variant: str
     build: Callable[[Path], onnx.ModelProto | Path]  # given a scratch folder
     real: bool = False  # the real MiniLM: fidelity on sentence embeddings
-    inputs: Callable[[ort.InferenceSession, int], list[dict]] | None = None  # batches (seed); None: synthesised
     batch_size: int = 4  # of the synthesised batches
 
 
@@ -112,33 +111,17 @@ def tiny_rows() -> list[Row]:
                 Row(name, "torch legacy, opset 17, merged decoder (If)", "float32",
                     lambda f, k=kind: variants.merged_decoder(onnx.load(legacy(k, f)))),
             ]
-    for precision in ("fp32", "int4"):
-        rows += [Row("Llama", "onnxruntime-genai model builder", precision,
-                     lambda f, p=precision: variants.genai_built(f / f"genai-{p}", p), inputs=genai_batches),
-                 Row("Llama", "onnxruntime-genai model builder", f"{precision}, its scalar declarations of [1] "
-                     "constants removed", lambda f, p=precision: variants.without_constants_declared(
-                         onnx.load(str(variants.genai_built(f / f"genai-{p}", p)))), inputs=genai_batches)]
+    rows += [Row("Llama", "onnxruntime-genai model builder", precision, lambda f, p=precision: genai(f, p))
+             for precision in ("fp32", "int4")]
     return rows
 
 
-def genai_batches(original: ort.InferenceSession, seed: int) -> list[dict]:
-    """The builder declares its past's head dim symbolic, so no inputs are synthesised. Calibration
-    (seed 0): the second chunk of a prompt (past 8; one sequence: the GroupQueryAttention kernel takes
-    a chunk after a past at batch 1 only) and a decoding step (batch 4, past 8); held out (seed 1):
-    a first prompt (past 0) and the decoding step after it."""
-    rng = np.random.default_rng(seed)
-    names = [o.name for o in original.get_outputs()]
+def genai(folder: Path, precision: str) -> Path:
+    """The tiny Llama through onnxruntime-genai's model builder (fp32; int4: MatMulNBits)."""
+    from onnx_snn.export import build_with_genai
 
-    def step(batch: int, new: int, before: dict | None = None) -> dict:
-        past = before["attention_mask"].shape[1] if before else 0
-        presents = dict(zip(names, original.run(None, before))) if before else None
-        return variants.genai_feeds(rng.integers(3, variants.VOCAB, (batch, new)),
-                                    np.ones((batch, past + new), np.int64), presents)
-
-    prompt = step(4, 8)
-    if seed == 0:
-        return [step(1, 8, step(1, 8)), step(4, 1, prompt)]
-    return [prompt, step(4, 1, prompt)]
+    hf = folder / "genai-hf"
+    return build_with_genai(hf if hf.is_dir() else variants.genai_hf_folder(hf), folder / f"genai-{precision}", precision)
 
 
 def minilm_rows() -> list[Row]:
@@ -186,8 +169,6 @@ def original_session(source: onnx.ModelProto | Path) -> ort.InferenceSession:
 def batches(row: Row, source: onnx.ModelProto | Path, seed: int) -> list[dict]:
     """Calibration (seed 0: four batches; a decoder with a KV cache, four prefill and decoding pairs)
     or held-out batches (seed 1: two, or two pairs)."""
-    if row.inputs:
-        return row.inputs(original_session(source), seed)
     model = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source), load_external_data=False)
     folder = None if isinstance(source, onnx.ModelProto) else str(Path(source).parent)
     return cal.synthesize(model, batches=4 if seed == 0 else 2, batch_size=row.batch_size, sequence=16, seed=seed,

@@ -8,11 +8,12 @@ the causal mask, Softmax, x V. The rules after it convert the Softmax and encode
 As the kernel does: a token's position is s in a first prompt (sequence = total length), else
 seqlens_k + 1 - sequence + s; it attends to the keys up to its own position and the row's last
 valid one (seqlens_k); the present K / V hold, per row, the past's valid tokens, the new ones, then
-zeros.
-The present K / V are as long as past + new (a runtime that binds one buffer to past and present,
-onnxruntime-genai's past_present_share_buffer, must not). Near misses: separate key / value inputs, position_ids,
-attention_bias, head_sink, local_window_size, softcap, smooth_softmax, rotary_interleaved, a
-rotary dimension other than the head size, an unknown head size."""
+zeros. They are as long as the past or the total length, whichever is longer, as the kernel's are:
+past + new for a past of past tokens only, the buffer's length for onnxruntime-genai's
+past_present_share_buffer (one buffer of the maximum length bound to past and present).
+Near misses: separate key / value inputs, position_ids, attention_bias, head_sink,
+local_window_size, softcap, smooth_softmax, rotary_interleaved, a rotary dimension other than the
+head size, an unknown head size."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ class GroupQueryAttention:
             if rotary:
                 q, k = (emit("RotaryEmbedding", part, token_positions, node.input[7], node.input[8], domain=MS_DOMAIN)
                         for part in (q, k))
-            keys, values = (_present(emit, past, new, past_length, query, output) for past, new, output in
+            keys, values = (_present(emit, past, new, past_length, query, total, output) for past, new, output in
                             ((past_key, k, outputs[1]), (past_value, v, outputs[2])))
             scores = emit("MatMul", q, emit("Transpose", _grouped(emit, keys, heads, kv_heads, head_size),
                                             perm=[0, 1, 3, 2]))
@@ -104,18 +105,25 @@ def _past_length(emit: Emitter, query: str, seqlens: str, total: str) -> str:
     return emit("Where", first, emit("Mul", past, emit.const([0], np.int64)), past)
 
 
-def _present(emit: Emitter, past: str | None, new: str, past_length: str, query: str, output: str) -> str:
-    """The present K or V [B, KV, P + S, H] as the kernel writes it: per row, the first past_length
-    of the past, then the new tokens, then zeros."""
+def _present(emit: Emitter, past: str | None, new: str, past_length: str, query: str, total: str,
+             output: str) -> str:
+    """The present K or V [B, KV, T, H] as the kernel writes it: per row, the first past_length of
+    the past, then the new tokens, then zeros; T = max(P, total_sequence_length): P + S when the past
+    holds only past tokens, the buffer's length P when it is a buffer of the maximum length
+    (onnxruntime-genai's past_present_share_buffer binds one buffer to past and present)."""
     if not past:
         return emit("Identity", new, output=output) if output else new
     joined = emit("Concat", past, new, axis=2)  # [B, KV, P + S, H]
-    slots = emit("Unsqueeze", positions(emit, joined, 2), emit.ints(0))  # [1, T]
+    present_length = emit("Max", length(emit, past, 2), emit("Reshape", emit("Cast", total, to=TensorProto.INT64),
+                                                                emit.ints(1)))
+    slots = emit("Unsqueeze", emit("Range", emit.const(0, np.int64), emit("Squeeze", present_length, emit.ints(0)),
+                                   emit.const(1, np.int64)), emit.ints(0))  # [1, T]
     before = emit("Unsqueeze", past_length, emit.ints(1))  # [B, 1]
-    last = emit("Sub", emit("Shape", joined, start=2, end=3), emit.const([1], np.int64))
-    from_new = emit("Min", emit("Add", emit("Sub", slots, before), emit("Shape", past, start=2, end=3)), last)
+    last = emit("Sub", length(emit, joined, 2), emit.const([1], np.int64))
+    from_new = emit("Min", emit("Add", emit("Sub", slots, before), length(emit, past, 2)), last)
     index = emit("Where", emit("Less", slots, before), emit("Expand", slots, emit("Shape", from_new)), from_new)
-    index = emit("Expand", emit("Unsqueeze", index, emit.ints(1, 3)), emit("Shape", joined))
+    shape = emit("Concat", emit("Shape", joined, end=2), present_length, emit("Shape", joined, start=3), axis=0)
+    index = emit("Expand", emit("Unsqueeze", index, emit.ints(1, 3)), shape)
     written = emit("Unsqueeze", emit("Less", slots, emit("Add", before, length(emit, query, 1))), emit.ints(1, 3))
     return emit("Where", written, emit("GatherElements", joined, index, axis=2), emit.const(0.0),
                 output=output or None)

@@ -63,6 +63,21 @@ def test_prompt_and_decode_step_compute_what_the_kernel_computes():
             np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=2e-6)
 
 
+def test_a_shared_buffer_of_the_maximum_length_is_written_in_place():
+    """onnxruntime-genai's past_present_share_buffer: the past is a buffer of the maximum length
+    (the prompt's present, then zeros) and the present is as long as it, the step's token at its row's
+    position: as the kernel writes it."""
+    model = gqa_model()
+    expanded, _, _ = expand(model)
+    _, key, value = run(model, prompt())
+    padding = np.zeros((B, KV, 4, H), np.float32)
+    step = decode_step([None, np.concatenate([key, padding], 2), np.concatenate([value, padding], 2)])
+    expected = run(model, step)
+    assert expected[1].shape == (B, KV, S + 4, H)
+    for want, got in zip(expected, run(expanded, step)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
+
+
 @pytest.mark.parametrize("attributes, reason", [
     ({"local_window_size": 2}, "local_window_size=2"), ({"softcap": 30.0}, "softcap=30.0"),
     ({"rotary_interleaved": 1}, "rotary_interleaved=1"), ({"smooth_softmax": 1}, "smooth_softmax=1"),
