@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import time
-import warnings
 
 import numpy as np
 import onnx
@@ -20,34 +19,16 @@ import onnxruntime as ort
 import onnx_snn
 from onnx_snn.pipeline import convert_with_report
 from onnx_snn.rules import attention
+from onnx_snn.variants import dynamo_program, export_dynamo, tiny_module
 from timing import alternating_medians  # benchmarks/timing.py
 
 
 def export_bert(hidden: int, layers: int, opset: int = 23) -> onnx.ModelProto:
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=1000, hidden_size=hidden, num_hidden_layers=layers,
-                                     num_attention_heads=hidden // 32, intermediate_size=4 * hidden,
-                                     max_position_embeddings=512, attn_implementation="sdpa")
-    model = transformers.BertModel(config).eval()
-
-    class Output(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    ids = torch.tensor([[5, 17, 99, 3, 42, 7], [8, 9, 10, 11, 0, 0]])
-    dims = {0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        return torch.onnx.export(Output(), (ids, (ids > 0).long()), dynamo=True, opset_version=opset, verbose=False,
-                                 input_names=["input_ids", "attention_mask"], output_names=["y"],
-                                 dynamic_shapes=(dims, dims)).model_proto
+    """A random-weight BERT of this size with sdpa attention, through torch's dynamo exporter."""
+    module = tiny_module("bert", vocab_size=1000, hidden_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=hidden // 32, intermediate_size=4 * hidden, max_position_embeddings=512,
+                         attn_implementation="sdpa")
+    return export_dynamo(dynamo_program(module), opset)
 
 
 def main() -> None:

@@ -90,19 +90,25 @@ def _signature(model: onnx.ModelProto) -> list[tuple[str, np.dtype, list]]:
 
 
 _RESHAPING = {"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Cast", "Identity"}
+# ops that look ids up in a table: {index of the ids: index of the table}; onnxruntime's optimizer
+# fuses BERT's lookups into EmbedLayerNormalization (input ids, then segment ids)
+_LOOKUPS = {"Gather": {1: 0}, "EmbedLayerNormalization": {0: 2, 1: 4}}
 
 
 def _vocabulary_size(model: onnx.ModelProto, input_name: str) -> int | None:
     """Rows of the embedding table an id input indexes (Gather(table, ids), the ids possibly
-    reshaped on the way, as GPT-2's export does), if any."""
+    reshaped on the way, as GPT-2's export does; a quantized table after its DequantizeLinear), if any."""
     shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    shapes |= {n.output[0]: shapes[n.input[0]] for n in every_node(model.graph)
+               if n.op_type == "DequantizeLinear" and n.input[0] in shapes}
     names, seen = [input_name], set()
     while names:
         name = names.pop()
         seen.add(name)
         for node in every_node(model.graph):  # also in the branches of a merged decoder
-            if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name and node.input[0] in shapes:
-                return int(shapes[node.input[0]][0])
+            for ids, table in _LOOKUPS.get(node.op_type, {}).items():
+                if len(node.input) > max(ids, table) and node.input[ids] == name and node.input[table] in shapes:
+                    return int(shapes[node.input[table]][0])
             if node.op_type in _RESHAPING and node.input and node.input[0] == name and node.output[0] not in seen:
                 names.append(node.output[0])
     return None

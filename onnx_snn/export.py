@@ -113,20 +113,17 @@ def optimize_for_onnxruntime(path: Path, model_type: str, num_heads: int, hidden
     """The model at `path` through onnxruntime's transformers optimizer (its fused com.microsoft ops:
     Attention, SkipLayerNormalization, ...), as deployments run it; written beside it as
     `<name>.ort-optimized-<opt_level>.onnx`. Cached: an existing file is reused."""
-    import warnings
+    import onnx
 
-    from onnxruntime.transformers.optimizer import optimize_model
+    from onnx_snn.variants import ort_optimized
 
     out = path.with_name(f"{path.stem}.ort-optimized-{opt_level}.onnx")
     if out.is_file():
         return out
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        optimized = optimize_model(str(path), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size,
-                                   opt_level=opt_level, only_onnxruntime=False)
+    optimized = ort_optimized(path, model_type, num_heads, hidden_size, opt_level)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        optimized.save_model_to_file(str(tmp))
+        onnx.save(optimized, str(tmp))
         os.replace(tmp, out)
     finally:
         if tmp.exists():

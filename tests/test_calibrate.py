@@ -151,3 +151,21 @@ def test_the_check_compares_the_original_and_the_spiking_model_on_the_first_batc
     expected = compare_outputs(["y"], original.run(["y"], batches[0]), onnx_snn.session(spiking).run(["y"], batches[0]))
     assert report.check["y"] == pytest.approx(expected["y"], rel=1e-6)
     assert 0.9 < report.check["y"]["cosine"] < 1  # spiking: close, not equal
+
+
+@pytest.mark.parametrize("quantized", [False, True], ids=["float-table", "int8-table"])
+def test_synthesised_ids_are_below_the_embedding_tables_rows(quantized):
+    """The table a Gather looks ids up in, also a quantized one behind its DequantizeLinear (QDQ)."""
+    from onnx_snn.calibrate import synthesize
+
+    rows = 50
+    table = np.random.default_rng(0).normal(size=(rows, 4))
+    weights = [numpy_helper.from_array(table.astype(np.int8 if quantized else np.float32), "table")]
+    nodes = [oh.make_node("Gather", ["dequantized" if quantized else "table", "input_ids"], ["y"])]
+    if quantized:
+        weights.append(numpy_helper.from_array(np.array(0.1, np.float32), "scale"))
+        nodes.insert(0, oh.make_node("DequantizeLinear", ["table", "scale"], ["dequantized"]))
+    graph = oh.make_graph(nodes, "lookup", [oh.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "s"])],
+                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", 4])], weights)
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    assert all(batch["input_ids"].max() < rows for batch in synthesize(model))

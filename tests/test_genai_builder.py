@@ -19,9 +19,11 @@ from onnx_snn.precision import element_types
 from onnx_snn.rewrite import expand_fused
 from onnx_snn.rules import FUSED_RULES
 from onnx_snn.runtime import session
+from onnx_snn.variants import GENAI_HEAD as HEAD
+from onnx_snn.variants import GENAI_KV_HEADS as KV_HEADS
+from onnx_snn.variants import LAYERS, genai_feeds, genai_hf_folder
 
 pytest.importorskip("onnxruntime_genai")
-LAYERS, KV_HEADS, HEAD = 2, 2, 16
 B, S = 2, 6
 
 
@@ -29,24 +31,8 @@ B, S = 2, 6
 def hf_folder(tmp_path_factory):
     """A random-weight Llama saved as a Hugging Face folder (with a word-level tokenizer: the builder
     writes one out)."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    folder = tmp_path_factory.mktemp("genai") / "hf"
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS,
-                                      num_attention_heads=4, num_key_value_heads=KV_HEADS, max_position_embeddings=128,
-                                      rms_norm_eps=1e-5)
-    model = transformers.LlamaForCausalLM(config)
-    for name, p in model.named_parameters():  # weights large enough for activations to span the neurons
-        torch.nn.init.uniform_(p, 0.5, 1.5) if name.endswith("norm.weight") else torch.nn.init.normal_(p, std=0.15)
-    model.save_pretrained(folder)
-    tokenizer = Tokenizer(models.WordLevel({f"t{i}": i for i in range(256)}, unk_token="t0"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="t0", bos_token="t1",
-                                         eos_token="t2").save_pretrained(folder)
-    return folder
+    pytest.importorskip("transformers")
+    return genai_hf_folder(tmp_path_factory.mktemp("genai") / "hf")
 
 
 def build(hf_folder, precision: str):
@@ -62,23 +48,14 @@ def built(hf_folder):
     return build(hf_folder, "fp32")
 
 
-def feeds(ids: np.ndarray, mask: np.ndarray, presents: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-    inputs = {"input_ids": ids, "attention_mask": mask}
-    for layer in range(LAYERS):
-        for kind in ("key", "value"):
-            inputs[f"past_key_values.{layer}.{kind}"] = (presents[f"present.{layer}.{kind}"] if presents else
-                                                         np.zeros((len(ids), KV_HEADS, 0, HEAD), np.float32))
-    return inputs
-
-
 def prompt_and_step(run) -> list[tuple[dict, dict]]:
     """(inputs, outputs by name) of a right-padded prompt and the decode step after it."""
     rng = np.random.default_rng(0)
     mask = np.ones((B, S), np.int64)
     mask[1, 4:] = 0
-    first = feeds(rng.integers(3, 256, (B, S)), mask, None)
+    first = genai_feeds(rng.integers(3, 256, (B, S)), mask, None)
     outputs = run(first)
-    step = feeds(rng.integers(3, 256, (B, 1)), np.concatenate([mask, np.ones((B, 1), np.int64)], 1), outputs)
+    step = genai_feeds(rng.integers(3, 256, (B, 1)), np.concatenate([mask, np.ones((B, 1), np.int64)], 1), outputs)
     return [(first, outputs), (step, run(step))]
 
 
@@ -114,8 +91,8 @@ def test_converts_and_runs_with_the_kv_cache(hf_folder, precision):
     rng = np.random.default_rng(5)
     calibration = []
     for _ in range(2):
-        first = feeds(rng.integers(3, 256, (4, 8)), np.ones((4, 8), np.int64), None)
-        step = feeds(rng.integers(3, 256, (4, 1)), np.ones((4, 9), np.int64), original(first))
+        first = genai_feeds(rng.integers(3, 256, (4, 8)), np.ones((4, 8), np.int64), None)
+        step = genai_feeds(rng.integers(3, 256, (4, 1)), np.ones((4, 9), np.int64), original(first))
         calibration += [first, step]
     # the path, not a loaded model: the builder's [1]-shaped constants declared as scalars are the
     # converter's to drop (onnx's full check refuses them)

@@ -19,46 +19,19 @@ from onnx_snn import calibrate as cal
 from onnx_snn import lm_eval, model_io
 from onnx_snn.pipeline import convert_with_report
 from onnx_snn.runtime import session
+from onnx_snn.variants import LAYERS, VOCAB, tiny_causal_lm
 
 POSITIONS_ONLY = "computes on constants, shapes or positions only"
-VOCAB = 256
-LAYERS = 2
-
-
-def tiny_decoder(kind: str):
-    """A random-weight Llama (grouped-query attention, rotary, tied embeddings) or GPT-2, weights
-    large enough for activations to span the neurons."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    if kind == "llama":
-        config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
-                                          num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
-                                          max_position_embeddings=128, tie_word_embeddings=True, rms_norm_eps=1e-5,
-                                          attn_implementation="eager")
-        model = transformers.LlamaForCausalLM(config)
-    else:
-        config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=LAYERS, n_head=4, n_positions=128,
-                                         bos_token_id=0, eos_token_id=0, attn_implementation="eager")
-        model = transformers.GPT2LMHeadModel(config)
-    for name, p in model.named_parameters():
-        if name.endswith("norm.weight") or (".ln_" in name and name.endswith("weight")):
-            torch.nn.init.uniform_(p, 0.5, 1.5)
-        else:
-            torch.nn.init.normal_(p, std=0.15)
-    return model.eval()
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def decoder(request, tmp_path_factory):
     """(path of the export with past, the spiking model converted with synthesised calibration, its report)."""
-    torch = pytest.importorskip("torch")
-    from onnx_snn.export import export_causal_lm
-
-    ids = torch.tensor([[5, 17, 99, 3, 42, 7], [8, 9, 10, 11, 0, 0]])
-    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
-    path = export_causal_lm(tiny_decoder(request.param), tmp_path_factory.mktemp(request.param) / "decoder.onnx",
-                            ids, mask, with_past=True)
+    pytest.importorskip("transformers")
+    # GPT-2 with 128 positions (calibration decodes past 64 tokens) and Llama's spread of weights
+    options = {} if request.param == "llama" else {"n_positions": 128, "spread_weights": True}
+    path = tiny_causal_lm(request.param, tmp_path_factory.mktemp(request.param) / "decoder.onnx", with_past=True,
+                          **options)
     spiking, report = convert_with_report(path, timesteps=16)
     return path, spiking, report
 

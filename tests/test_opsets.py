@@ -9,8 +9,6 @@ advice given for a model outside them.
 
 Each model is traced once (torch.export) and translated at each opset from the traced program."""
 
-import warnings
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -19,67 +17,25 @@ from onnx import helper as oh
 
 from onnx_snn.pipeline import ConversionError, convert_with_report, downgrade_advice
 from onnx_snn.runtime import newest_opset, session
+from onnx_snn.variants import LAYERS, VOCAB, dynamo_program, export_dynamo, tiny_module
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
 
 OPSETS = (18, 20, 22, 23, 24)
-VOCAB, LAYERS, HIDDEN = 256, 2, 64
-NAMES = ["input_ids", "attention_mask"]
-
-
-def random_model(kind: str) -> "torch.nn.Module":
-    """BERT's last hidden state or Llama's logits, as tests/test_precision.py builds them, with sdpa."""
-    torch.manual_seed(0)
-    if kind == "bert":
-        config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-                                         num_attention_heads=4, intermediate_size=128, max_position_embeddings=64,
-                                         attn_implementation="sdpa")
-        model = transformers.BertModel(config)
-    else:  # SmolLM2's shape in miniature (grouped-query attention, tied embeddings)
-        config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=128,
-                                          num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
-                                          max_position_embeddings=128, tie_word_embeddings=True,
-                                          attn_implementation="sdpa")
-        model = transformers.LlamaForCausalLM(config)
-        for name, p in model.named_parameters():  # weights large enough for activations to span the neurons
-            if name.endswith("norm.weight"):
-                torch.nn.init.uniform_(p, 0.5, 1.5)
-            else:
-                torch.nn.init.normal_(p, std=0.15)
-    model.eval()
-
-    class Output(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask):
-            if kind == "bert":
-                return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-
-    return Output()
 
 
 @pytest.fixture(scope="module")
 def exports():
-    """(kind, opset) -> the exported model, made on first use; one trace per model."""
+    """(kind, opset) -> the exported model (tests/test_precision.py's models, with sdpa), made on first
+    use; one trace per model."""
     programs, models = {}, {}
 
     def get(kind: str, opset: int) -> onnx.ModelProto:
         if kind not in programs:
-            ids = torch.tensor([[5, 17, 99, 3, 42, 7], [8, 9, 10, 11, 0, 0]])
-            dims = {0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO}
-            with torch.no_grad():
-                programs[kind] = torch.export.export(random_model(kind), (ids, (ids > 0).long()),
-                                                     dynamic_shapes=(dims, dims))
+            programs[kind] = dynamo_program(tiny_module(kind, attn_implementation="sdpa"))
         if (kind, opset) not in models:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                program = torch.onnx.export(programs[kind], dynamo=True, opset_version=opset, input_names=NAMES,
-                                            output_names=["y"], verbose=False)
-            models[kind, opset] = program.model_proto
+            models[kind, opset] = export_dynamo(programs[kind], opset)
         return models[kind, opset]
 
     return get

@@ -11,20 +11,20 @@ at opt_level 1 and 2; the real MiniLM is marked slow."""
 from __future__ import annotations
 
 import collections
-import io
-import warnings
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
+from onnx_snn.calibrate import synthesize
 from onnx_snn.pipeline import convert_with_report
 from onnx_snn.report import POSITION_ONLY
 from onnx_snn.runtime import session
-from test_precision import CALIBRATION, HELD_OUT, HIDDEN, tiny
+from onnx_snn.variants import HIDDEN, VOCAB, ort_optimized, tiny
+from test_precision import CALIBRATION, HELD_OUT
 
-optimizer = pytest.importorskip("onnxruntime.transformers.optimizer")
+pytest.importorskip("onnxruntime.transformers.optimizer")
 
 # the fused ops the optimizer writes for each model (at both levels unless said), by (domain, op)
 MS = "com.microsoft"
@@ -39,17 +39,6 @@ FUSED[("bert", 2)], FUSED[("gpt2", 2)] = FUSED[("bert", 1)], FUSED[("gpt2", 1)]
 COSINE_BAR = 0.999  # the issue's, against the optimised original at T=16
 
 
-def optimised(path, kind: str, level: int) -> onnx.ModelProto:
-    """The model at `path` through the transformers optimizer (given a path: it alters a ModelProto)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = optimizer.optimize_model(str(path), model_type="bert" if kind == "bert" else "gpt2", num_heads=4,
-                                          hidden_size=HIDDEN, opt_level=level, only_onnxruntime=False)
-    buffer = io.BytesIO()
-    onnx.save(result.model, buffer)
-    return onnx.load_from_string(buffer.getvalue())
-
-
 @pytest.fixture(scope="module", params=["bert", "gpt2", "llama"])
 def exported(request, tmp_path_factory):
     path = tmp_path_factory.mktemp("ort_optimized") / f"{request.param}.onnx"
@@ -60,7 +49,8 @@ def exported(request, tmp_path_factory):
 @pytest.fixture(scope="module", params=[1, 2], ids=["opt_level1", "opt_level2"])
 def converted(request, exported):
     kind, path = exported
-    fused = optimised(path, kind, request.param)
+    fused = ort_optimized(path, "bert" if kind == "bert" else "gpt2", num_heads=4, hidden_size=HIDDEN,
+                          opt_level=request.param)
     spiking, report = convert_with_report(fused, timesteps=16, calibration=CALIBRATION)
     return kind, request.param, fused, spiking, report
 
@@ -79,6 +69,13 @@ def test_converts_fully(converted):
     left = {n.op_type for n in spiking.graph.node if n.domain == MS}
     assert left == set(), f"fused ops left: {left}"
     assert report.replaced_by_kind["fused"] == sum(n for (domain, op), n in FUSED[kind, level].items() if domain == MS)
+
+
+def test_synthesised_ids_are_below_the_vocabulary(converted):
+    """Without calibration data the ids are drawn below the embedding table's rows, whether the
+    lookup is a Gather or onnxruntime's EmbedLayerNormalization."""
+    _, _, fused, _, _ = converted
+    assert all(batch["input_ids"].max() < VOCAB for batch in synthesize(fused))
 
 
 def test_weights_are_byte_identical(converted):

@@ -6,9 +6,6 @@ CI builds random-weight BERT, GPT-2 and Llama models in-process; the real MiniLM
 
 from __future__ import annotations
 
-import io
-import warnings
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -24,108 +21,14 @@ from onnx_snn.precision import SIXTEEN_BIT, element_types
 from onnx_snn.rewrite import build_sites, find_sites
 from onnx_snn.rules import rule_set
 from onnx_snn.runtime import session
+from onnx_snn.variants import HIDDEN, LAYERS, VOCAB, export_legacy, tiny, to_bfloat16, to_float16
 
-float16 = pytest.importorskip("onnxconverter_common.float16")
+pytest.importorskip("onnxconverter_common.float16")
 
 POSITIONS_ONLY = "computes on constants, shapes or positions only"
-VOCAB, LAYERS, HIDDEN = 256, 2, 64
 
 
-# ---------------------------------------------------------------------------- building the models
-
-def export(module, names: list[str], args) -> onnx.ModelProto:
-    """torch's legacy exporter at opset 17, as the real models are exported; output "y"."""
-    import torch
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), tuple(args), buffer, dynamo=False, opset_version=17, input_names=names,
-                          output_names=["y"], dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "y"]})
-    return onnx.load_from_string(buffer.getvalue())
-
-
-def tiny(kind: str) -> onnx.ModelProto:
-    """A random-weight transformers model, hidden 64, 2 layers: BERT's last hidden state, or GPT-2's
-    and Llama's logits."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    if kind == "bert":
-        config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-                                         num_attention_heads=4, intermediate_size=128, max_position_embeddings=64,
-                                         attn_implementation="eager")
-        model = transformers.BertModel(config)
-    elif kind == "gpt2":
-        config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=64,
-                                         bos_token_id=0, eos_token_id=0, attn_implementation="eager")
-        model = transformers.GPT2LMHeadModel(config)
-    else:  # SmolLM2's shape in miniature, as tests/test_smollm2.py builds it
-        config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=128,
-                                          num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
-                                          max_position_embeddings=128, tie_word_embeddings=True,
-                                          attn_implementation="eager")
-        model = transformers.LlamaForCausalLM(config)
-        for name, p in model.named_parameters():  # weights large enough for activations to span the neurons
-            if name.endswith("norm.weight"):
-                torch.nn.init.uniform_(p, 0.5, 1.5)
-            else:
-                torch.nn.init.normal_(p, std=0.15)
-    model.eval()
-
-    class Output(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids, attention_mask):
-            if kind == "bert":
-                return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-
-    ids = torch.tensor([[5, 17, 99, 3, 42, 7], [8, 9, 10, 11, 0, 0]])
-    return export(Output(), ["input_ids", "attention_mask"], [ids, (ids > 0).long()])
-
-
-def to_float16(model: onnx.ModelProto, keep_io_types: bool, block_float32_casts: bool = False) -> onnx.ModelProto:
-    """The model as users convert it, with onnxconverter-common. block_float32_casts: leave the exporter's
-    Casts to float32 in float32 (GPT-2's position embeddings, Llama's RMSNorm): without that the
-    converter writes their outputs as float16 and keeps them Casts to float32, a model onnxruntime
-    refuses (test_a_broken_float16_conversion_is_one_line)."""
-    blocked = [n.name for n in model.graph.node if n.op_type == "Cast"
-               and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in n.attribute)] if block_float32_casts else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # it warns about each constant it clips (the mask's float32 lowest)
-        return float16.convert_float_to_float16(model, keep_io_types=keep_io_types, node_block_list=blocked)
-
-
-def to_bfloat16(model16: onnx.ModelProto) -> onnx.ModelProto:
-    """An all-16-bit float16 model in bfloat16 (onnxconverter-common writes no bfloat16): every float16
-    weight, constant, Cast and declared value becomes bfloat16."""
-    import ml_dtypes
-    from onnx import numpy_helper
-
-    model = onnx.ModelProto()
-    model.CopyFrom(model16)
-
-    def retype(tensor: onnx.TensorProto) -> None:
-        if tensor.data_type == onnx.TensorProto.FLOAT16:
-            values = numpy_helper.to_array(tensor).astype(np.float32).astype(ml_dtypes.bfloat16)
-            tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
-
-    for tensor in model.graph.initializer:
-        retype(tensor)
-    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
-        if value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16:
-            value.type.tensor_type.elem_type = onnx.TensorProto.BFLOAT16
-    for node in model.graph.node:
-        for attribute in node.attribute:
-            if attribute.name == "to" and attribute.i == onnx.TensorProto.FLOAT16:
-                attribute.i = onnx.TensorProto.BFLOAT16
-            elif attribute.type == onnx.AttributeProto.TENSOR:
-                retype(attribute.t)
-    return model
-
+# ---------------------------------------------------------------------------- the models
 
 def tokens(seed: int, batch: int = 4, length: int = 16) -> dict[str, np.ndarray]:
     ids = np.random.default_rng(seed).integers(1, VOCAB, size=(batch, length), dtype=np.int64)
@@ -225,7 +128,7 @@ def test_float16_inputs_are_synthesised():
     torch.manual_seed(0)
     block = torch.nn.Sequential(torch.nn.Linear(16, HIDDEN), torch.nn.GELU(), torch.nn.LayerNorm(HIDDEN),
                                 torch.nn.Linear(HIDDEN, 8), torch.nn.Softmax(-1))
-    model32 = export(block, ["x"], [torch.randn(2, 5, 16)])
+    model32 = export_legacy(block, ["x"], [torch.randn(2, 5, 16)])
     model = to_float16(model32, keep_io_types=False)
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     from onnx_snn.calibrate import synthesize

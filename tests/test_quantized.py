@@ -19,36 +19,11 @@ import pytest
 from onnx_snn.demo import minilm_fidelity
 from onnx_snn.pipeline import convert_with_report
 from onnx_snn.runtime import session
+from onnx_snn.variants import QUANTIZATIONS, quantize, tiny, tiny_causal_lm
 
 POSITIONS_ONLY = "computes on constants, shapes or positions only"
 LAYERS, HIDDEN, HEADS, INTERMEDIATE, VOCAB = 2, 64, 2, 128, 128
 BATCH, LENGTH = 2, 16  # of each calibration batch (MACs are counted on the first)
-VARIANTS = ("dynamic-qint8", "dynamic-quint8", "qdq", "qoperator", "matmulnbits")
-
-
-def quantize(source, variant: str, calibration: list[dict], out) -> str:
-    """The model at path `source` quantized as `variant` by onnxruntime's tools, written to `out`."""
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    source, out = str(source), str(out)
-    if variant.startswith("dynamic"):
-        quantize_dynamic(source, out, weight_type=QuantType.QInt8 if variant == "dynamic-qint8" else QuantType.QUInt8)
-    elif variant in ("qdq", "qoperator"):
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self.batches = iter(calibration)
-
-            def get_next(self):
-                return next(self.batches, None)
-
-        quantize_static(source, out, Reader(), quant_format=QuantFormat.QDQ if variant == "qdq" else QuantFormat.QOperator)
-    else:
-        quantizer = MatMulNBitsQuantizer(onnx.load(source), block_size=32, is_symmetric=True)
-        quantizer.process()
-        onnx.save(quantizer.model.model, out)
-    return out
 
 
 def every_token(vocabulary: int, batches: int) -> list[dict]:
@@ -99,30 +74,9 @@ def bert_macs(tokens: int, batch: int, length: int) -> int:
 
 
 def export_bert(path, opset: int) -> str:
-    """A random-weight BERT (transformers BertModel: LayerNorm, Erf GELU, Softmax) exported by
-    torch's legacy exporter: LayerNormalization from opset 17, written out before."""
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-                                     num_attention_heads=HEADS, intermediate_size=INTERMEDIATE,
-                                     max_position_embeddings=64, attn_implementation="eager")
-    model = transformers.BertModel(config, add_pooling_layer=False).eval()
-
-    class LastHiddenState(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.bert = model
-
-        def forward(self, input_ids, attention_mask):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    names = ["input_ids", "attention_mask"]
-    ids = torch.randint(0, VOCAB, (2, 8))
-    torch.onnx.export(LastHiddenState().eval(), (ids, torch.ones_like(ids)), str(path), dynamo=False,
-                      opset_version=opset, input_names=names, output_names=["y"],
-                      dynamic_axes={n: {0: "b", 1: "s"} for n in names + ["y"]})
+    """The tiny BERT (LayerNorm, Erf GELU, Softmax; 2 heads, no pooler) exported by torch's legacy
+    exporter: LayerNormalization from opset 17, written out before."""
+    onnx.save(tiny("bert", opset, vocab_size=VOCAB, num_attention_heads=HEADS, add_pooling_layer=False), str(path))
     return str(path)
 
 
@@ -138,7 +92,7 @@ def bert(tmp_path_factory):
     return path, calibration, float_spiking
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", QUANTIZATIONS)
 def test_quantized_bert_converts(bert, variant, tmp_path):
     float_path, calibration, float_spiking = bert
     path = quantize(float_path, variant, calibration, tmp_path / f"bert.{variant}.onnx")
@@ -220,24 +174,9 @@ def test_no_weight_of_a_qdq_model_is_spike_encoded(bert, tmp_path):
 def llama(tmp_path_factory):
     """A random-weight Llama (RMSNorm and SiLU written out, rotary embeddings), exported as
     test_smollm2 exports it; (path, calibration, float conversion)."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from onnx_snn.export import export_causal_lm
-
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=256, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-                                      num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=128, tie_word_embeddings=True,
-                                      attn_implementation="eager")
-    model = transformers.LlamaForCausalLM(config)
-    for name, p in model.named_parameters():
-        if name.endswith("norm.weight"):
-            torch.nn.init.uniform_(p, 0.5, 1.5)
-        else:
-            torch.nn.init.normal_(p, std=0.15)
-    ids = torch.tensor([[5, 17, 99, 3, 42, 7], [8, 9, 10, 11, 0, 0]])
+    pytest.importorskip("transformers")
     folder = tmp_path_factory.mktemp("llama")
-    exported = export_causal_lm(model.eval(), folder / "external" / "llama.onnx", ids, torch.ones_like(ids))
+    exported = tiny_causal_lm("llama", folder / "external" / "llama.onnx")
     path = folder / "llama.onnx"
     onnx.save(onnx.load(str(exported)), str(path))  # one file: the quantizers write one
     calibration = every_token(256, 8)
@@ -279,17 +218,9 @@ def test_quantized_llama_converts(llama, variant, tmp_path):
 def gpt2(tmp_path_factory):
     """A random-weight GPT-2 (Gemm layers, GPT-2's tanh GELU written out, LayerNormalization),
     exported like the Llama; (path, calibration, float conversion, its MACs)."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from onnx_snn.export import export_causal_lm
-
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=256, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=64,
-                                     attn_implementation="eager")
-    ids = torch.tensor([[5, 17, 99, 3, 42, 7], [8, 9, 10, 11, 0, 0]])
+    pytest.importorskip("transformers")
     folder = tmp_path_factory.mktemp("gpt2")
-    model = transformers.GPT2LMHeadModel(config).eval()
-    exported = export_causal_lm(model, folder / "external" / "gpt2.onnx", ids, torch.ones_like(ids))
+    exported = tiny_causal_lm("gpt2", folder / "external" / "gpt2.onnx", n_head=HEADS)
     path = folder / "gpt2.onnx"
     onnx.save(onnx.load(str(exported)), str(path))
     calibration = every_token(256, 4)  # length 32: GPT-2 has 64 positions

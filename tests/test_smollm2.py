@@ -15,6 +15,7 @@ import pytest
 from onnx_snn import lm_eval
 from onnx_snn.pipeline import convert_with_report
 from onnx_snn.runtime import session
+from onnx_snn.variants import LAYERS, VOCAB, tiny_causal_lm
 
 POSITIONS_ONLY = "computes on constants, shapes or positions only"
 
@@ -34,33 +35,15 @@ def assert_llama_conversion(report, layers: int) -> None:
 
 # ---------------------------------------------------------------------------- the fast slice (CI)
 
-TINY_LAYERS = 2
-TINY_VOCAB = 256
+TINY_LAYERS, TINY_VOCAB = LAYERS, VOCAB
 
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
     """A random-weight Llama (SmolLM2's shape in miniature: grouped-query attention, tied
     embeddings) exported as export_smollm2 exports SmolLM2."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from onnx_snn.export import export_causal_lm
-
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128,
-                                      num_hidden_layers=TINY_LAYERS, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=128, tie_word_embeddings=True, rms_norm_eps=1e-5,
-                                      attn_implementation="eager")
-    model = transformers.LlamaForCausalLM(config)
-    for name, p in model.named_parameters():  # weights large enough for activations to span the neurons
-        if name.endswith("norm.weight"):
-            torch.nn.init.uniform_(p, 0.5, 1.5)
-        else:
-            torch.nn.init.normal_(p, std=0.15)
-    model = model.eval()
-    ids = torch.tensor([[5, 17, 99, 3, 42, 7], [8, 9, 10, 11, 0, 0]])
-    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
-    return export_causal_lm(model, tmp_path_factory.mktemp("tiny_llama") / "tiny-llama.onnx", ids, mask)
+    pytest.importorskip("transformers")
+    return tiny_causal_lm("llama", tmp_path_factory.mktemp("tiny_llama") / "tiny-llama.onnx")
 
 
 def tokens(seed: int, batch: int, length: int) -> dict[str, np.ndarray]:

@@ -2,9 +2,10 @@
 calibrated through (each probe's extremes carried out of its body) and counted in the report; the
 graph index counts a body's reads of outer values as uses, so no rule removes a value a body reads.
 
-The merged decoder is built here as optimum's merge_decoders builds one (optimum itself is not
-installed: it downgrades transformers): one If on a bool input whose two branches each hold the
-whole model, values renamed per branch, the weights shared as initializers of the outer graph."""
+The merged decoder is built as optimum's merge_decoders builds one (onnx_snn.variants.merged_decoder:
+optimum itself is not installed, it downgrades transformers): one If on a bool input whose two
+branches each hold the whole model, values renamed per branch, the weights shared as initializers of
+the outer graph."""
 
 import numpy as np
 import onnx
@@ -19,39 +20,11 @@ from onnx_snn.calibrate import Probe, calibrate
 from onnx_snn.graph import every_node
 from onnx_snn.pipeline import convert_with_report
 from onnx_snn.report import NONLINEAR_OPS as NONLINEAR_BY_DOMAIN
+from onnx_snn.variants import merged_decoder, tiny_causal_lm
 from test_smollm2 import POSITIONS_ONLY, TINY_LAYERS, TINY_VOCAB, tiny_llama  # noqa: F401 (a fixture)
 
 SPIKING_OPS = {"MBENeuron", "SpikingSoftmax", "SpikingRMSNorm", "SpikingLayerNorm", "SpikingProduct"}
 NONLINEAR_OPS = NONLINEAR_BY_DOMAIN[""]
-
-
-def merged_decoder(plain: onnx.ModelProto) -> onnx.ModelProto:
-    """If(use_cache_branch) with the plain model's graph in both branches, renamed apart."""
-    g = plain.graph
-    shared = {v.name for v in g.input} | {t.name for t in g.initializer}
-
-    def branch(prefix: str) -> onnx.GraphProto:
-        def rename(name: str) -> str:
-            return name if not name or name in shared else f"{prefix}/{name}"
-
-        nodes = []
-        for node in g.node:
-            copy = onnx.NodeProto()
-            copy.CopyFrom(node)
-            copy.name = f"{prefix}/{node.name}"
-            copy.input[:] = [rename(n) for n in node.input]
-            copy.output[:] = [rename(n) for n in node.output]
-            nodes.append(copy)
-        outputs = [oh.make_tensor_value_info(rename(o.name), o.type.tensor_type.elem_type, None) for o in g.output]
-        return oh.make_graph(nodes, prefix, [], outputs)
-
-    node = oh.make_node("If", ["use_cache_branch"], [o.name for o in g.output], name="optimum::if",
-                        then_branch=branch("with_past"), else_branch=branch("without_past"))
-    cond = oh.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1])
-    graph = oh.make_graph([node], "merged", [*g.input, cond], list(g.output), list(g.initializer))
-    model = oh.make_model(graph, opset_imports=list(plain.opset_import))
-    model.ir_version = plain.ir_version
-    return model
 
 
 def calibration(branches=(False, True)) -> list[dict[str, np.ndarray]]:
@@ -118,15 +91,8 @@ def test_merged_decoder_runs_either_branch_as_close_as_the_plain_conversion(deco
 
 def test_a_merged_gpt2_decoder_converts_both_branches(tmp_path):
     """GPT-2's forms (LayerNormalization, its tanh GELU, Gemm-free MatMul + Add) in both branches."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from onnx_snn.export import export_causal_lm
-
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=TINY_VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64,
-                                     attn_implementation="eager")
-    ids = torch.tensor([[5, 17, 99, 3]])
-    path = export_causal_lm(transformers.GPT2LMHeadModel(config).eval(), tmp_path / "gpt2.onnx", ids, torch.ones_like(ids))
+    pytest.importorskip("transformers")
+    path = tiny_causal_lm("gpt2", tmp_path / "gpt2.onnx")
     plain = onnx.load(str(path))
     batches = calibration()
     _, plain_report = convert_with_report(plain, calibration=[{k: v for k, v in b.items() if k != "use_cache_branch"}

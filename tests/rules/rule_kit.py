@@ -7,7 +7,6 @@ find_sites over the whole rule set, and count that rule's sites and near misses.
 
 from __future__ import annotations
 
-import io
 import math
 import warnings
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from onnx_snn.ops.common import IR_VERSION
 from onnx_snn.rewrite import find_sites
 from onnx_snn.rules import rule_set
 from onnx_snn.rules.base import NearMiss, Site
+from onnx_snn.variants import export_legacy
 
 TIMESTEPS = 16
 
@@ -58,19 +58,15 @@ def export(module, *args, opset: int = 14, dynamo: bool = False) -> onnx.ModelPr
     import torch
 
     names = [f"x{i}" for i in range(len(args))]
+    if not dynamo:
+        return export_legacy(module, names, args, opset, dynamic=("batch",))
     module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if dynamo:
-            batch = torch.export.Dim("batch")
-            program = torch.onnx.export(module, tuple(args), input_names=names, output_names=["y"], dynamo=True,
-                                        opset_version=opset, verbose=False,
-                                        dynamic_shapes=tuple({0: batch} for _ in args))
-            return program.model_proto
-        buffer = io.BytesIO()
-        torch.onnx.export(module, tuple(args), buffer, input_names=names, output_names=["y"], dynamo=False,
-                          opset_version=opset, dynamic_axes={name: {0: "batch"} for name in names + ["y"]})
-    return onnx.load_from_string(buffer.getvalue())
+        batch = torch.export.Dim("batch")
+        program = torch.onnx.export(module, tuple(args), input_names=names, output_names=["y"], dynamo=True,
+                                    opset_version=opset, verbose=False, dynamic_shapes=tuple({0: batch} for _ in args))
+        return program.model_proto
 
 
 def const(name: str, value, dtype=np.float32) -> onnx.NodeProto:
