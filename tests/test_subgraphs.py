@@ -144,11 +144,13 @@ def model_of(nodes, inputs, outputs) -> onnx.ModelProto:
     return model
 
 
-def loop_model() -> onnx.ModelProto:
-    """h <- GELU(h W), TRIPS times (the trip count an input)."""
+def loop_model(grows: bool = False) -> onnx.ModelProto:
+    """h <- GELU(h W), TRIPS times (the trip count an input); with `grows`, h <- Concat(h, GELU(h W)):
+    h doubles its rows each iteration."""
+    step = ([*gelu_erf_nodes("z", "g", "gelu"), oh.make_node("Concat", ["h_in", "g"], ["h_out"], axis=0)] if grows
+            else gelu_erf_nodes("z", "h_out", "gelu"))
     body = oh.make_graph(
-        [oh.make_node("Identity", ["cond_in"], ["cond_out"]), oh.make_node("MatMul", ["h_in", "w"], ["z"]),
-         *gelu_erf_nodes("z", "h_out", "gelu")],
+        [oh.make_node("Identity", ["cond_in"], ["cond_out"]), oh.make_node("MatMul", ["h_in", "w"], ["z"]), *step],
         "loop_body",
         [oh.make_tensor_value_info("i", TensorProto.INT64, []), oh.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
          oh.make_tensor_value_info("h_in", TensorProto.FLOAT, None)],
@@ -156,7 +158,7 @@ def loop_model() -> onnx.ModelProto:
     loop = oh.make_node("Loop", ["trips", "", "x"], ["y"], body=body, name="loop")
     return model_of([loop], [oh.make_tensor_value_info("trips", TensorProto.INT64, []),
                              oh.make_tensor_value_info("x", TensorProto.FLOAT, [ROWS, WIDTH])],
-                    [oh.make_tensor_value_info("y", TensorProto.FLOAT, [ROWS, WIDTH])])
+                    [oh.make_tensor_value_info("y", TensorProto.FLOAT, [None if grows else ROWS, WIDTH])])
 
 
 def scan_model(**axes) -> onnx.ModelProto:
@@ -263,17 +265,7 @@ def gelu_neuron_error() -> float:
 
 def test_a_loop_whose_shapes_grow_counts_each_iteration_at_its_shape():
     """h <- Concat(h, GELU(h W)): h doubles its rows each iteration, and so do the MatMul's MACs."""
-    body = oh.make_graph(
-        [oh.make_node("Identity", ["cond_in"], ["cond_out"]), oh.make_node("MatMul", ["h_in", "w"], ["z"]),
-         *gelu_erf_nodes("z", "g", "gelu"), oh.make_node("Concat", ["h_in", "g"], ["h_out"], axis=0)],
-        "loop_body",
-        [oh.make_tensor_value_info("i", TensorProto.INT64, []), oh.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         oh.make_tensor_value_info("h_in", TensorProto.FLOAT, None)],
-        [oh.make_tensor_value_info("cond_out", TensorProto.BOOL, []), oh.make_tensor_value_info("h_out", TensorProto.FLOAT, None)])
-    model = model_of([oh.make_node("Loop", ["trips", "", "x"], ["y"], body=body)],
-                     [oh.make_tensor_value_info("trips", TensorProto.INT64, []),
-                      oh.make_tensor_value_info("x", TensorProto.FLOAT, [ROWS, WIDTH])],
-                     [oh.make_tensor_value_info("y", TensorProto.FLOAT, [None, WIDTH])])
+    model = loop_model(grows=True)
     _, report = convert_with_report(model, calibration=[loop_batch(seed) for seed in range(2)])
     assert report.macs_total == sum(ROWS * 2 ** k for k in range(TRIPS)) * WIDTH * WIDTH
     assert report.spike_driven_share == 1.0 and report.replaced_by_kind == {"gelu": 1, "linear": 1}
