@@ -52,13 +52,10 @@ def convert_with_report(
     strict: bool = False,
 ) -> tuple[onnx.ModelProto, Report]:
     where = os.fspath(model) if not isinstance(model, onnx.ModelProto) else "model"
-    try:  # before the model is read and calibrated: a wrong T or bases fails at once
+    try:  # before the model is read and calibrated: a wrong T, bases or rule choice fails at once
         check_presets(timesteps, dict(bases or {}))
-    except ValueError as e:
-        raise ConversionError(f"{where}: {e}") from None
-    try:
         chosen = rule_set(hybrid, rules)
-    except ValueError as e:  # rules unknown, or left out by hybrid
+    except ValueError as e:
         raise ConversionError(f"{where}: {e}") from None
     spiking, model_dir = model_io.load(model)
     validate(spiking, model_dir, where)
