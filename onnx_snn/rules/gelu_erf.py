@@ -138,8 +138,10 @@ def quantized_tail(ctx: MatchContext, erf: onnx.NodeProto, x: str, nodes: list[o
         return miss("1 + erf is not multiplied by the integer x the DequantizeLinear reads")
     if not _same_quantization(g, x_q, x_operand):
         return miss("1 + erf multiplies x with another scale or zero point than the DequantizeLinear's")
-    if half is None or not near(_dequantized_constant(g, half), 0.5):
-        return miss(f"x * (1 + erf) is multiplied by {half and _dequantized_constant(g, half)}, not 0.5")
+    half_value = _dequantized_constant(g, half) if half is not None else None
+    if not near(half_value, 0.5):
+        shown = "a value that is not a constant" if half_value is None else f"{half_value:.6g}"
+        return miss(f"x * (1 + erf) is multiplied by {shown}, not 0.5")
     shared = private_or_near_miss(NAME, ctx, erf, nodes, last.output[0])
     if shared is not None:
         return shared
