@@ -155,7 +155,8 @@ def quantized_tail(ctx: MatchContext, erf: onnx.NodeProto, x: str, nodes: list[o
                 oh.make_node("QuantizeLinear", [y, y_scale] + ([y_zero] if y_zero else []), last.output[:1],
                              name=f"{name}/quantize")]
 
-    return Site(NAME, "gelu", erf, nodes, [probe], build, quantized=True)
+    # the neuron drives a layer reading the output through that QuantizeLinear (no second encoder)
+    return Site(NAME, "gelu", erf, nodes, [probe], build, spike_output=last.output[0], quantized=True)
 
 
 def _same_quantization(g: Graph, a: tuple[str, str, str], b: tuple[str, str, str]) -> bool:

@@ -203,6 +203,7 @@ def test_qoperator_gelu_is_one_quantized_site_on_the_dequantized_x(order):
     (site,) = sites_of(qoperator_gelu_graph(order), RULE)
     assert op_types(site) == ["Div", "Erf", "QLinearAdd", "QLinearMul", "QLinearMul", "QuantizeLinear"]
     assert site.quantized and site.kind == "gelu" and site.probes[0].tensor == "x"
+    assert site.spike_output == "y_q"  # a layer reading it through the QuantizeLinear needs no encoder
 
 
 @pytest.mark.parametrize("form, reason", [
