@@ -11,6 +11,7 @@ point."""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import onnx
 from onnx import helper as oh
@@ -18,7 +19,7 @@ from onnx import helper as oh
 from onnx_snn.calibrate import Probe
 from onnx_snn.graph import Graph
 from onnx_snn.ops import mbe_neuron
-from onnx_snn.rules.base import (MatchContext, NearMiss, Site, elementwise_site, near, node_name, other_input,
+from onnx_snn.rules.base import (MatchContext, NearMiss, Neurons, Site, elementwise_site, near, node_name, other_input,
                                  private_or_near_miss, through_casts)
 
 NAME = "gelu-erf"
@@ -49,7 +50,8 @@ class GeluErf:
         nodes = [scale, erf]  # the values between the ops may pass Q/DQ pairs (static QDQ models)
         erf_value = through_casts(ctx, erf.output[0], nodes)
         add = g.only_consumer(erf_value)
-        if add is not None and add.op_type == "QuantizeLinear" and _is_qlinear(g.only_consumer(add.output[0]), "QLinearAdd"):
+        if (add is not None and add.op_type == "QuantizeLinear"
+                and _is_qlinear(g.only_consumer(add.output[0]), "QLinearAdd")):  # QOperator: integers from here
             return quantized_tail(ctx, erf, x, nodes, add, miss)
         if add is None or add.op_type != "Add" or not near(g.scalar(other_input(add, erf_value)), 1.0):
             return miss("Erf is not followed by Add 1 (alone)")
@@ -107,7 +109,7 @@ def _other_operand(node: onnx.NodeProto, value: str) -> tuple[str, str, str] | N
 
 
 def quantized_tail(ctx: MatchContext, erf: onnx.NodeProto, x: str, nodes: list[onnx.NodeProto],
-                   quantize: onnx.NodeProto, miss) -> Site | NearMiss:
+                   quantize: onnx.NodeProto, miss: Callable[[str], NearMiss]) -> Site | NearMiss:
     """Erf -> QuantizeLinear -> QLinearAdd(1) -> QLinearMul(x) -> QLinearMul(0.5), the Muls in
     either order, with x the integer tensor whose DequantizeLinear the Div or Mul by sqrt(2) reads."""
     g = ctx.graph
@@ -148,7 +150,7 @@ def quantized_tail(ctx: MatchContext, erf: onnx.NodeProto, x: str, nodes: list[o
     probe = Probe(x)  # the float x, the DequantizeLinear's output (kept: the neuron reads it)
     y_scale, y_zero = (list(last.input) + ["", ""])[6:8]
 
-    def build(graph: Graph, neurons) -> list[onnx.NodeProto]:
+    def build(graph: Graph, neurons: Neurons) -> list[onnx.NodeProto]:
         name = graph.fresh_name(f"{node_name(erf)}/spiking_gelu")
         y = graph.fresh_name(f"{last.output[0]}/float")
         return [mbe_neuron.make_node(neurons.for_tensor("gelu", probe), x, y, name=name),
