@@ -19,8 +19,9 @@ from onnx import helper as oh
 from onnx_snn.calibrate import Probe
 from onnx_snn.graph import Graph
 from onnx_snn.ops import mbe_neuron
-from onnx_snn.rules.base import (MatchContext, NearMiss, Neurons, Site, elementwise_site, near, node_name, other_input,
-                                 private_or_near_miss, through_casts)
+from onnx_snn.rules.base import (MatchContext, NearMiss, Neurons, Site, dequantized_scalar, elementwise_site,
+                                 is_qlinear, near, node_name, other_input, other_qlinear_operand,
+                                 private_or_near_miss, same_quantization, through_casts)
 
 NAME = "gelu-erf"
 
@@ -51,7 +52,7 @@ class GeluErf:
         erf_value = through_casts(ctx, erf.output[0], nodes)
         add = g.only_consumer(erf_value)
         if (add is not None and add.op_type == "QuantizeLinear"
-                and _is_qlinear(g.only_consumer(add.output[0]), "QLinearAdd")):  # QOperator: integers from here
+                and is_qlinear(g.only_consumer(add.output[0]), "QLinearAdd")):  # QOperator: integers from here
             return quantized_tail(ctx, erf, x, nodes, add, miss)
         if add is None or add.op_type != "Add" or not near(g.scalar(other_input(add, erf_value)), 1.0):
             return miss("Erf is not followed by Add 1 (alone)")
@@ -87,27 +88,6 @@ class GeluErf:
         )
 
 
-def _is_qlinear(node: onnx.NodeProto | None, op_type: str) -> bool:
-    return node is not None and node.op_type == op_type and node.domain == "com.microsoft"
-
-
-def _operands(node: onnx.NodeProto) -> list[tuple[str, str, str]]:
-    """A QLinearAdd's or QLinearMul's two operands: (integer value, scale, zero point) each."""
-    inputs = list(node.input) + [""] * (8 - len(node.input))
-    return [tuple(inputs[0:3]), tuple(inputs[3:6])]
-
-
-def _dequantized_constant(g: Graph, operand: tuple[str, str, str]) -> float | None:
-    value, scale, zero = (g.scalar(name) if name else 0.0 for name in operand)
-    return None if value is None or scale is None or zero is None else (value - zero) * scale
-
-
-def _other_operand(node: onnx.NodeProto, value: str) -> tuple[str, str, str] | None:
-    operands = _operands(node)
-    found = [o for o in operands if o[0] != value]
-    return found[0] if len(found) == 1 else None
-
-
 def quantized_tail(ctx: MatchContext, erf: onnx.NodeProto, x: str, nodes: list[onnx.NodeProto],
                    quantize: onnx.NodeProto, miss: Callable[[str], NearMiss]) -> Site | NearMiss:
     """Erf -> QuantizeLinear -> QLinearAdd(1) -> QLinearMul(x) -> QLinearMul(0.5), the Muls in
@@ -118,29 +98,29 @@ def quantized_tail(ctx: MatchContext, erf: onnx.NodeProto, x: str, nodes: list[o
         return miss("Erf's integer tail reads x, but x is not a DequantizeLinear's output")
     x_q = tuple((list(dequantize.input) + ["", ""])[:3])
     add = g.only_consumer(quantize.output[0])
-    one = _other_operand(add, quantize.output[0])
-    if one is None or not near(_dequantized_constant(g, one), 1.0):
+    one = other_qlinear_operand(add, quantize.output[0])
+    if one is None or not near(dequantized_scalar(g, one), 1.0):
         return miss("Erf is not followed by QLinearAdd 1")
     nodes += [quantize, add]
     first = g.only_consumer(add.output[0])
-    if not _is_qlinear(first, "QLinearMul"):
+    if not is_qlinear(first, "QLinearMul"):
         return miss("1 + erf is not multiplied by a QLinearMul")
     nodes.append(first)
-    other = _other_operand(first, add.output[0])
+    other = other_qlinear_operand(first, add.output[0])
     last = g.only_consumer(first.output[0])
-    if not _is_qlinear(last, "QLinearMul"):
+    if not is_qlinear(last, "QLinearMul"):
         return miss("1 + erf is not multiplied twice by QLinearMuls")
     nodes.append(last)
-    second = _other_operand(last, first.output[0])
+    second = other_qlinear_operand(last, first.output[0])
     if other is not None and other[0] == x_q[0]:  # (x * (1 + erf)) * 0.5
         x_operand, half = other, second
     elif second is not None and second[0] == x_q[0]:  # ((1 + erf) * 0.5) * x
         x_operand, half = second, other
     else:
         return miss("1 + erf is not multiplied by the integer x the DequantizeLinear reads")
-    if not _same_quantization(g, x_q, x_operand):
+    if not same_quantization(g, x_q, x_operand):
         return miss("1 + erf multiplies x with another scale or zero point than the DequantizeLinear's")
-    half_value = _dequantized_constant(g, half) if half is not None else None
+    half_value = dequantized_scalar(g, half) if half is not None else None
     if not near(half_value, 0.5):
         shown = "a value that is not a constant" if half_value is None else f"{half_value:.6g}"
         return miss(f"x * (1 + erf) is multiplied by {shown}, not 0.5")
@@ -160,8 +140,3 @@ def quantized_tail(ctx: MatchContext, erf: onnx.NodeProto, x: str, nodes: list[o
     # the neuron drives a layer reading the output through that QuantizeLinear (no second encoder)
     return Site(NAME, "gelu", erf, nodes, [probe], build, spike_output=last.output[0], quantized=True)
 
-
-def _same_quantization(g: Graph, a: tuple[str, str, str], b: tuple[str, str, str]) -> bool:
-    """The same integer tensor with the same scale and zero point (by name or by value)."""
-    return a[0] == b[0] and all(p == q or (g.scalar(p) is not None and g.scalar(p) == g.scalar(q))
-                                for p, q in zip(a[1:], b[1:]))
