@@ -169,6 +169,31 @@ def behind_qdq(ctx: MatchContext, name: str, pairs: list[onnx.NodeProto]) -> str
         name = quantize.input[0]
 
 
+# com.microsoft's QLinearAdd and QLinearMul (QOperator models): inputs (a, a_scale, a_zero_point,
+# b, b_scale, b_zero_point, y_scale, y_zero_point), integers in and out
+def is_qlinear(node: onnx.NodeProto | None, op_type: str) -> bool:
+    return node is not None and node.op_type == op_type and node.domain == "com.microsoft"
+
+
+def other_qlinear_operand(node: onnx.NodeProto, value: str) -> tuple[str, str, str] | None:
+    """The other operand (integer value, scale, zero point) of a QLinearAdd or QLinearMul, given one."""
+    inputs = list(node.input) + [""] * (8 - len(node.input))
+    found = [o for o in (tuple(inputs[0:3]), tuple(inputs[3:6])) if o[0] != value]
+    return found[0] if len(found) == 1 else None
+
+
+def dequantized_scalar(graph: Graph, operand: tuple[str, str, str]) -> float | None:
+    """The real value a constant integer scalar (value, scale, zero point) stands for."""
+    value, scale, zero = (graph.scalar(name) if name else 0.0 for name in operand)
+    return None if value is None or scale is None or zero is None else (value - zero) * scale
+
+
+def same_quantization(graph: Graph, a: tuple[str, str, str], b: tuple[str, str, str]) -> bool:
+    """The same integer tensor with the same scale and zero point (by name or by value)."""
+    return a[0] == b[0] and all(p == q or (graph.scalar(p) is not None and graph.scalar(p) == graph.scalar(q))
+                                for p, q in zip(a[1:], b[1:]))
+
+
 # ops that carry a stored weight to where it is used without computing on activations: torch's
 # exporter keeps one copy of identical weights and writes the others as Identity of it; a quantized
 # model stores integers and dequantizes them (DequantizeLinear, its scale and zero point constants

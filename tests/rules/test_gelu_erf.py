@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 from onnx import helper as oh
-from rule_kit import (assert_elementwise_conversion, Builder, convert, export, graph_model, init, near_misses_of,
-                      op_types, rules_found, search, sites_of, write_gelu_erf)
+from rule_kit import (assert_elementwise_conversion, Builder, convert, exact, export, graph_model, init,
+                      near_misses_of, neuron_reference, op_types, rules_found, run, run_spiking, search, sites_of,
+                      write_gelu_erf)
 
 RULE = "gelu-erf"
 
@@ -159,3 +160,79 @@ def test_near_miss_converts_to_an_unchanged_model_whose_report_says_why():
     assert [(e["op_type"], e["reason"]) for e in report.left] == [
         ("Erf", "near miss: Erf's input is divided by 1.5, not sqrt(2)")]
     assert [n.op_type for n in spiking.graph.node] == [n.op_type for n in model.graph.node]
+
+
+# ---- QOperator: Div and Erf in floats, the Add and Muls on integers --------------------------------
+
+def qoperator_gelu_graph(order="last", one=1.0, half_value=0.5, x_zero_in_mul=0, also_output=None):
+    """y = gelu(x0) as onnxruntime's QOperator quantization writes BERT's: x0 quantized (scale 8/255,
+    x in [-4, 4]) -> DequantizeLinear -> Div sqrt(2) -> Erf -> QuantizeLinear -> QLinearAdd(1) ->
+    QLinearMul(x) -> QLinearMul(0.5) -> DequantizeLinear. order "middle": the 0.5 multiplies first,
+    then x; x_zero_in_mul: the zero point the QLinearMul reads x with (the DequantizeLinear's: 0)."""
+    def q(name, scale, zero):  # (integer value, scale, zero point) names, the constants registered
+        constants.extend([init(f"{name}_scale", scale), init(f"{name}_zero", zero, np.int8)])
+        return [name, f"{name}_scale", f"{name}_zero"]
+
+    def quantized_constant(name, value, scale):
+        constants.append(init(name, round(value / scale), np.int8))
+        return q(name, scale, 0)
+
+    constants = [init("sqrt2", math.sqrt(2))]
+    x = q("x_q", 8 / 255, 0)
+    x_in_mul = x if x_zero_in_mul == 0 else [x[0]] + q("x_q_other", 8 / 255, x_zero_in_mul)[1:]
+    erf, add, mul, y = q("erf_q", 1 / 127, 0), q("add_q", 2 / 255, -128), q("mul_q", 8 / 127, 0), q("y_q", 4 / 127, 0)
+    one_q, half_q = quantized_constant("one_q", one, 1 / 127), quantized_constant("half_q", half_value, 0.5 / 127)
+    ms = dict(domain="com.microsoft")
+    first, second = (x_in_mul, half_q) if order == "last" else (half_q, x_in_mul)
+    nodes = [oh.make_node("QuantizeLinear", ["x0"] + x[1:], x[:1]),
+             oh.make_node("DequantizeLinear", x, ["x"]),
+             oh.make_node("Div", ["x", "sqrt2"], ["scaled"]),
+             oh.make_node("Erf", ["scaled"], ["erf"], name="erf"),
+             oh.make_node("QuantizeLinear", ["erf"] + erf[1:], erf[:1]),
+             oh.make_node("QLinearAdd", erf + one_q + add[1:], add[:1], **ms),
+             oh.make_node("QLinearMul", first + add + mul[1:], mul[:1], **ms),
+             oh.make_node("QLinearMul", mul + second + y[1:], y[:1], **ms),
+             oh.make_node("DequantizeLinear", y, ["y"])]
+    outputs = ["y"] + ([also_output] if also_output else [])
+    return graph_model(nodes, {"x0": ["batch", 8]}, outputs, constants, ms_domain=True,
+                       check=False)
+
+
+@pytest.mark.parametrize("order", ["last", "middle"])
+def test_qoperator_gelu_is_one_quantized_site_on_the_dequantized_x(order):
+    (site,) = sites_of(qoperator_gelu_graph(order), RULE)
+    assert op_types(site) == ["Div", "Erf", "QLinearAdd", "QLinearMul", "QLinearMul", "QuantizeLinear"]
+    assert site.quantized and site.kind == "gelu" and site.probes[0].tensor == "x"
+    assert site.spike_output == "y_q"  # a layer reading it through the QuantizeLinear needs no encoder
+
+
+@pytest.mark.parametrize("form, reason", [
+    (dict(one=0.9), "Erf is not followed by QLinearAdd 1"),
+    (dict(half_value=0.4), "multiplied by 0.401575, not 0.5"),
+    (dict(order="middle", half_value=0.4), "multiplied by 0.401575, not 0.5"),
+    (dict(x_zero_in_mul=3), "another scale or zero point than the DequantizeLinear's"),
+    (dict(also_output="scaled"), "inner value 'scaled' is also used outside the pattern"),
+], ids=["add-0.9", "half-0.4", "middle-half-0.4", "x-other-zero-point", "scaled-input-used"])
+def test_qoperator_near_miss_is_not_rewritten_and_says_why(form, reason):
+    model = qoperator_gelu_graph(**form)
+    assert sites_of(model, RULE) == []
+    (miss,) = near_misses_of(model, RULE)
+    assert miss.op_type == "Erf" and reason in miss.reason, miss.reason
+
+
+def test_qoperator_gelu_converts_within_the_neuron_error_and_one_rounding_step():
+    """The spiking model quantizes the neuron's GELU of the dequantized x; the original rounds four
+    times on its way. Bound: the neuron's own error on these x, plus the original's gap to the exact
+    GELU of the same x, plus one output step (4/127)."""
+    model = qoperator_gelu_graph()
+    x0 = np.linspace(-4, 4, 800, dtype=np.float32).reshape(-1, 8)
+    spiking, report = convert(model, {"x0": x0})
+    assert report.replaced == {RULE: 1} and report.left == []
+    assert [n.op_type for n in spiking.graph.node] == ["QuantizeLinear", "DequantizeLinear", "MBENeuron",
+                                                      "QuantizeLinear", "DequantizeLinear"]
+    x = np.round(x0 / (8 / 255)) * (8 / 255)  # what the neuron reads
+    original, actual = run(model, {"x0": x0})[0], run_spiking(spiking, {"x0": x0})[0]
+    gelu = exact("gelu", x)
+    neuron_error = np.abs(neuron_reference("gelu", x) - gelu).max()
+    bound = neuron_error + np.abs(original - gelu).max() + 4 / 127
+    assert np.abs(actual - original).max() <= bound

@@ -7,6 +7,7 @@ end to end against its reference and the original."""
 import numpy as np
 import pytest
 import torch
+from onnx import TensorProto
 from onnx import helper as oh
 from rule_kit import (HIDDEN, Builder, assert_composite_conversion, convert, export, gamma_beta, graph_model, init,
                       op_types, rules_found, search, sites_of, weights, write_rmsnorm)
@@ -322,3 +323,77 @@ def test_two_axes_form_converts_on_axis_minus_2():
     model = b.model({"x0": ["batch", 3, HIDDEN]}, [y])
     assert_composite_conversion(model, "rmsnorm", RULE, inputs(), gamma=weights(model)["gamma"], axis=-2,
                                 epsilon=1e-6)
+
+
+# ---- QOperator: the epsilon added by a QLinearAdd, x, the inverse and gamma multiplied by QLinearMuls
+
+def qoperator_rmsnorm_graph(epsilon=1e-5, numerator=1.0, also_output=None):
+    """RMSNorm of x0 ([batch, 8], values in [-4, 4]) as onnxruntime's QOperator quantization writes
+    the Llama's: Pow -> ReduceMean -> QuantizeLinear -> QLinearAdd(epsilon) -> DequantizeLinear ->
+    Sqrt -> Div(numerator) -> QuantizeLinear -> QLinearMul(QuantizeLinear(x0)) -> DequantizeLinear
+    -> Cast -> QuantizeLinear -> QLinearMul(gamma, int8) -> DequantizeLinear."""
+    def q(name, scale, zero):
+        constants.extend([init(f"{name}_scale", scale), init(f"{name}_zero", zero, np.int8)])
+        return [name, f"{name}_scale", f"{name}_zero"]
+
+    gamma_values = np.linspace(0.5, 1.5, HIDDEN)
+    constants = [init("two", 2.0), init("numerator", numerator), init("eps_q", 127, np.int8),
+                 init("gamma_q", np.round(gamma_values / (1.5 / 127)), np.int8)]
+    x, ms, eps = q("x_q", 8 / 255, 0), q("ms_q", 16 / 255, -128), q("eps_q", epsilon / 127, 0)
+    shifted, inverse, norm = q("shifted_q", 16 / 255, -128), q("inverse_q", 10 / 255, -128), q("norm_q", 8 / 127, 0)
+    cast, gamma, y = q("cast_q", 8 / 127, 0), q("gamma_q", 1.5 / 127, 0), q("y_q", 8 / 127, 0)
+    ms_ = dict(domain="com.microsoft")
+    nodes = [oh.make_node("Pow", ["x0", "two"], ["square"], name="pow"),
+             oh.make_node("ReduceMean", ["square"], ["ms"], axes=[-1], keepdims=1),
+             oh.make_node("QuantizeLinear", ["ms"] + ms[1:], ms[:1]),
+             oh.make_node("QLinearAdd", ms + eps + shifted[1:], shifted[:1], **ms_),
+             oh.make_node("DequantizeLinear", shifted, ["shifted"]),
+             oh.make_node("Sqrt", ["shifted"], ["root"]),
+             oh.make_node("Div", ["numerator", "root"], ["inverse"]),
+             oh.make_node("QuantizeLinear", ["inverse"] + inverse[1:], inverse[:1]),
+             oh.make_node("QuantizeLinear", ["x0"] + x[1:], x[:1]),
+             oh.make_node("QLinearMul", x + inverse + norm[1:], norm[:1], **ms_),
+             oh.make_node("DequantizeLinear", norm, ["norm"]),
+             oh.make_node("Cast", ["norm"], ["cast"], to=TensorProto.FLOAT),
+             oh.make_node("QuantizeLinear", ["cast"] + cast[1:], cast[:1]),
+             oh.make_node("QLinearMul", gamma + cast + y[1:], y[:1], **ms_),
+             oh.make_node("DequantizeLinear", y, ["y"])]
+    return graph_model(nodes, {"x0": ["batch", HIDDEN]}, ["y"] + ([also_output] if also_output else []), constants,
+                       ms_domain=True, check=False)
+
+
+def test_qoperator_rmsnorm_is_one_quantized_site_on_x():
+    (site,) = sites_of(qoperator_rmsnorm_graph(), RULE)
+    assert op_types(site) == sorted(["Pow", "ReduceMean", "QuantizeLinear", "QLinearAdd", "DequantizeLinear", "Sqrt",
+                                     "Div", "QuantizeLinear", "QuantizeLinear", "QLinearMul", "DequantizeLinear",
+                                     "Cast", "QuantizeLinear", "QLinearMul"])
+    assert site.quantized and site.kind == "rmsnorm" and site.probes[0].tensor == "x0"
+
+
+@pytest.mark.parametrize("form, reason", [
+    (dict(epsilon=0.5), "no small constant epsilon is added to the mean of squares by its QLinearAdd (0.5)"),
+    (dict(numerator=2.0), "the root mean square is not inverted"),
+    (dict(also_output="norm"), "the normalised value is not scaled by a constant gamma"),
+], ids=["epsilon-0.5", "div-2", "normalised-value-used"])
+def test_qoperator_near_miss_is_not_rewritten_and_says_why(form, reason):
+    model = qoperator_rmsnorm_graph(**form)
+    assert sites_of(model, RULE) == []
+    (miss,) = [m for m in search(model)[1] if m.rule == RULE]
+    assert miss.op_type == "Pow" and reason in miss.reason, miss.reason
+
+
+def test_qoperator_rmsnorm_converts_within_the_op_error_and_the_originals_rounding():
+    """Bound: the spiking op's error (COMPOSITE_ERROR x max|y|) plus the quantized original's own gap
+    to the exact RMSNorm of the same x, plus one output step (8/127)."""
+    from rule_kit import COMPOSITE_ERROR, run, run_spiking
+
+    model = qoperator_rmsnorm_graph()
+    x0 = np.random.default_rng(0).uniform(-4, 4, (64, HIDDEN)).astype(np.float32)
+    spiking, report = convert(model, {"x0": x0})
+    assert report.replaced == {RULE: 1} and report.left == []
+    original, actual = run(model, {"x0": x0})[0], run_spiking(spiking, {"x0": x0})[0]
+    x = x0.astype(np.float64)
+    gamma = np.round(np.linspace(0.5, 1.5, HIDDEN) / (1.5 / 127)) * (1.5 / 127)  # as quantized
+    exact = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + 1e-5) * gamma
+    bound = COMPOSITE_ERROR["rmsnorm"] * np.abs(exact).max() + np.abs(original - exact).max() + 8 / 127
+    assert np.abs(actual - original).max() <= bound, (np.abs(actual - original).max(), bound)
