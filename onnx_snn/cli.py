@@ -111,10 +111,48 @@ def _sweep(args: argparse.Namespace) -> int:
         task = sweep.causal_lm_task(tokenizer, args.max_windows)
     else:
         task = sweep.embeddings_task(_tokenizer(args.tokenizer))
-    result = sweep.sweep(args.model, task, tuple(args.timesteps), bases=dict(args.bases or []))
+    if args.address:
+        _serve_extra("sweep --address")
+    result = sweep.sweep(args.model, task, tuple(args.timesteps), bases=dict(args.bases or []), address=args.address)
     written = sweep.write(result, args.out)
     print(sweep.markdown(result))
     print("written: " + ", ".join(map(str, written)))
+    return 0
+
+
+def _serve_extra(command: str) -> None:
+    """A one-line error unless Ray Serve and tritonclient (the serve extra) are installed."""
+    import importlib.util
+
+    missing = [m for m in ("ray", "tritonclient") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"`onnx-snn {command}` needs {' and '.join(missing)}: pip install \"onnx-snn[serve]\"")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    _serve_extra("serve")
+    from onnx_snn import oip, serve
+    from onnx_snn.evaluate import open_session
+
+    if min(args.replicas, args.max_batch_size, args.threads) < 1 or args.batch_wait_ms < 0:
+        raise UsageError("--replicas, --max-batch-size and --threads take a positive count, --batch-wait-ms >= 0")
+    open_session(args.model, library=True)  # a model the replicas cannot load fails here, in one line
+    oip.signature(args.model)
+    serve.run(args.model, host=args.host, port=args.port, address=args.address, name=args.name,
+              replicas=args.replicas, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
+              threads=args.threads)
+    return 0
+
+
+def _triton_repo(args: argparse.Namespace) -> int:
+    _serve_extra("triton-repo")
+    from onnx_snn.triton import write_repository
+
+    if args.max_batch_size < 0:
+        raise UsageError("--max-batch-size takes a count >= 0 (0: no batching)")
+    folder = write_repository(args.model, args.output, name=args.name, max_batch_size=args.max_batch_size,
+                              server_repo=args.server_repo)
+    print(f"written: {folder} (config.pbtxt, 1/model.onnx, the custom-op library)")
     return 0
 
 
@@ -216,7 +254,32 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--timesteps", type=int, nargs="+", default=[6, 8, 10, 12, 16, 24])
     sweep.add_argument("--tokenizer", metavar="DIR", help="Hugging Face tokenizer folder (default: all-MiniLM-L6-v2's)")
     sweep.add_argument("--out", default="sweep", metavar="DIR", help="folder for sweep.md, sweep.json, sweep.png")
+    sweep.add_argument("--address", metavar="RAY_ADDRESS",
+                       help="run each T's conversion and evaluation as a Ray task on this cluster (e.g. auto, or "
+                            "ray://HEAD:10001); MODEL.onnx must be readable at the same path on every node")
     sweep.set_defaults(run=_sweep)
+    serving = commands.add_parser("serve", help="serve a spiking model over the Open Inference Protocol with Ray Serve")
+    serving.add_argument("model", metavar="MODEL.onnx")
+    serving.add_argument("--name", help="the model's name in URLs (default: the file's stem)")
+    serving.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serving.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    serving.add_argument("--replicas", type=int, default=1, help="replicas, each with its own session (default 1)")
+    serving.add_argument("--max-batch-size", type=int, default=8,
+                         help="rows along the batch axis run together (default 8; 1: no batching)")
+    serving.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (default 5)")
+    serving.add_argument("--threads", type=int, default=1,
+                         help="onnxruntime intra-op threads per replica; each replica reserves as many CPUs (default 1)")
+    serving.add_argument("--address", metavar="RAY_ADDRESS", help="join this Ray cluster (default: start a local one)")
+    serving.set_defaults(run=_serve)
+    triton = commands.add_parser("triton-repo", help="write a Triton Inference Server model repository for a spiking model")
+    triton.add_argument("model", metavar="MODEL.onnx")
+    triton.add_argument("-o", "--output", required=True, metavar="REPO", help="the repository folder")
+    triton.add_argument("--name", help="the model's name in the repository (default: the file's stem)")
+    triton.add_argument("--max-batch-size", type=int, default=8, help="Triton's max_batch_size (default 8; 0: no batching)")
+    triton.add_argument("--server-repo", metavar="DIR",
+                        help="where Triton will see REPO (e.g. /models in its container): the library's path in "
+                             "config.pbtxt is written under it (default: REPO's absolute path)")
+    triton.set_defaults(run=_triton_repo)
     demo = commands.add_parser("demo", help="export all-MiniLM-L6-v2, convert it and compare embeddings on real sentences")
     demo.add_argument("--form", default="legacy17", choices=("legacy14", "legacy17", "dynamo"), help="export form")
     demo.add_argument("--timesteps", type=int, nargs="+", default=[16, 12, 8])

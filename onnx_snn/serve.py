@@ -41,8 +41,9 @@ class SpikingModel:
 
     max_batch_size counts rows along the batch axis (as Triton's does); requests wait up to
     batch_wait_ms for others to join. Requests stack only with requests of the same shape past the
-    batch axis (equal sequence lengths): padding would change a spiking model's outputs, since a
-    masked position reaches the spiking Softmax as the neuron's value at the mask, not as zero."""
+    batch axis (equal sequence lengths), so a request's outputs are those of its own run whatever the
+    model: padding to a common length would be exact only where masked positions contribute exactly
+    zero, a property of the model (and of its spiking Softmax) that the server cannot check."""
 
     def __init__(self, model: str, name: str, max_batch_size: int = 8, batch_wait_ms: float = 5.0, threads: int = 1,
                  max_body_bytes: int = MAX_BODY_BYTES):

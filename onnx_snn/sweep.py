@@ -65,24 +65,60 @@ def causal_lm_task(tokenizer, max_windows: int | None = 32) -> Task:
 
 
 def sweep(model: str | os.PathLike, task: Task, timesteps: tuple[int, ...] = SWEEP_TIMESTEPS,
-          bases: dict[str, int] | None = None) -> dict:
+          bases: dict[str, int] | None = None, address: str | None = None) -> dict:
     """Convert `model` at every T and evaluate `task`: {"task", "primary", "rows": [{"timesteps",
-    metric: [original, spiking], ...}]} (the original's values come from each run's pair)."""
-    original = open_session(model, library=False)
+    metric: [original, spiking], ...}]} (the original's values come from each run's pair). With
+    `address`, each T is a Ray task on that cluster (this process's Ray, if it has one already)."""
     calibration = task.calibration()
-    rows = []
-    for t in timesteps:
-        start = time.perf_counter()
-        spiking, _ = convert_with_report(model, timesteps=t, calibration=calibration, bases=bases, check=False)
-        converted = time.perf_counter() - start
-        try:
-            metrics = task.evaluate(original, session(spiking, external_data_dir=Path(model).resolve().parent))
-        except RUNTIME_ERRORS as e:
-            raise task_failure((os.fspath(model),), e) from None
-        rows.append({"timesteps": t, "convert_seconds": round(converted, 1), **{k: list(v) for k, v in metrics.items()}})
-        print(f"T={t}: " + ", ".join(f"{k} {v[1]:.4f} (original {v[0]:.4f})" for k, v in metrics.items()), file=sys.stderr)
+    if address is None:
+        original = open_session(model, library=False)
+        rows = [_progress(measure(model, task, t, calibration, bases, original)) for t in timesteps]
+    else:
+        rows = _measure_on_ray(address, model, task, timesteps, calibration, bases)
     return {"model": os.fspath(model), "task": task.name, "primary": task.primary,
             "higher_is_better": task.higher_is_better, "rows": rows}
+
+
+def measure(model: str | os.PathLike, task: Task, timesteps: int, calibration: list[dict],
+            bases: dict[str, int] | None, original: ort.InferenceSession | None = None) -> dict:
+    """One row of the sweep: `model` converted at `timesteps` and `task` evaluated on it."""
+    original = original or open_session(model, library=False)
+    start = time.perf_counter()
+    spiking, _ = convert_with_report(model, timesteps=timesteps, calibration=calibration, bases=bases, check=False)
+    converted = time.perf_counter() - start
+    try:
+        metrics = task.evaluate(original, session(spiking, external_data_dir=Path(model).resolve().parent))
+    except RUNTIME_ERRORS as e:
+        raise task_failure((os.fspath(model),), e) from None
+    return {"timesteps": timesteps, "convert_seconds": round(converted, 1), **{k: list(v) for k, v in metrics.items()}}
+
+
+def _progress(row: dict) -> dict:
+    metrics = {k: v for k, v in row.items() if k not in ("timesteps", "convert_seconds")}
+    print(f"T={row['timesteps']}: " + ", ".join(f"{k} {v[1]:.4f} (original {v[0]:.4f})" for k, v in metrics.items()),
+          file=sys.stderr)
+    return row
+
+
+def _measure_on_ray(address: str, model: str | os.PathLike, task: Task, timesteps: tuple[int, ...],
+                    calibration: list[dict], bases: dict[str, int] | None) -> list[dict]:
+    """The rows, each measured by a Ray task (one CPU each); the model is read by every task from its
+    path. A task's failure is raised here as what it raised there."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level="warning", log_to_driver=False)
+    remote = ray.remote(num_cpus=1)(measure)
+    shared = ray.put(calibration)
+    pending = [remote.remote(os.path.abspath(model), task, t, shared, bases) for t in timesteps]
+    try:
+        return [_progress(ray.get(row)) for row in pending]
+    except BaseException as e:
+        for row in pending:  # the rest would run for nothing
+            ray.cancel(row)
+        if isinstance(e, ray.exceptions.RayTaskError):
+            raise e.cause from None
+        raise
 
 
 def markdown(result: dict) -> str:
