@@ -180,11 +180,11 @@ def _replicas(app):
 def test_a_killed_replica_is_replaced_and_retrying_clients_get_every_answer(ray_serve, tiny_spiking_bert):
     client = deploy(tiny_spiking_bert, "bert", ray_serve, replicas=2, max_batch_size=8, batch_wait_ms=5)
     url = f"http://127.0.0.1:{ray_serve}/v2/models/bert/infer"
-    feeds = bert_feeds(np.random.default_rng(2), 1, 8)
+    feeds = bert_feeds(np.random.default_rng(2), 4, 48)  # long enough that requests are in flight at the kill
     body = _body(feeds)
     expected = onnx_snn.session(tiny_spiking_bert).run(None, feeds)[0]
     deadline = time.monotonic() + 120
-    failures = []
+    failures, answered_at = [], []
 
     def client_loop(count):
         """count requests, each retried (at most 20 times) until answered; the failed attempts."""
@@ -197,6 +197,7 @@ def test_a_killed_replica_is_replaced_and_retrying_clients_get_every_answer(ray_
                         out = r.json()["outputs"][0]
                         np.testing.assert_array_equal(np.array(out["data"], np.float32).reshape(out["shape"]), expected)
                         answered += 1
+                        answered_at.append(time.monotonic())
                         break
                     failures.append(r.status_code)
                 except requests.RequestException as e:
@@ -211,11 +212,13 @@ def test_a_killed_replica_is_replaced_and_retrying_clients_get_every_answer(ray_
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         load = [pool.submit(client_loop, 60) for _ in range(4)]
         time.sleep(1.0)
-        ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+        killed_at = time.monotonic()
+        ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)  # its worker process is killed
         answered = sum(f.result(timeout=150) for f in load)
+    after = sum(t > killed_at for t in answered_at)
     print(f"\n{len(failures)} attempts failed while the replica died ({sorted(set(map(str, failures)))}); "
-          f"all {answered} requests answered by retrying")
-    assert answered == 240
+          f"all {answered} requests answered by retrying, {after} of them after the kill")
+    assert answered == 240 and 0 < after < answered  # the load ran across the kill
     # Serve replaces the replica; after that, no request fails, none is retried
     while _replicas("bert") < 2 or names[0] in [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]:
         assert time.monotonic() < deadline, "Serve did not replace the killed replica in time"
