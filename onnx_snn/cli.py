@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -113,7 +114,8 @@ def _sweep(args: argparse.Namespace) -> int:
         task = sweep.embeddings_task(_tokenizer(args.tokenizer))
     if args.address:
         _serve_extra("sweep --address")
-    result = sweep.sweep(args.model, task, tuple(args.timesteps), bases=dict(args.bases or []), address=args.address)
+    with _joining_ray(args.address):
+        result = sweep.sweep(args.model, task, tuple(args.timesteps), bases=dict(args.bases or []), address=args.address)
     written = sweep.write(result, args.out)
     print(sweep.markdown(result))
     print("written: " + ", ".join(map(str, written)))
@@ -138,10 +140,22 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError("--replicas, --max-batch-size and --threads take a positive count, --batch-wait-ms >= 0")
     open_session(args.model, library=True)  # a model the replicas cannot load fails here, in one line
     oip.signature(args.model)
-    serve.run(args.model, host=args.host, port=args.port, address=args.address, name=args.name,
-              replicas=args.replicas, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
-              threads=args.threads)
+    with _joining_ray(args.address):
+        serve.run(args.model, host=args.host, port=args.port, address=args.address, name=args.name,
+                  replicas=args.replicas, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms,
+                  threads=args.threads)
     return 0
+
+
+@contextlib.contextmanager
+def _joining_ray(address: str | None):
+    """Ray's refusal to join the cluster at --address as one line."""
+    try:
+        yield
+    except ConnectionError as e:
+        if address is None:
+            raise
+        raise UsageError(f"--address {address}: cannot join the Ray cluster ({str(e).strip().splitlines()[0]})") from None
 
 
 def _triton_repo(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import ray
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -164,21 +165,17 @@ def app(model: str | os.PathLike, *, name: str | None = None, replicas: int = 1,
 
 def run(model: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
         blocking: bool = True, **options) -> None:
-    """Start (or join, with `address`) a Ray cluster, serve `model` over HTTP on host:port; with
+    """Start a local Ray instance (or join the cluster at `address`), serve `model` over HTTP on host:port; with
     `blocking`, until interrupted. `options` go to app()."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, logging_level="warning", log_to_driver=False)
-    serve.start(http_options={"host": host, "port": port})
-    application = app(model, **options)
+    if not ray.is_initialized():  # "local": a new instance, never the machine's latest cluster
+        ray.init(address=address or "local", include_dashboard=False, logging_level="warning", log_to_driver=False)
     name = options.get("name") or Path(model).stem
-    serve.run(application, name=f"oip-{name}", route_prefix="/")
-    print(f"serving {name} at http://{host}:{port}/v2/models/{name} "
-          f"({options.get('replicas', 1)} replica(s)); Ctrl-C stops", file=sys.stderr)
-    if blocking:
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            serve.shutdown()
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(app(model, **options), name=f"oip-{name}", route_prefix="/")
+        print(f"serving {name} at http://{host}:{port}/v2/models/{name} "
+              f"({options.get('replicas', 1)} replica(s)); Ctrl-C stops", file=sys.stderr)
+        while blocking:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()

@@ -261,3 +261,59 @@ def test_triton_repository_parses_and_names_the_copied_library(tmp_path, tiny_sp
     assert list(config.input[0].dims) == [-1, -1]
     assert config.model_operations.op_library_filename[0] == str((tmp_path / "repo" / "bert" / library).resolve())
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["bert"]
+
+
+@pytest.mark.parametrize("case", ["missing model", "not a model", "no replicas"])
+def test_serve_command_refuses_bad_input_in_one_line_before_starting_ray(tmp_path, case):
+    from test_cli import cli
+
+    (tmp_path / "garbage.onnx").write_bytes(b"not onnx")
+    args = {"missing model": [str(tmp_path / "nope.onnx")], "not a model": [str(tmp_path / "garbage.onnx")],
+            "no replicas": [str(tmp_path / "garbage.onnx"), "--replicas", "0"]}[case]
+    run = cli("serve", *args, "--port", str(free_port()))
+    assert run.returncode == (2 if case == "no replicas" else 1), run.stderr
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr, run.stderr
+    assert ("nope.onnx: no such file" if case == "missing model" else "garbage.onnx" if case == "not a model"
+            else "--replicas") in run.stderr
+
+
+def test_triton_repo_command_writes_the_repository(tmp_path, tiny_spiking_bert):
+    from test_cli import cli
+
+    run = cli("triton-repo", str(tiny_spiking_bert), "-o", str(tmp_path / "repo"), "--name", "bert")
+    assert run.returncode == 0, run.stderr
+    config = text_format.Parse((tmp_path / "repo" / "bert" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.name == "bert" and config.max_batch_size == 8
+    assert (tmp_path / "repo" / "bert" / "1" / "model.onnx").is_file()
+
+
+@pytest.mark.slow
+def test_serve_command_serves_until_interrupted(tmp_path, tiny_spiking_bert):
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "onnx_snn.cli", "serve", str(tiny_spiking_bert), "--name", "bert",
+                               "--port", str(port), "--replicas", "1"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        client = triton_http.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=10)
+        deadline = time.monotonic() + 120
+        while not _answers(client.is_model_ready, "bert"):
+            assert server.poll() is None and time.monotonic() < deadline, "the server did not get ready"
+            time.sleep(1)
+        feeds = bert_feeds(np.random.default_rng(4), 2, 7)
+        got = client.infer("bert", triton_inputs(feeds, binary=True)).as_numpy("last_hidden_state")
+        np.testing.assert_array_equal(got, onnx_snn.session(tiny_spiking_bert).run(None, feeds)[0])
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, stderr = server.communicate(timeout=60)
+    assert server.returncode == 0 and "Traceback" not in stderr, stderr
+
+
+def _answers(check, *args) -> bool:
+    try:
+        return check(*args)
+    except Exception:  # not listening yet: tritonclient raises what its HTTP library raises
+        return False
