@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import ray
 import requests
@@ -254,6 +255,13 @@ def test_triton_repository_parses_and_names_the_copied_library(tmp_path, tiny_sp
     assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [(n, int64, [-1]) for n in BERT_INPUTS]
     assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [("last_hidden_state", fp32, [-1, 64])]
     assert onnx.load(str(folder / "1" / "model.onnx")).graph == onnx.load(str(tiny_spiking_bert)).graph
+    # the repository's model runs with the repository's library, as Triton's backend would register it
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(folder / library))
+    feeds = bert_feeds(np.random.default_rng(5), 2, 6)
+    np.testing.assert_array_equal(
+        ort.InferenceSession(str(folder / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"]).run(None, feeds)[0],
+        onnx_snn.session(tiny_spiking_bert).run(None, feeds)[0])
     # written again: replaced whole; without batching the dims are the graph's own
     config = text_format.Parse((write_repository(tiny_spiking_bert, tmp_path / "repo", name="bert", max_batch_size=0)
                                 / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
