@@ -100,7 +100,6 @@ def main() -> None:
         local.run(None, feeds)
         rows.append((f"in-process session, {threads} intra-op thread(s)", load(lambda: local.run(None, feeds),
                                                                             args.requests, args.clients)))
-        del local
 
     ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, logging_level="warning",
              log_to_driver=False)
@@ -121,7 +120,7 @@ def main() -> None:
     ray.shutdown()
     shutil.rmtree(folder)
 
-    print(f"\n| configuration | requests/s | p50 ms | p99 ms |\n|---|---|---|---|")
+    print("\n| configuration | requests/s | p50 ms | p99 ms |\n|---|---|---|---|")
     for name, r in rows:
         print(f"| {name} | {r['throughput']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
 

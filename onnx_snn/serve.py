@@ -26,7 +26,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from onnx_snn import oip
+from onnx_snn import __version__, oip
 from onnx_snn.runtime import RUNTIME_ERRORS, runtime_message, session
 
 MAX_BODY_BYTES = 64 << 20
@@ -72,7 +72,7 @@ class SpikingModel:
         if request.method == "GET" and parts in (["v2", "health", "live"], ["v2", "health", "ready"]):
             return JSONResponse({parts[-1]: True})
         if request.method == "GET" and parts == ["v2"]:
-            return JSONResponse({"name": "onnx-snn", "version": _version(), "extensions": ["binary_tensor_data"]})
+            return JSONResponse({"name": "onnx-snn", "version": __version__, "extensions": ["binary_tensor_data"]})
         if parts[:2] == ["v2", "models"] and len(parts) >= 3:
             if parts[2] != self.name:
                 raise oip.BadRequest(f"model {parts[2]!r} is not served here (this server serves {self.name!r})")
@@ -142,12 +142,6 @@ class SpikingModel:
         bounds = np.cumsum([r.batch_size for r in requests])[:-1]
         per_request = zip(*(np.split(v, bounds) for v in values)) if len(requests) > 1 else [values]
         return [dict(zip(self.output_names, parts)) for parts in per_request]
-
-
-def _version() -> str:
-    from onnx_snn import __version__
-
-    return __version__
 
 
 def app(model: str | os.PathLike, *, name: str | None = None, replicas: int = 1, max_batch_size: int = 8,

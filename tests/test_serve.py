@@ -79,8 +79,10 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_serve():
-    """A local Ray of 2 CPUs with Serve's HTTP proxy on a free loopback port; the port."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
+    """A new local Ray instance of 2 CPUs with Serve's HTTP proxy on a free loopback port; the port.
+    (Ray 2.60's own services, GCS, raylet and workers, listen on every interface: ray.init's node
+    address does not change that; the requests go to the proxy's loopback port only.)"""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield port
@@ -140,8 +142,8 @@ def _body(feeds, **changes):
 
 
 def test_bad_requests_get_400_with_the_reason_and_the_replica_keeps_serving(ray_serve, tiny_spiking_bert):
-    client = deploy(tiny_spiking_bert, "bert", ray_serve, replicas=2, max_batch_size=8, batch_wait_ms=20,
-                    max_body_bytes=BODY_LIMIT)
+    deploy(tiny_spiking_bert, "bert", ray_serve, replicas=2, max_batch_size=8, batch_wait_ms=20,
+           max_body_bytes=BODY_LIMIT)
     url = f"http://127.0.0.1:{ray_serve}/v2/models/bert/infer"
     feeds = bert_feeds(np.random.default_rng(1), 1, 6)
     good = _body(feeds)
@@ -179,7 +181,7 @@ def _replicas(app):
 
 @pytest.mark.slow
 def test_a_killed_replica_is_replaced_and_retrying_clients_get_every_answer(ray_serve, tiny_spiking_bert):
-    client = deploy(tiny_spiking_bert, "bert", ray_serve, replicas=2, max_batch_size=8, batch_wait_ms=5)
+    deploy(tiny_spiking_bert, "bert", ray_serve, replicas=2, max_batch_size=8, batch_wait_ms=5)
     url = f"http://127.0.0.1:{ray_serve}/v2/models/bert/infer"
     feeds = bert_feeds(np.random.default_rng(2), 4, 48)  # long enough that requests are in flight at the kill
     body = _body(feeds)

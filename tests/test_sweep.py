@@ -46,7 +46,7 @@ def test_sweep_on_ray_equals_a_local_sweep(tmp_path):
     task = _max_abs_error_task(np.random.default_rng(3).normal(size=(64, 4)).astype(np.float32))
     local = sweep(model, task, (6, 10, 16))
     # a local Ray of 2 CPUs whose workers import this module (the task's functions) as the test does
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}})
     try:
         remote = sweep(model, task, (6, 10, 16), address="auto")
