@@ -91,6 +91,9 @@ def ray_serve():
 
 
 def deploy(model, name, port, **options):
+    """`model` served as `name` at the root path, which one application holds at a time."""
+    for other in set(serve.status().applications) - {name}:
+        serve.delete(other)
     serve.run(snn_serve.app(model, name=name, **options), name=name, route_prefix="/")
     return triton_http.InferenceServerClient(f"127.0.0.1:{port}", concurrency=8, network_timeout=60)
 
