@@ -156,12 +156,23 @@ def _tensor(item: dict, spec: TensorSpec, binary: memoryview, offset: int) -> tu
     if "data" not in item:
         raise BadRequest(f"input {spec.name!r} has no data")
     try:
-        value = np.array(item["data"], dtype=spec.dtype)
+        given = np.array(item["data"])
     except (TypeError, ValueError, OverflowError) as e:
         raise BadRequest(f"input {spec.name!r}: data is not {datatype} numbers ({e})") from None
+    if given.dtype.kind not in _KINDS_FOR[spec.dtype.kind]:  # e.g. 1.5 for an integer: numpy would truncate it
+        raise BadRequest(f"input {spec.name!r}: data is not {datatype} numbers (numpy reads it as {given.dtype})")
+    if given.dtype.kind in "iu" and spec.dtype.kind in "iu" and given.size:
+        limits = np.iinfo(spec.dtype)
+        if given.min() < limits.min or given.max() > limits.max:
+            raise BadRequest(f"input {spec.name!r}: data outside {datatype}'s range [{limits.min}, {limits.max}]")
+    value = given.astype(spec.dtype)
     if value.size != count:
         raise BadRequest(f"input {spec.name!r} has {value.size} values; shape {shape} holds {count}")
     return value.reshape(shape), offset
+
+
+# the numpy kinds of JSON data that each kind of tensor takes exactly: booleans, integers, floats
+_KINDS_FOR = {"b": "b", "i": "biu", "u": "biu", "f": "biuf"}
 
 
 def _check_shared_dims(feeds: dict[str, np.ndarray], inputs: list[TensorSpec]) -> None:
