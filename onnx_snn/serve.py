@@ -131,7 +131,10 @@ class SpikingModel:
         return results
 
     def _run_stacked(self, requests: list[oip.InferRequest]) -> list[dict[str, np.ndarray] | oip.BadRequest]:
-        feeds = {name: np.concatenate([r.feeds[name] for r in requests]) for name in requests[0].feeds}
+        if len(requests) == 1:  # as it came (a model that is not batched may take scalars)
+            feeds = requests[0].feeds
+        else:
+            feeds = {name: np.concatenate([r.feeds[name] for r in requests]) for name in requests[0].feeds}
         try:
             values = self.session.run(self.output_names, feeds)
         except RUNTIME_ERRORS as e:
@@ -139,9 +142,10 @@ class SpikingModel:
                 return [result for r in requests for result in self._run_stacked([r])]
             shapes = ", ".join(f"{n} {list(v.shape)}" for n, v in feeds.items())
             return [oip.BadRequest(f"the model failed on these inputs ({shapes}): {runtime_message(e)}")]
+        if len(requests) == 1:
+            return [dict(zip(self.output_names, values))]
         bounds = np.cumsum([r.batch_size for r in requests])[:-1]
-        per_request = zip(*(np.split(v, bounds) for v in values)) if len(requests) > 1 else [values]
-        return [dict(zip(self.output_names, parts)) for parts in per_request]
+        return [dict(zip(self.output_names, parts)) for parts in zip(*(np.split(v, bounds) for v in values))]
 
 
 def app(model: str | os.PathLike, *, name: str | None = None, replicas: int = 1, max_batch_size: int = 8,

@@ -330,3 +330,37 @@ def _answers(check, *args) -> bool:
         return check(*args)
     except Exception:  # not listening yet: tritonclient raises what its HTTP library raises
         return False
+
+
+def test_a_replica_stacks_requests_of_one_shape_and_fails_only_the_bad_one(tiny_spiking_bert):
+    """The replica's batch step without Serve: equal shapes run stacked, other shapes apart, and a
+    request whose values the model fails on (a token id past the vocabulary) fails alone."""
+    replica = snn_serve.SpikingModel.func_or_class(str(tiny_spiking_bert), "bert", 8, 5.0, 1)
+    rng = np.random.default_rng(6)
+    feeds_list = [bert_feeds(rng, 1 + i % 2, (4, 7)[i % 3 == 0]) for i in range(6)]
+    feeds_list[2]["input_ids"][0, 0] = VOCAB + 1
+    requests_ = [snn_serve.oip.InferRequest(None, f, ["last_hidden_state"]) for f in feeds_list]
+    results = replica._run(requests_)
+    local = onnx_snn.session(tiny_spiking_bert)
+    for i, (feeds, result) in enumerate(zip(feeds_list, results)):
+        if i == 2:
+            assert isinstance(result, snn_serve.oip.BadRequest) and "failed on these inputs" in str(result)
+        else:
+            np.testing.assert_array_equal(result["last_hidden_state"], local.run(None, feeds)[0])
+
+
+def test_a_model_without_a_batch_axis_is_served_request_by_request(tmp_path):
+    from onnx import TensorProto
+    from onnx import helper as oh
+
+    graph = oh.make_graph([oh.make_node("Tanh", ["x"], ["y"])], "scalar",
+                          [oh.make_tensor_value_info("x", TensorProto.FLOAT, [])],
+                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, [])])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, tmp_path / "scalar.onnx")
+    replica = snn_serve.SpikingModel.func_or_class(str(tmp_path / "scalar.onnx"), "scalar", 8, 5.0, 1)
+    assert not replica.batching
+    request = snn_serve.oip.decode(b'{"inputs": [{"name": "x", "shape": [], "datatype": "FP32", "data": 0.5}]}',
+                                   None, replica.inputs, replica.outputs)
+    expected = onnx_snn.session(tmp_path / "scalar.onnx").run(None, {"x": np.array(0.5, np.float32)})[0]
+    np.testing.assert_array_equal(replica._run([request])[0]["y"], expected)
