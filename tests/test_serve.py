@@ -20,6 +20,7 @@ from ray import serve
 from tritonclient.grpc import model_config_pb2
 
 import onnx_snn
+from onnx_snn import oip
 from onnx_snn import serve as snn_serve
 from onnx_snn.model_io import save
 from onnx_snn.pipeline import convert_with_report
@@ -321,7 +322,11 @@ def test_serve_command_serves_until_interrupted(tmp_path, tiny_spiking_bert):
         np.testing.assert_array_equal(got, onnx_snn.session(tiny_spiking_bert).run(None, feeds)[0])
     finally:
         server.send_signal(signal.SIGINT)
-        _, stderr = server.communicate(timeout=60)
+        try:
+            _, stderr = server.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            raise
     assert server.returncode == 0 and "Traceback" not in stderr, stderr
 
 
@@ -339,12 +344,11 @@ def test_a_replica_stacks_requests_of_one_shape_and_fails_only_the_bad_one(tiny_
     rng = np.random.default_rng(6)
     feeds_list = [bert_feeds(rng, 1 + i % 2, (4, 7)[i % 3 == 0]) for i in range(6)]
     feeds_list[2]["input_ids"][0, 0] = VOCAB + 1
-    requests_ = [snn_serve.oip.InferRequest(None, f, ["last_hidden_state"]) for f in feeds_list]
-    results = replica._run(requests_)
+    results = replica._run([oip.InferRequest(None, f, ["last_hidden_state"]) for f in feeds_list])
     local = onnx_snn.session(tiny_spiking_bert)
     for i, (feeds, result) in enumerate(zip(feeds_list, results)):
         if i == 2:
-            assert isinstance(result, snn_serve.oip.BadRequest) and "failed on these inputs" in str(result)
+            assert isinstance(result, oip.BadRequest) and "failed on these inputs" in str(result)
         else:
             np.testing.assert_array_equal(result["last_hidden_state"], local.run(None, feeds)[0])
 
@@ -360,7 +364,7 @@ def test_a_model_without_a_batch_axis_is_served_request_by_request(tmp_path):
     onnx.save(model, tmp_path / "scalar.onnx")
     replica = snn_serve.SpikingModel.func_or_class(str(tmp_path / "scalar.onnx"), "scalar", 8, 5.0, 1)
     assert not replica.batching
-    request = snn_serve.oip.decode(b'{"inputs": [{"name": "x", "shape": [], "datatype": "FP32", "data": 0.5}]}',
+    request = oip.decode(b'{"inputs": [{"name": "x", "shape": [], "datatype": "FP32", "data": 0.5}]}',
                                    None, replica.inputs, replica.outputs)
     expected = onnx_snn.session(tmp_path / "scalar.onnx").run(None, {"x": np.array(0.5, np.float32)})[0]
     np.testing.assert_array_equal(replica._run([request])[0]["y"], expected)
