@@ -8,6 +8,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from onnx_snn.calibrate import Probe, Range
 from onnx_snn.mbe.functions import target
 from onnx_snn.mbe.neuron import MBEParameters, SlotTables
@@ -47,6 +49,8 @@ def check_presets(timesteps: int, bases: dict[str, int]) -> None:
 # identity encoders cover the calibrated magnitude with this headroom, and at least MIN_REACH
 RANGE_MARGIN = 1.1
 MIN_REACH = 1e-6
+# a channel's range is at least this share of the widest channel's (one calibration never moved)
+CHANNEL_FLOOR = 2.0 ** -10
 # saturating beyond the domain this close to the function is not worth a warning
 SATURATION_TOLERANCE = 1e-3
 
@@ -75,8 +79,7 @@ class NeuronChoice:
                                  f"{function} neuron on its preset domain {params.domain}")
             return params.tables
         if function == "identity":
-            reach = max(measured.magnitude * RANGE_MARGIN, MIN_REACH)
-            return params.scaled(params.domain[1] / reach, reach / params.domain[1]).tables
+            return self._identity(measured.magnitude)
         lo, hi = params.domain
         if measured.hi > hi and target(function).linear_above:
             # f(x) = x above the domain, where the preset saturates at f(hi): one more basis adds
@@ -86,6 +89,29 @@ class NeuronChoice:
         else:
             self._check_saturation(probe, function, measured, params.domain)
         return params.tables
+
+    def _identity(self, magnitude: float) -> SlotTables:
+        """The identity encoder covering [-magnitude, magnitude] with RANGE_MARGIN's headroom."""
+        params = preset("identity", bases=self.bases["identity"], timesteps=self.timesteps)
+        reach = max(magnitude * RANGE_MARGIN, MIN_REACH)
+        return params.scaled(params.domain[1] / reach, reach / params.domain[1]).tables
+
+    def identity_channels(self, probes: list[Probe]) -> tuple[list[float], list[SlotTables]]:
+        """Identity encoders that share one input scale per channel (a normalisation's encoders of x
+        and of x minus its mean): s[c] = M / m[c], m[c] the channel's calibrated magnitude over the
+        probes (at least CHANNEL_FLOOR * M), M the widest channel's; so every channel spans the
+        widest one's range and gets all the encoders' levels. Each encoder covers its probe's scaled
+        values. Without per-channel ranges (e.g. inside a Loop body): [1.0] and per-tensor encoders."""
+        measured = [self.ranges.get(p) for p in probes]
+        if any(m is None or m.channels is None for m in measured):
+            return [1.0], [self.for_tensor("identity", p) for p in probes]
+        magnitudes = [np.nan_to_num(np.maximum(np.abs(m.channels[0]), np.abs(m.channels[1])), posinf=0.0)
+                      for m in measured]
+        widest = float(np.max(magnitudes))
+        if widest <= 0:
+            return [1.0], [self.for_tensor("identity", p) for p in probes]
+        scale = (widest / np.maximum(np.max(magnitudes, axis=0), widest * CHANNEL_FLOOR)).astype(np.float32)
+        return scale.tolist(), [self._identity(float((m * scale).max())) for m in magnitudes]
 
     def _check_saturation(self, probe: Probe, function: str, measured: Range, domain: tuple[float, float]) -> None:
         """Beyond its domain a preset outputs its value at the edge: say so where that is off by
