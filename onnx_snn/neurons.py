@@ -51,6 +51,11 @@ RANGE_MARGIN = 1.1
 MIN_REACH = 1e-6
 # a channel's range is at least this share of the widest channel's (one calibration never moved)
 CHANNEL_FLOOR = 2.0 ** -10
+# the encoders of linear layers' inputs (normalised values, attention outputs) range each feature
+# with more headroom and amplify it at most 8x: their per-feature extremes on the calibration text
+# are exceeded more often on other text
+LINEAR_CHANNEL_FLOOR = 1 / 8
+LINEAR_CHANNEL_MARGIN = 1.6 * RANGE_MARGIN
 # saturating beyond the domain this close to the function is not worth a warning
 SATURATION_TOLERANCE = 1e-3
 
@@ -90,18 +95,20 @@ class NeuronChoice:
             self._check_saturation(probe, function, measured, params.domain)
         return params.tables
 
-    def _identity(self, magnitude: float) -> SlotTables:
-        """The identity encoder covering [-magnitude, magnitude] with RANGE_MARGIN's headroom."""
+    def _identity(self, magnitude: float, margin: float = RANGE_MARGIN) -> SlotTables:
+        """The identity encoder covering [-magnitude, magnitude] with `margin`'s headroom."""
         params = preset("identity", bases=self.bases["identity"], timesteps=self.timesteps)
-        reach = max(magnitude * RANGE_MARGIN, MIN_REACH)
+        reach = max(magnitude * margin, MIN_REACH)
         return params.scaled(params.domain[1] / reach, reach / params.domain[1]).tables
 
-    def identity_channels(self, probes: list[Probe]) -> tuple[list[float], list[SlotTables]]:
+    def identity_channels(self, probes: list[Probe], floor: float = CHANNEL_FLOOR,
+                          margin: float = RANGE_MARGIN) -> tuple[list[float], list[SlotTables]]:
         """Identity encoders that share one input scale per channel (a normalisation's encoders of x
         and of x minus its mean): s[c] = M / m[c], m[c] the channel's calibrated magnitude over the
-        probes (at least CHANNEL_FLOOR * M), M the widest channel's; so every channel spans the
-        widest one's range and gets all the encoders' levels. Each encoder covers its probe's scaled
-        values. Without per-channel ranges (e.g. inside a Loop body): [1.0] and per-tensor encoders."""
+        probes (at least floor * M), M the widest channel's; so every channel spans the widest
+        one's range and gets all the encoders' levels. Each encoder covers its probe's scaled values
+        with `margin`'s headroom. Without per-channel ranges (e.g. inside a Loop body): [1.0] and
+        per-tensor encoders."""
         measured = [self.ranges.get(p) for p in probes]
         if any(m is None or m.channels is None for m in measured):
             return [1.0], [self.for_tensor("identity", p) for p in probes]
@@ -110,8 +117,8 @@ class NeuronChoice:
         widest = float(np.max(magnitudes))
         if widest <= 0:
             return [1.0], [self.for_tensor("identity", p) for p in probes]
-        scale = (widest / np.maximum(np.max(magnitudes, axis=0), widest * CHANNEL_FLOOR)).astype(np.float32)
-        return scale.tolist(), [self._identity(float((m * scale).max())) for m in magnitudes]
+        scale = (widest / np.maximum(np.max(magnitudes, axis=0), widest * floor)).astype(np.float32)
+        return scale.tolist(), [self._identity(float((m * scale).max()), margin) for m in magnitudes]
 
     def _check_saturation(self, probe: Probe, function: str, measured: Range, domain: tuple[float, float]) -> None:
         """Beyond its domain a preset outputs its value at the edge: say so where that is off by

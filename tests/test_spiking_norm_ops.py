@@ -149,7 +149,7 @@ def test_every_implementation_is_bit_identical(norm, case, opset):
 
 @pytest.mark.parametrize("opset", [14, 18, NEWEST_OPSET])
 @pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{c[0]}-axis{c[1]}" for c in CASES])
-def test_channel_scale_bit_identical_and_changes_the_encoding(norm, case, opset):
+def test_every_implementation_is_bit_identical_with_a_channel_scale(norm, case, opset):
     """A scale per normalised element (per-channel ranges of the identity encoders): the encoders
     run on x * s and their values are divided by s, the same in all three implementations."""
     shape, axis, gamma_shape, beta_shape = CASES[case]

@@ -198,7 +198,7 @@ class Body:
         """The embedded neuron `prefix` on every element of x: a call of the MBENeuron function with
         the prefixed attributes forwarded. Returns (decoded values, total spikes as int64 [1])."""
         y, count = self.fresh(prefix + "y"), self.fresh(prefix + "count")
-        node = oh.make_node(mbe_neuron.OP_TYPE, [x], [y, count], domain=DOMAIN)
+        node = oh.make_node(mbe_neuron.OP_TYPE, [x, ""], [y, count], domain=DOMAIN)  # no channel_scale
         for name in mbe_neuron.ATTRIBUTES:
             node.attribute.append(onnx.AttributeProto(
                 name=name, ref_attr_name=prefix + name,
