@@ -12,6 +12,11 @@ Batches are streamed, run one at a time, and only running statistics are kept (R
 session itself reduces each probed tensor to its extremes, so no run returns all activations at once.
 A value inside an If, Loop or Scan body, which a session cannot return, is reduced in its body and
 its extremes (and shapes) carried out through the enclosing nodes (_carry_out).
+
+A probe with `channel_axis` is also measured per channel (per element of the dims from that axis on,
+as a normalisation's axis counts them), with the same statistic channel by channel: the session
+reduces the tensor to two vectors of extremes per batch. Only in the main graph; a probe inside a
+body gets the per-tensor range alone.
 """
 
 from __future__ import annotations
@@ -44,12 +49,15 @@ class Probe:
     tensor: str
     centered_axis: int | None = None
     dequantized: tuple[float, float] | None = None
+    channel_axis: int | None = None  # also measured per element of the dims from this axis on
 
 
 @dataclass
 class Range:
     lo: float
     hi: float
+    # per channel (a probe with channel_axis): the lows and highs, +-inf where a channel had no finite value
+    channels: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def magnitude(self) -> float:
@@ -329,6 +337,31 @@ class RunningRange:
         return Range(self.lows[pick], self.highs[pick])
 
 
+@dataclass
+class RunningChannels:
+    """RunningRange channel by channel: the two lowest lows and two highest highs of each channel."""
+
+    batches: int = 0
+    lows: np.ndarray | None = None  # [2, C], lowest first
+    highs: np.ndarray | None = None  # [2, C], highest first
+    consistent: bool = True  # every batch had the same number of channels
+
+    def add(self, lo: np.ndarray, hi: np.ndarray) -> None:
+        self.batches += 1
+        if self.lows is None:
+            self.lows = np.stack([lo, np.full_like(lo, np.inf)])
+            self.highs = np.stack([hi, np.full_like(hi, -np.inf)])
+        elif self.lows.shape[1] != lo.shape[0]:
+            self.consistent = False
+        else:
+            self.lows = np.sort(np.concatenate([self.lows, lo[None]]), axis=0)[:2]
+            self.highs = -np.sort(-np.concatenate([self.highs, hi[None]]), axis=0)[:2]
+
+    def channels(self) -> tuple[np.ndarray, np.ndarray] | None:
+        pick = 1 if self.batches >= 3 else 0
+        return (self.lows[pick], self.highs[pick]) if self.consistent and self.lows is not None else None
+
+
 def _extremes(values: np.ndarray, probe: Probe) -> tuple[float, float] | None:
     values = values.astype(np.float32, copy=False)
     if probe.centered_axis is not None:
@@ -345,20 +378,32 @@ _PREFIX = "onnx_snn.calibration"
 _INF, _MINUS_INF = f"{_PREFIX}/inf", f"{_PREFIX}/-inf"
 
 
-def _extremes_nodes(tensor: str, prefix: str) -> tuple[list[onnx.NodeProto], str, str]:
+def _extremes_nodes(tensor: str, prefix: str, channel_axis: int | None = None,
+                    opset: int = 0) -> tuple[list[onnx.NodeProto], str, str]:
     """Nodes giving the lowest and highest finite value of `tensor` as float32 (as _extremes does,
     and exactly: min and max do not depend on the order), so that a run returns two scalars, not
-    the activation; (nodes, lo, hi). Without finite values they give (inf, -inf)."""
+    the activation; (nodes, lo, hi). Without finite values they give (inf, -inf). With
+    `channel_axis`, two vectors: the extremes of each element of the dims from that axis on."""
     make = onnx.helper.make_node
     x, finite, lo, hi = f"{prefix}/float", f"{prefix}/finite", f"{prefix}/lo", f"{prefix}/hi"
-    nodes = [
-        make("Cast", [tensor], [x], to=onnx.TensorProto.FLOAT),
+    nodes = [make("Cast", [tensor], [x], to=onnx.TensorProto.FLOAT)]
+    reduce: dict = {"keepdims": 0}
+    if channel_axis is not None:  # [rows, channels], reduced over the rows
+        nodes.append(make("Flatten", [x], [f"{prefix}/rows"], axis=channel_axis))
+        x = f"{prefix}/rows"
+        if opset >= 18:
+            axes = onnx.helper.make_tensor(f"{prefix}/axes", onnx.TensorProto.INT64, [1], [0])
+            nodes.append(make("Constant", [], [axes.name], value=axes))
+        else:
+            reduce["axes"] = [0]
+    operand = [f"{prefix}/axes"] if channel_axis is not None and opset >= 18 else []
+    nodes += [
         make("Abs", [x], [f"{prefix}/abs"]),
         make("Less", [f"{prefix}/abs", _INF], [finite]),  # false for infinities and NaN
         make("Where", [finite, x, _INF], [f"{prefix}/for_min"]),
         make("Where", [finite, x, _MINUS_INF], [f"{prefix}/for_max"]),
-        make("ReduceMin", [f"{prefix}/for_min"], [lo], keepdims=0),
-        make("ReduceMax", [f"{prefix}/for_max"], [hi], keepdims=0),
+        make("ReduceMin", [f"{prefix}/for_min", *operand], [lo], **reduce),
+        make("ReduceMax", [f"{prefix}/for_max", *operand], [hi], **reduce),
     ]
     return nodes, lo, hi
 
@@ -505,11 +550,12 @@ def _carry_out(graph: onnx.GraphProto, wanted: list[tuple[object, str]], opset: 
     return found
 
 
-def _probe_model(model: onnx.ModelProto, tensors: list[str], centered: list[Probe],
-                 shape_tensors: list[str]) -> tuple[onnx.ModelProto, dict[Probe, tuple[str, str]], list[str], dict[str, str]]:
+def _probe_model(model: onnx.ModelProto, tensors: list[str], centered: list[Probe], shape_tensors: list[str],
+                 per_channel: list[Probe] = ()) -> tuple[onnx.ModelProto, dict[Probe, tuple[str, str]], list[str], dict[str, str]]:
     """A copy of `model` that also outputs the finite extremes of the probes on `tensors` and of the
     `centered` probes inside bodies, the values of the other `centered` tensors (their extremes need
-    the mean, reduced in numpy as _extremes does) and the shape records of `shape_tensors`;
+    the mean, reduced in numpy as _extremes does), the shape records of `shape_tensors` and the
+    per-channel extremes (vectors) of the `per_channel` probes of the main graph;
     (model, {probe: (lo, hi) outputs}, [centred values output], {tensor: shape records output})."""
     probed = onnx.ModelProto()
     probed.CopyFrom(model)  # external weights stay references: only the graph is copied
@@ -524,6 +570,15 @@ def _probe_model(model: onnx.ModelProto, tensors: list[str], centered: list[Prob
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     found = _carry_out(graph, wanted, opset, _PREFIX)
     extremes = {key: (found[key, "lo"], found[key, "hi"]) for key, kind in wanted if kind == "lo" and (key, "lo") in found}
+    for index, probe in enumerate(p for p in per_channel if p.tensor in main):
+        name, tensor, axis = f"{_PREFIX}/channels{index}", probe.tensor, probe.channel_axis
+        if probe.centered_axis is not None:  # centred as [rows, channels]: the channels are its axis 1
+            centering, tensor = _centered_nodes(probe, f"{name}/centering", opset)
+            graph.node.extend(centering)
+            axis = 1
+        nodes, lo, hi = _extremes_nodes(tensor, name, axis, opset)
+        graph.node.extend(nodes)
+        extremes[probe] = (lo, hi)
     shapes = {key: found[key, "shape"] for key, kind in wanted if kind == "shape" and (key, "shape") in found}
     outputs = {o.name for o in graph.output}
     for name in [*values, *(n for pair in extremes.values() for n in pair), *shapes.values()]:
@@ -556,9 +611,12 @@ def calibrate(
     shapes = {name: weights[name] for name in shape_tensors if name in weights}  # the rest from the first batch
     shape_tensors = [name for name in shape_tensors if name not in weights]
     main = {o for n in model.graph.node for o in n.output} | inputs
-    centered = [p for p in probes if p.centered_axis is not None]
-    plain = list(dict.fromkeys(p.tensor for p in probes if p.centered_axis is None))
-    probe_model, extremes, centered_values, shape_outputs = _probe_model(model, plain, centered, shape_tensors)
+    per_channel = [p for p in probes if p.channel_axis is not None and p.tensor in main]
+    # a probe inside a body is measured per tensor only
+    centered = [replace(p, channel_axis=None) for p in probes if p.centered_axis is not None and p not in per_channel]
+    plain = list(dict.fromkeys(p.tensor for p in probes if p.centered_axis is None and p not in per_channel))
+    probe_model, extremes, centered_values, shape_outputs = _probe_model(model, plain, centered, shape_tensors,
+                                                                         per_channel)
     options = read_external_data_from(ort.SessionOptions(), model_dir)
     options.log_severity_level = 4  # its errors are raised, and reported in one line, below
     # run each reduction as soon as its tensor is computed, so the activations are freed as the run
@@ -573,6 +631,7 @@ def calibrate(
     every_batch = list(dict.fromkeys([*centered_values, *(n for pair in extremes.values() for n in pair)]))
     body_shapes: dict[str, list[tuple[int, ...]]] = {}
     running = {p: RunningRange() for p in probes}
+    channels = {p: RunningChannels() for p in per_channel}
     first: tuple[dict, dict] = ({}, {})
     if progress:
         from tqdm import tqdm
@@ -596,8 +655,14 @@ def calibrate(
         if count == 0:
             first = (feeds, {name: values[name] for name in model_outputs})
         for probe in probes:
-            measured = replace(probe, dequantized=None)  # an integer tensor's extremes are measured as they are
-            if measured in extremes:
+            # an integer tensor's extremes are measured as they are
+            measured = replace(probe, dequantized=None, channel_axis=None)
+            if probe in channels:
+                lows, highs = (values[name].reshape(-1) for name in extremes[probe])
+                channels[probe].add(lows, highs)
+                lo, hi = float(lows.min(initial=math.inf)), float(highs.max(initial=-math.inf))
+                found = (lo, hi) if lo <= hi else None
+            elif measured in extremes:
                 lo, hi = (float(values[name]) for name in extremes[measured])
                 found = (lo, hi) if lo <= hi else None  # (inf, -inf): no finite value
             elif probe.tensor in values:  # a centred probe of the main graph
@@ -612,4 +677,7 @@ def calibrate(
         del values
         count += 1
     ranges = {p: r.range() for p, r in running.items() if r.batches}
+    for probe, measured in channels.items():
+        if probe in ranges:
+            ranges[probe].channels = measured.channels()
     return Calibration(ranges, shapes, count, synthesized, *first, body_shapes)

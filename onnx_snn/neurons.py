@@ -8,6 +8,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from onnx_snn.calibrate import Probe, Range
 from onnx_snn.mbe.functions import target
 from onnx_snn.mbe.neuron import MBEParameters, SlotTables
@@ -21,11 +23,11 @@ DEFAULT_BASES = {"gelu": 4, "silu": 4, "tanh": 4, "sigmoid": 4, "exp2": 2, "reci
 
 
 def identity_bases(timesteps: int) -> int:
-    """Bases of the identity encoders. From T=12 one binary-search basis is as exact as four and
-    fires a quarter of the spikes (MiniLM cosine at T=16: 0.99981 either way; at T=12 0.9957 against
-    0.9934); below, the offsets of four bases add the resolution T steps lack (T=8: 0.925 against
-    0.437 with one)."""
-    return 1 if timesteps >= 12 else 4
+    """Bases of the identity encoders. From T=10 one binary-search basis is as exact as four and
+    fires a quarter of the spikes (MiniLM cosine with per-channel ranges, 64 sentences: T=12 0.99952
+    against 0.99935 with two; T=10 0.99891 against 0.99871 with four); below, the offsets of four
+    bases add the resolution T steps lack (T=8: 0.99930 against 0.99305 with two, 0.99919 with eight)."""
+    return 1 if timesteps >= 10 else 4
 def check_presets(timesteps: int, bases: dict[str, int]) -> None:
     """Raise ValueError (one line) unless a preset ships for every neuron function at T = timesteps
     with its bases (DEFAULT_BASES and identity_bases, overridden by `bases`)."""
@@ -47,6 +49,13 @@ def check_presets(timesteps: int, bases: dict[str, int]) -> None:
 # identity encoders cover the calibrated magnitude with this headroom, and at least MIN_REACH
 RANGE_MARGIN = 1.1
 MIN_REACH = 1e-6
+# a channel's range is at least this share of the widest channel's (one calibration never moved)
+CHANNEL_FLOOR = 2.0 ** -10
+# the encoders of linear layers' inputs (normalised values, attention outputs) range each feature
+# with more headroom and amplify it at most 8x: their per-feature extremes on the calibration text
+# are exceeded more often on other text
+LINEAR_CHANNEL_FLOOR = 1 / 8
+LINEAR_CHANNEL_MARGIN = 1.6 * RANGE_MARGIN
 # saturating beyond the domain this close to the function is not worth a warning
 SATURATION_TOLERANCE = 1e-3
 
@@ -75,8 +84,7 @@ class NeuronChoice:
                                  f"{function} neuron on its preset domain {params.domain}")
             return params.tables
         if function == "identity":
-            reach = max(measured.magnitude * RANGE_MARGIN, MIN_REACH)
-            return params.scaled(params.domain[1] / reach, reach / params.domain[1]).tables
+            return self._identity(measured.magnitude)
         lo, hi = params.domain
         if measured.hi > hi and target(function).linear_above:
             # f(x) = x above the domain, where the preset saturates at f(hi): one more basis adds
@@ -86,6 +94,31 @@ class NeuronChoice:
         else:
             self._check_saturation(probe, function, measured, params.domain)
         return params.tables
+
+    def _identity(self, magnitude: float, margin: float = RANGE_MARGIN) -> SlotTables:
+        """The identity encoder covering [-magnitude, magnitude] with `margin`'s headroom."""
+        params = preset("identity", bases=self.bases["identity"], timesteps=self.timesteps)
+        reach = max(magnitude * margin, MIN_REACH)
+        return params.scaled(params.domain[1] / reach, reach / params.domain[1]).tables
+
+    def identity_channels(self, probes: list[Probe], floor: float = CHANNEL_FLOOR,
+                          margin: float = RANGE_MARGIN) -> tuple[list[float], list[SlotTables]]:
+        """Identity encoders that share one input scale per channel (a normalisation's encoders of x
+        and of x minus its mean): s[c] = M / m[c], m[c] the channel's calibrated magnitude over the
+        probes (at least floor * M), M the widest channel's; so every channel spans the widest
+        one's range and gets all the encoders' levels. Each encoder covers its probe's scaled values
+        with `margin`'s headroom. Without per-channel ranges (e.g. inside a Loop body): [1.0] and
+        per-tensor encoders."""
+        measured = [self.ranges.get(p) for p in probes]
+        if any(m is None or m.channels is None for m in measured):
+            return [1.0], [self.for_tensor("identity", p) for p in probes]
+        magnitudes = [np.nan_to_num(np.maximum(np.abs(m.channels[0]), np.abs(m.channels[1])), posinf=0.0)
+                      for m in measured]
+        widest = float(np.max(magnitudes))
+        if widest <= 0:
+            return [1.0], [self.for_tensor("identity", p) for p in probes]
+        scale = (widest / np.maximum(np.max(magnitudes, axis=0), widest * floor)).astype(np.float32)
+        return scale.tolist(), [self._identity(float((m * scale).max()), margin) for m in magnitudes]
 
     def _check_saturation(self, probe: Probe, function: str, measured: Range, domain: tuple[float, float]) -> None:
         """Beyond its domain a preset outputs its value at the edge: say so where that is off by

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import numpy as np
 import onnx
+from onnx import helper as oh
+from onnx import numpy_helper
 
+from onnx_snn.calibrate import Probe
 from onnx_snn.graph import Graph
+from onnx_snn.neurons import LINEAR_CHANNEL_FLOOR, LINEAR_CHANNEL_MARGIN
 from onnx_snn.ops import DOMAIN, mbe_neuron
 from onnx_snn.precision import computed_in_float32, element_types, not_float
 from onnx_snn.rules.base import MatchContext, NearMiss, Neurons, Rule, Site, node_name
@@ -93,14 +98,31 @@ def build_sites(graph: Graph, sites: list[Site], neurons: Neurons, types: dict[s
             users = consumers[id(graph.scope_of[id(consumer)]), tensor]
             if consumer not in users:
                 users.append(consumer)
+    # a range per channel where every site that encodes the tensor asked for one (probe.channel_axis)
+    probes: dict[str, list[Probe]] = defaultdict(list)
+    for site in sites:
+        for probe in site.probes:
+            if any(tensor == probe.tensor for tensor, _ in site.encode):
+                probes[probe.tensor].append(probe)
     for (_, tensor), users in consumers.items():
         scope = graph.scope_of[id(users[0])]
         encoded = scope.fresh_name(f"{tensor}/spikes")
         first = min(users, key=scope.position_of)
         name = scope.fresh_name(f"{node_name(first)}/encode_{tensor}")
         types[encoded] = types.get(tensor)  # the layers read it in the type they read the tensor in
-        encoder = mbe_neuron.make_node(neurons.for_tensor("identity", tensor), tensor, encoded, name=name)
-        scope.add(computed_in_float32(scope, [encoder], types), before=first)
+        nodes = []
+        asked = probes.get(tensor) or [Probe(tensor)]
+        if all(p.channel_axis is not None for p in asked):
+            scale, (tables,) = neurons.identity_channels(asked[:1], LINEAR_CHANNEL_FLOOR, LINEAR_CHANNEL_MARGIN)
+        else:
+            scale, tables = [1.0], neurons.for_tensor("identity", Probe(tensor))
+        scale_name = None
+        if scale != [1.0]:
+            scale_name = scope.fresh_name(f"{name}/channel_scale")
+            nodes.append(oh.make_node("Constant", [], [scale_name], name=f"{scale_name}/constant",
+                                      value=numpy_helper.from_array(np.asarray(scale, np.float32), scale_name)))
+        nodes.append(mbe_neuron.make_node(tables, tensor, encoded, name=name, channel_scale=scale_name))
+        scope.add(computed_in_float32(scope, nodes, types), before=first)
         for user in users:
             scope.rewire(user, tensor, encoded)
     graph.apply()

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx.inliner
+import onnx.numpy_helper
 import onnxruntime as ort
 import pytest
 from helpers import EDGE_VALUES, extreme_neurons, probe_inputs, random_neuron
@@ -195,6 +196,83 @@ def test_spike_output_is_optional(omitted):
 @pytest.mark.parametrize("name, value, blamed", bad_attribute_params(("",)))
 def test_invalid_attributes_fail_at_session_creation_naming_the_attribute(name, value, blamed):
     assert_rejected_at_session_creation(with_attribute(neuron_graph(random_neuron(1, 3, 8)), name, value), blamed)
+
+
+# ---- channel_scale: an identity encoder's per-channel range ------------------------------------------
+
+def scaled_neuron_graph(neuron: MBEParameters, shape, scale: np.ndarray | None, opset=17) -> onnx.ModelProto:
+    """MBENeuron(x, channel_scale): the scale a weight (an initializer), or, with `scale` None, a graph input."""
+    model = neuron_graph(neuron, shape, opset)
+    model.graph.node[0].input[1] = "channel_scale"
+    if scale is None:
+        model.graph.input.append(oh.make_tensor_value_info("channel_scale", TensorProto.FLOAT, [None]))
+    else:
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(scale, np.float32), "channel_scale"))
+    return model
+
+
+@pytest.mark.parametrize("opset", [14, 18, NEWEST_OPSET])
+@pytest.mark.parametrize("shape, channels", [((5, 7), 7), ((2, 3, 4), 4), ((2, 3, 4), 1), ((), 1), ((3, 0), 0),
+                                             ((4, 0), 1), ((40, 1000), 1000)])
+def test_every_implementation_is_bit_identical_with_a_channel_scale(shape, channels, opset):
+    """y = neuron(x * s) / s along the last axis, the same in all four; one value scales every channel."""
+    params = random_neuron(7, 3, 8, signed=True)
+    rng = np.random.default_rng(channels + opset)
+    x = rng.normal(0, 3, shape).astype(np.float32)
+    scale = rng.uniform(0.05, 30, channels).astype(np.float32)
+    y_ref, spikes_ref = mbe_neuron.reference(params.tables, x, scale)
+    assert y_ref.shape == x.shape and spikes_ref.shape == x.shape
+    for name, (y, spikes) in run_all_ways(scaled_neuron_graph(params, shape, scale, opset), x).items():
+        assert_bit_identical(y, y_ref, f"{name} y")
+        assert_bit_identical(spikes, spikes_ref, f"{name} spikes")
+    if x.size and channels > 1:  # it changes what the neuron encodes
+        assert not np.array_equal(y_ref, simulate(params.tables, x)[0])
+
+
+def test_channel_scale_on_edge_values_and_the_thread_pool():
+    params = random_neuron(8, 4, 16, signed=True)
+    edge = np.resize(np.asarray(EDGE_VALUES, np.float32), (64, 3))
+    scale = np.array([1e-30, 1.0, 1e30], np.float32)  # products underflow and overflow
+    y_ref, spikes_ref = mbe_neuron.reference(params.tables, edge, scale)
+    for name, (y, spikes) in run_all_ways(scaled_neuron_graph(params, edge.shape, scale), edge).items():
+        assert_bit_identical(y, y_ref, f"{name} y")
+        assert_bit_identical(spikes, spikes_ref, f"{name} spikes")
+    # tasks of 16384 elements that do not start on a channel boundary, on two threads
+    x = np.random.default_rng(3).normal(0, 3, (300, 1001)).astype(np.float32)
+    scale = np.random.default_rng(4).uniform(0.1, 10, 1001).astype(np.float32)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    model = scaled_neuron_graph(params, x.shape, scale)
+    y, spikes = onnx_snn.session(model, sess_options=options).run(None, {"x": x})
+    y_ref, spikes_ref = mbe_neuron.reference(params.tables, x, scale)
+    assert_bit_identical(y, y_ref, "y")
+    assert_bit_identical(spikes, spikes_ref, "spikes")
+
+
+@pytest.mark.parametrize("scale", [[0.0, 1.0, 1.0], [1.0, -2.0, 1.0], [1.0, float("inf"), 1.0], [float("nan")] * 3],
+                         ids=["zero", "negative", "inf", "nan"])
+def test_invalid_channel_scale_fails_at_session_creation_as_a_weight_and_at_run_time_as_an_input(scale):
+    params = random_neuron(1, 3, 8)
+    model = scaled_neuron_graph(params, (2, 3), scale)
+    with pytest.raises(Exception, match=r"MBENeuron node 'neuron': input 'channel_scale': .* is not finite and > 0"):
+        onnx_snn.session(model)
+    feeds = {"x": np.ones((2, 3), np.float32), "channel_scale": np.asarray(scale, np.float32)}
+    with pytest.raises(Exception, match=r"input 'channel_scale': .* is not finite and > 0"):
+        onnx_snn.session(scaled_neuron_graph(params, (2, 3), None)).run(None, feeds)
+    with pytest.raises(ValueError, match="channel_scale"):
+        mbe_neuron.reference(params.tables, feeds["x"], feeds["channel_scale"])
+
+
+def test_channel_scale_of_another_count_is_an_error_naming_it():
+    params = random_neuron(1, 3, 8)
+    model = scaled_neuron_graph(params, (2, 3), None)
+    feeds = {"x": np.ones((2, 3), np.float32), "channel_scale": np.ones(2, np.float32)}
+    with pytest.raises(Exception, match="input 'channel_scale': 2 values for 3 channels"):
+        onnx_snn.session(model).run(None, feeds)
+    with pytest.raises(Exception):
+        ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    with pytest.raises(ValueError, match="channel_scale"):
+        mbe_neuron.reference(params.tables, feeds["x"], feeds["channel_scale"])
 
 
 @pytest.mark.parametrize("kernel", ["baseline", "avx2"])

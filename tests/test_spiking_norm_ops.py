@@ -61,9 +61,11 @@ class Norm(NamedTuple):
     def centred(self) -> bool:
         return self.module is spiking_layernorm
 
-    def model(self, neurons, rank, gamma_rank=1, beta_rank=1, axis=-1, epsilon=1e-5, opset=17, spikes=True):
+    def model(self, neurons, rank, gamma_rank=1, beta_rank=1, axis=-1, epsilon=1e-5, opset=17, spikes=True,
+              channel_scale=(1.0,)):
         """beta_rank None: no beta."""
-        common = dict(axis=axis, epsilon=epsilon, spikes="spikes" if spikes else None, name="norm")
+        common = dict(axis=axis, epsilon=epsilon, spikes="spikes" if spikes else None, name="norm",
+                      channel_scale=channel_scale)
         inputs = {"x": rank, "gamma": gamma_rank}
         if not self.centred:
             return op_model(spiking_rmsnorm.make_node(*neurons, "x", "gamma", "y", **common), inputs, spikes, opset)
@@ -73,10 +75,10 @@ class Norm(NamedTuple):
                                            **common)
         return op_model(node, inputs, spikes, opset)
 
-    def reference(self, neurons, x, gamma, beta, axis=-1, epsilon=1e-5):
+    def reference(self, neurons, x, gamma, beta, axis=-1, epsilon=1e-5, channel_scale=(1.0,)):
         if self.centred:
-            return spiking_layernorm.reference(*neurons, x, gamma, beta, axis, epsilon)
-        return spiking_rmsnorm.reference(*neurons, x, gamma, axis, epsilon)
+            return spiking_layernorm.reference(*neurons, x, gamma, beta, axis, epsilon, channel_scale)
+        return spiking_rmsnorm.reference(*neurons, x, gamma, axis, epsilon, channel_scale)
 
     def feeds(self, x, gamma, beta):
         return {"x": x, "gamma": gamma, **({"beta": beta} if self.centred and beta is not None else {})}
@@ -143,6 +145,51 @@ def test_every_implementation_is_bit_identical(norm, case, opset):
     expected = norm.reference(neurons, x, gamma, beta, axis, 1e-5)
     model = norm.model(neurons, len(shape), len(gamma_shape), None if beta is None else beta.ndim, axis, opset=opset)
     assert_all_ways_equal(model, norm.feeds(x, gamma, beta), expected)
+
+
+@pytest.mark.parametrize("opset", [14, 18, NEWEST_OPSET])
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{c[0]}-axis{c[1]}" for c in CASES])
+def test_every_implementation_is_bit_identical_with_a_channel_scale(norm, case, opset):
+    """A scale per normalised element (per-channel ranges of the identity encoders): the encoders
+    run on x * s and their values are divided by s, the same in all three implementations."""
+    shape, axis, gamma_shape, beta_shape = CASES[case]
+    neurons = norm.neuron_sets[case % 2]
+    rng = np.random.default_rng(case + 7 * opset)
+    x = rng.normal(0, 2, shape).astype(np.float32)
+    gamma, beta = affine(rng, gamma_shape, beta_shape is not None, beta_shape)
+    scale = rng.uniform(0.1, 20, math.prod(shape[axis:])).astype(np.float32)
+    expected = norm.reference(neurons, x, gamma, beta, axis, 1e-5, scale)
+    model = norm.model(neurons, len(shape), len(gamma_shape), None if beta is None else beta.ndim, axis, opset=opset,
+                       channel_scale=scale)
+    assert_all_ways_equal(model, norm.feeds(x, gamma, beta), expected)
+    unscaled = norm.reference(neurons, x, gamma, beta, axis, 1e-5)
+    assert not np.array_equal(expected[0], unscaled[0])  # the scale reaches the encoders
+    # one value scales every channel alike
+    expected = norm.reference(neurons, x, gamma, beta, axis, 1e-5, [2.5])
+    model = norm.model(neurons, len(shape), len(gamma_shape), None if beta is None else beta.ndim, axis, opset=opset,
+                       channel_scale=[2.5])
+    assert_all_ways_equal(model, norm.feeds(x, gamma, beta), expected)
+
+
+def test_channel_scale_gives_small_channels_their_own_resolution(norm):
+    """Channels of very different magnitudes (a residual stream with outlier channels): with the
+    encoders ranged per channel the normalised values are far more exact than with one range."""
+    preset = presets_or_skip()
+    identity, rsqrt = preset("identity", bases=4, timesteps=8), preset("rsqrt", bases=8, timesteps=16)
+    rng = np.random.default_rng(5)
+    magnitude = np.where(np.arange(64) < 2, 50.0, rng.uniform(0.2, 1.0, 64)).astype(np.float32)
+    x = (rng.uniform(-1, 1, (256, 64)) * magnitude).astype(np.float32)
+    gamma, beta = np.ones(64, np.float32), np.zeros(64, np.float32)
+    # each channel's range covers both encoders' values (x, and x minus the row's mean)
+    channel = np.maximum(np.abs(x), np.abs(x - x.mean(-1, keepdims=True))).max(0)
+    reach = float(channel.max()) * 1.1
+    encoder = identity.scaled(identity.domain[1] / reach, reach / identity.domain[1]).tables
+    neurons = (encoder, encoder, rsqrt.tables) if norm.centred else (encoder, rsqrt.tables)
+    exact = norm.exact(x.astype(np.float64), 1e-5)
+    one_range = np.abs(norm.reference(neurons, x, gamma, beta)[0] - exact).mean()
+    scale = channel.max() / channel
+    per_channel = np.abs(norm.reference(neurons, x, gamma, beta, channel_scale=scale)[0] - exact).mean()
+    assert per_channel < one_range / 4, (per_channel, one_range)
 
 
 EDGE_ROWS = np.array([
@@ -272,6 +319,30 @@ def test_invalid_attributes_fail_at_session_creation_naming_the_attribute(name, 
     neuron = random_neuron(31, 3, 8).tables  # the bad values are sized for 3 bases x 8 steps
     model = with_attribute(norm.model((neuron,) * len(norm.module.NEURONS), 2), attribute, value)
     assert_rejected_at_session_creation(model, blamed)
+
+
+@pytest.mark.parametrize("name", list(NORMS))
+@pytest.mark.parametrize("value", [[], [0.0], [1.0, -2.0], [float("inf")], [float("nan"), 1.0], [-0.0]])
+def test_invalid_channel_scale_fails_at_session_creation(name, value):
+    norm = NORMS[name]
+    assert_rejected_at_session_creation(with_attribute(norm.model(norm.neuron_sets[0], 2), "channel_scale", value),
+                                        "channel_scale")
+    with pytest.raises(ValueError, match="channel_scale"):
+        norm.reference(norm.neuron_sets[0], np.ones((2, 4), np.float32), np.ones(4, np.float32), None,
+                       channel_scale=value)
+
+
+def test_channel_scale_of_another_count_is_an_error_at_run_time_and_absent_means_one(norm):
+    f = norm.feeds(np.ones((3, 4), np.float32), np.ones(4, np.float32), np.zeros(4, np.float32))
+    with pytest.raises(Exception, match="attribute 'channel_scale': 3 values for 4 normalised values"):
+        onnx_snn.session(norm.model(norm.neuron_sets[0], 2, channel_scale=[1.0, 2.0, 3.0])).run(None, f)
+    with pytest.raises(ValueError, match="channel_scale"):
+        norm.reference(norm.neuron_sets[0], f["x"], f["gamma"], f.get("beta"), channel_scale=[1.0, 2.0, 3.0])
+    # a model converted before the attribute existed runs as with one range for all
+    old = with_attribute(norm.model(norm.neuron_sets[0], 2), "channel_scale", None)
+    expected = norm.reference(norm.neuron_sets[0], f["x"], f["gamma"], f.get("beta"))
+    for out, exp in zip(onnx_snn.session(old).run(None, f), expected):
+        assert_same(out, exp, "without channel_scale")
 
 
 @pytest.mark.parametrize("axis, shape", AXES_OUT_OF_RANGE)

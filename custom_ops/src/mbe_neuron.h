@@ -6,7 +6,10 @@ namespace onnx_snn {
 
 struct MBENeuronKernel {
   static constexpr const char* kName = "MBENeuron";
-  static constexpr ONNXTensorElementDataType kInputs[] = {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
+  // x and the optional channel_scale
+  static constexpr ONNXTensorElementDataType kInputs[] = {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
+                                                          ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT};
+  static constexpr size_t kRequiredInputs = 1;
   static constexpr ONNXTensorElementDataType kOutputs[] = {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
                                                            ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32};
   static constexpr size_t kRequiredOutputs = 1;

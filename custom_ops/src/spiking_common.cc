@@ -20,6 +20,29 @@ float EpsilonAttribute(const Ort::ConstKernelInfo& info) {
   return epsilon;
 }
 
+std::vector<float> ChannelScaleAttribute(const Ort::ConstKernelInfo& info) {
+  std::vector<float> scale;
+  try {
+    scale = info.GetAttributes<float>("channel_scale");
+  } catch (const Ort::Exception&) {
+    return {1.0f};  // absent
+  }
+  if (scale.empty()) throw std::invalid_argument("attribute 'channel_scale': empty or not a list of floats");
+  for (const float s : scale)
+    if (!std::isfinite(s) || s <= 0.0f)
+      throw std::invalid_argument("attribute 'channel_scale': " + std::to_string(s) + " is not finite and > 0");
+  return scale;
+}
+
+std::vector<float> ChannelScales(const std::vector<float>& attribute, size_t n) {
+  if (attribute.size() != 1 && attribute.size() != n)
+    throw std::invalid_argument("attribute 'channel_scale': " + std::to_string(attribute.size()) +
+                                " values for " + std::to_string(n) + " normalised values (want 1 or " +
+                                std::to_string(n) + ")");
+  if (attribute.size() == 1 && attribute[0] == 1.0f) return {};
+  return attribute.size() == n ? attribute : std::vector<float>(n, attribute[0]);
+}
+
 size_t DimProduct(const std::vector<int64_t>& shape, size_t begin, size_t end) {
   size_t product = 1;
   for (size_t i = begin; i < end; ++i) product *= static_cast<size_t>(shape[i]);

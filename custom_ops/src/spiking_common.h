@@ -109,6 +109,14 @@ size_t ResolveAxis(int64_t axis, size_t rank);
 // The `epsilon` attribute: finite and >= 0.
 float EpsilonAttribute(const Ort::ConstKernelInfo& info);
 
+// The `channel_scale` attribute of a normalisation: 1 or N values, finite and > 0; [1] when absent
+// (models converted before it existed).
+std::vector<float> ChannelScaleAttribute(const Ort::ConstKernelInfo& info);
+
+// The channel scales for n normalised values: n values, or none when every scale is 1 (no change).
+// Throws naming the attribute when there are neither 1 nor n values.
+std::vector<float> ChannelScales(const std::vector<float>& attribute, size_t n);
+
 // The product of dims [begin, end).
 size_t DimProduct(const std::vector<int64_t>& shape, size_t begin, size_t end);
 

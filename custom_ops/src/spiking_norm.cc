@@ -21,6 +21,7 @@ struct Normalise {
   const float* x;
   const float* gamma;
   const float* bias;  // LayerNorm: beta + 0, or 0: n values
+  const float* scale;  // channel_scale: n values, or null: one range for all (a scale of 1 changes nothing)
   float* y;
   int64_t* totals;  // [tasks, kNeurons], or null: spikes not wanted
 
@@ -33,7 +34,22 @@ struct Normalise {
     std::vector<int32_t> scratch;
     int64_t* spikes = totals ? totals + kNeurons * task : nullptr;
 
-    RunNeuron(input, x + r0 * n, xh.get(), block, spikes, scratch);
+    // the identity encoders run on x * scale and their values are divided by it (per channel)
+    const auto scaled = [&](const float* from, float* to) {
+      for (size_t r = 0; r < rows; ++r)
+        for (size_t j = 0; j < n; ++j) to[r * n + j] = from[r * n + j] * scale[j];
+    };
+    const auto unscale = [&](float* v) {
+      for (size_t r = 0; r < rows; ++r)
+        for (size_t j = 0; j < n; ++j) v[r * n + j] = v[r * n + j] / scale[j];
+    };
+    if (scale) {
+      scaled(x + r0 * n, xh.get());
+      RunNeuron(input, xh.get(), xh.get(), block, spikes, scratch);
+      unscale(xh.get());
+    } else {
+      RunNeuron(input, x + r0 * n, xh.get(), block, spikes, scratch);
+    }
     const float* values = xh.get();  // what is squared and scaled: the encoded centred values, or x
     if (kCentred) {
       for (size_t r = 0; r < rows; ++r) {
@@ -44,7 +60,9 @@ struct Normalise {
         float* dr = &d[r * n];
         for (size_t j = 0; j < n; ++j) dr[j] = xr[j] - mu;
       }
+      if (scale) scaled(d.get(), d.get());
       RunNeuron(centered, d.get(), dh.get(), block, spikes ? spikes + 1 : nullptr, scratch);
+      if (scale) unscale(dh.get());
       values = dh.get();
     }
     for (size_t r = 0; r < rows; ++r) {
@@ -74,6 +92,7 @@ template <bool kCentred>
 SpikingNormKernel<kCentred>::SpikingNormKernel(const Ort::ConstKernelInfo& info)
     : axis_(IntAttribute(info, "axis")),
       epsilon_(EpsilonAttribute(info)),
+      channel_scale_(ChannelScaleAttribute(info)),
       input_(NeuronTables::FromAttributes(info, "input_")),
       centered_(kCentred ? NeuronTables::FromAttributes(info, "centered_") : NeuronTables{}),
       rsqrt_(NeuronTables::FromAttributes(info, "rsqrt_")) {}
@@ -95,9 +114,11 @@ void SpikingNormKernel<kCentred>::Compute(Ort::KernelContext& context) const {
   std::vector<float> bias(kCentred ? plan.n : 0, 0.0f);
   if (beta)
     for (size_t j = 0; j < plan.n; ++j) bias[j] = beta[j] + 0.0f;  // -0.0 becomes +0.0, as in the function
+  const std::vector<float> scale = ChannelScales(channel_scale_, plan.n);
   std::vector<int64_t> totals(spikes ? kNeurons * plan.tasks : 0, 0);
   Normalise<kCentred> task{input_, centered_, rsqrt_, plan, epsilon_, input.GetTensorData<float>(), gamma, bias.data(),
-                           output.GetTensorMutableData<float>(), spikes ? totals.data() : nullptr};
+                           scale.empty() ? nullptr : scale.data(), output.GetTensorMutableData<float>(),
+                           spikes ? totals.data() : nullptr};
   RunTasks(context, plan.tasks, task);
   if (spikes)
     for (size_t i = 0; i < totals.size(); ++i) spikes[i % kNeurons] += totals[i];

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <array>
+#include <vector>
 
 #include "neuron.h"
 
@@ -34,6 +35,7 @@ struct SpikingNormKernel {
  private:
   const int64_t axis_;
   const float epsilon_;
+  const std::vector<float> channel_scale_;  // 1 or n values
   const NeuronTables input_, centered_, rsqrt_;  // centered_: LayerNorm's only
 };
 

@@ -64,6 +64,21 @@ def run_neuron(tables: SlotTables, x: np.ndarray) -> tuple[np.ndarray, np.int64]
     return y, count.sum(dtype=np.int64)
 
 
+def channel_scale(scale, n: int) -> np.ndarray:
+    """A normalisation's `channel_scale` attribute as [1, N, 1] float32: one value (every channel)
+    or N, each finite and > 0 (the kernel checks the same)."""
+    s = np.asarray(scale, np.float32).reshape(-1)
+    if s.size not in (1, n) or not np.all(np.isfinite(s) & (s > 0)):
+        raise ValueError(f"channel_scale: {s.size} values for {n} normalised values (want 1 or {n}, finite, > 0)")
+    return np.broadcast_to(s, (n,)).reshape(1, n, 1)
+
+
+def run_scaled_neuron(tables: SlotTables, x: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.int64]:
+    """The identity encoder with a per-channel range: the neuron on x * scale, decoded / scale."""
+    y, spikes = run_neuron(tables, x * scale)
+    return y / scale, spikes
+
+
 # ---- numpy reference blocks ----------------------------------------------------------------------
 
 def tree_sum(v: np.ndarray, axis: int) -> np.ndarray:
@@ -174,7 +189,8 @@ class Body:
         node = oh.make_node("Constant", [], [out])
         node.attribute.append(onnx.AttributeProto(
             name=field, ref_attr_name=attribute,
-            type={"value_int": onnx.AttributeProto.INT, "value_float": onnx.AttributeProto.FLOAT}[field]))
+            type={"value_int": onnx.AttributeProto.INT, "value_float": onnx.AttributeProto.FLOAT,
+                  "value_floats": onnx.AttributeProto.FLOATS}[field]))
         self.nodes.append(node)
         return out
 
@@ -182,7 +198,7 @@ class Body:
         """The embedded neuron `prefix` on every element of x: a call of the MBENeuron function with
         the prefixed attributes forwarded. Returns (decoded values, total spikes as int64 [1])."""
         y, count = self.fresh(prefix + "y"), self.fresh(prefix + "count")
-        node = oh.make_node(mbe_neuron.OP_TYPE, [x], [y, count], domain=DOMAIN)
+        node = oh.make_node(mbe_neuron.OP_TYPE, [x, ""], [y, count], domain=DOMAIN)  # no channel_scale
         for name in mbe_neuron.ATTRIBUTES:
             node.attribute.append(onnx.AttributeProto(
                 name=name, ref_attr_name=prefix + name,
@@ -191,6 +207,16 @@ class Body:
         count64 = self.op("Cast", count, to=TensorProto.INT64)
         total = self.op("ReduceSum", count64, keepdims=0)  # every axis: no axes input
         return y, self.op("Reshape", total, self.ints(1))
+
+    def scaled_neuron(self, prefix: str, x: str, scale: str) -> tuple[str, str]:
+        """blocks.run_scaled_neuron: the embedded neuron on x * scale, its values / scale."""
+        y, spikes = self.neuron(prefix, self.op("Mul", x, scale))
+        return self.op("Div", y, scale), spikes
+
+    def channel_scale(self) -> str:
+        """The node's `channel_scale` attribute as [1, N, 1] (one value: [1, 1, 1])."""
+        values = self.attribute("channel_scale", "value_floats")
+        return self.op("Reshape", values, self.ints(1, -1, 1))
 
     def reduce_max(self, x: str, axis: int, opset: int) -> str:
         """ReduceMax over one axis, keepdims: axes an attribute before opset 18, an input from 18."""

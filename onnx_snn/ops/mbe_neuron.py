@@ -1,6 +1,11 @@
 """MBENeuron (domain onnx_snn, version 1): one MBE neuron applied to every element of a tensor.
 
     inputs:  x       float32, any shape
+             channel_scale  float32, optional: 1 value or one per channel (x's last dim; a scalar x
+                     has one channel), finite and > 0: the neuron runs on x * s and its decoded
+                     value is s's fraction, y = neuron(x * s) / s (an identity encoder's
+                     per-channel range: a per-channel input scale and output intensity, the slot
+                     tables unchanged; a NaN passes through as it is). Absent: y = neuron(x).
     outputs: y       float32, x's shape: the decoded spike trains
              spikes  int32, x's shape, optional: spikes fired per element (all bases and steps)
     attributes: the neuron's slot tables (onnx_snn.mbe.neuron.SlotTables.attributes):
@@ -16,20 +21,39 @@ with a Loop over N, in the reference's order.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import TensorProto
 from onnx import helper as oh
 
-from onnx_snn.mbe.neuron import SlotTables
+from onnx_snn.mbe.neuron import SlotTables, simulate
 from onnx_snn.ops.common import DOMAIN, attr_ref
 
 OP_TYPE = "MBENeuron"
 ATTRIBUTES = ("timesteps", "input_scale", "input_offset", "threshold", "reset", "weight", "bias", "signed")
 
 
-def make_node(tables: SlotTables, x: str, y: str, spikes: str | None = None, name: str | None = None) -> onnx.NodeProto:
-    # the unused spike output keeps an empty name: onnxruntime's function inliner wants every output
-    return oh.make_node(OP_TYPE, [x], [y, spikes or ""], name=name, domain=DOMAIN, **tables.attributes())
+def make_node(tables: SlotTables, x: str, y: str, spikes: str | None = None, name: str | None = None,
+              channel_scale: str | None = None) -> onnx.NodeProto:
+    # an absent scale and the unused spike output keep empty names: the function inliners want every slot
+    return oh.make_node(OP_TYPE, [x, channel_scale or ""], [y, spikes or ""], name=name, domain=DOMAIN,
+                        **tables.attributes())
+
+
+def reference(tables: SlotTables, x: np.ndarray, channel_scale: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """The numpy reference: (y float32, spikes int32 per element)."""
+    x = np.asarray(x, np.float32)
+    if channel_scale is None:
+        return simulate(tables, x)
+    s = np.asarray(channel_scale, np.float32).reshape(-1)
+    channels = x.shape[-1] if x.ndim else 1
+    if s.size not in (1, channels) or not np.all(np.isfinite(s) & (s > 0)):
+        raise ValueError(f"channel_scale: {s.size} values for {channels} channels (want 1 or {channels}, finite, > 0)")
+    scale = s if s.size != 1 else s[0]  # along the last axis
+    with np.errstate(over="ignore", invalid="ignore"):
+        y, spikes = simulate(tables, x * scale)
+        return np.where(np.isnan(x), x, y / scale).astype(np.float32), spikes  # a NaN passes as it is
 
 
 def _step_body() -> onnx.GraphProto:
@@ -110,9 +134,30 @@ def function(opset: int) -> onnx.FunctionProto:
         oh.make_node("Constant", [], ["zero"], value_float=0.0),
         # an explicit loop condition: onnx.reference runs no iteration when it is left out
         oh.make_node("Constant", [], ["keep_going"], value=oh.make_tensor("", TensorProto.BOOL, [], [True])),
+        # the channel scale per element (1 without it): Gemm(0 [1, 0], 0 [0, K], channel_scale) is
+        # channel_scale as [1, K] (K: the last dim, 1 for a scalar), or 0 without it (an absent
+        # optional input only a standard op's optional input may take)
+        oh.make_node("Shape", ["x"], ["x_shape"]),
+        oh.make_node("Constant", [], ["one_1d"], value_ints=[1]),
+        oh.make_node("Constant", [], ["zero_1d"], value_ints=[0]),
+        oh.make_node("Constant", [], ["last_end"], value_ints=[(1 << 63) - 1]),
+        oh.make_node("Concat", ["one_1d", "x_shape"], ["dims_1"], axis=0),
+        oh.make_node("Slice", ["dims_1", "minus_one", "last_end"], ["channels"]),
+        oh.make_node("Concat", ["one_1d", "zero_1d"], ["a_shape"], axis=0),
+        oh.make_node("Concat", ["zero_1d", "channels"], ["b_shape"], axis=0),
+        oh.make_node("ConstantOfShape", ["a_shape"], ["gemm_a"], value=oh.make_tensor("", TensorProto.FLOAT, [1], [0.0])),
+        oh.make_node("ConstantOfShape", ["b_shape"], ["gemm_b"], value=oh.make_tensor("", TensorProto.FLOAT, [1], [0.0])),
+        oh.make_node("Gemm", ["gemm_a", "gemm_b", "channel_scale"], ["given_scale"]),
+        oh.make_node("Equal", ["given_scale", "zero"], ["no_scale"]),
+        oh.make_node("Constant", [], ["one"], value_float=1.0),
+        oh.make_node("Where", ["no_scale", "one", "given_scale"], ["channel_row"]),
+        oh.make_node("Reshape", ["channel_row", "channels"], ["per_channel"], allowzero=1),
+        oh.make_node("Expand", ["per_channel", "x_shape"], ["per_element"]),
+        oh.make_node("Reshape", ["per_element", "minus_one"], ["s_flat"]),
         # u[0] per element (flattened to M) and basis: [M, N]
         oh.make_node("Reshape", ["x", "minus_one"], ["x_flat"]),
-        oh.make_node("Unsqueeze", ["x_flat", "minus_one"], ["x_col"]),
+        oh.make_node("Mul", ["x_flat", "s_flat"], ["x_scaled"]),
+        oh.make_node("Unsqueeze", ["x_scaled", "minus_one"], ["x_col"]),
         oh.make_node("Mul", ["x_col", "scale"], ["scaled"]),
         oh.make_node("Add", ["scaled", "offset"], ["u0"]),
         oh.make_node("Less", ["u0", "zero"], ["below_zero"]),
@@ -131,17 +176,17 @@ def function(opset: int) -> onnx.FunctionProto:
         oh.make_node("Shape", ["x_flat"], ["elements"]),
         oh.make_node("Expand", ["bias", "elements"], ["y_start"]),
         oh.make_node("Loop", ["bases", "keep_going", "y_start"], ["y_sum"], body=_basis_sum_body()),
+        oh.make_node("Div", ["y_sum", "s_flat"], ["y_unscaled"]),
         oh.make_node("IsNaN", ["x_flat"], ["x_nan"]),
-        oh.make_node("Where", ["x_nan", "x_flat", "y_sum"], ["y_flat"]),
+        oh.make_node("Where", ["x_nan", "x_flat", "y_unscaled"], ["y_flat"]),
         oh.make_node("ReduceSum", ["count", "minus_one"], ["spikes_flat"], keepdims=0),
-        oh.make_node("Shape", ["x"], ["x_shape"]),
         oh.make_node("Reshape", ["y_flat", "x_shape"], ["y"], allowzero=1),
         oh.make_node("Reshape", ["spikes_flat", "x_shape"], ["spikes"], allowzero=1),
     ]
     return oh.make_function(
         DOMAIN,
         OP_TYPE,
-        ["x"],
+        ["x", "channel_scale"],
         ["y", "spikes"],
         nodes,
         [oh.make_opsetid("", opset)],

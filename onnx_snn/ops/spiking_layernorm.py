@@ -11,15 +11,19 @@
     outputs: y       float32, x's shape
              spikes  int64 [3], optional: spikes fired over the whole tensor by the input encoder,
                      the centred encoder and the rsqrt neuron, in that order
-    attributes: axis (int, in [-rank, rank)), epsilon (float, finite, >= 0): make_node writes both
-                     (the function body needs them written: the inliners ignore defaults)
+    attributes: axis (int, in [-rank, rank)), epsilon (float, finite, >= 0),
+             channel_scale (floats, 1 or N values, finite, > 0: each normalised element's input scale,
+                     the per-channel range of both identity encoders; [1.0]: one range for all):
+                     make_node writes all three (the function body needs them written: the
+                     inliners ignore defaults)
              input_*     signed identity encoder of x        (the 8 slot-table attributes of
              centered_*  signed identity encoder of x - mean   MBENeuron with the prefix)
              rsqrt_*     the neuron for 1/sqrt(m) on [0.5, 2]
 
 Per row of N values, in float32, one rounding per operation, in this order:
-    xh = input_enc(x); mu = sum(xh) / N              the fixed-order halving sum (onnx_snn.ops.blocks)
-    d = xh - mu; dh = centered_enc(d)
+    xh = input_enc(x * s) / s                        s = channel_scale, per normalised element
+    mu = sum(xh) / N                                 the fixed-order halving sum (onnx_snn.ops.blocks)
+    d = xh - mu; dh = centered_enc(d * s) / s
     var = sum(dh * dh) / N                           the spiking product, then the mean (the paper
                                                      folds 1/N into the product's weights: the same
                                                      value up to one rounding)
@@ -37,6 +41,8 @@ the ONNX function below (standard ops; the neurons run through the MBENeuron fun
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import onnx
 from onnx import TensorProto
@@ -48,17 +54,17 @@ from onnx_snn.ops.common import DOMAIN
 
 OP_TYPE = "SpikingLayerNorm"
 NEURONS = ("input", "centered", "rsqrt")  # the embedded neurons, in the order of the spike output
-ATTRIBUTES = ("axis", "epsilon", *(a for n in NEURONS for a in blocks.neuron_attribute_names(n + "_")))
+ATTRIBUTES = ("axis", "epsilon", "channel_scale", *(a for n in NEURONS for a in blocks.neuron_attribute_names(n + "_")))
 CALLS = (mbe_neuron.OP_TYPE,)  # the functions this op's function calls
 DEFAULT_EPSILON = 1e-5
 
 
 def make_node(input: SlotTables, centered: SlotTables, rsqrt: SlotTables, x: str, gamma: str, beta: str | None,
               y: str, *, axis: int = -1, epsilon: float = DEFAULT_EPSILON, spikes: str | None = None,
-              name: str | None = None) -> onnx.NodeProto:
+              name: str | None = None, channel_scale: Sequence[float] = (1.0,)) -> onnx.NodeProto:
     # an absent beta and an unused spike output keep empty names: the inliners want every slot
     return oh.make_node(OP_TYPE, [x, gamma, beta or ""], [y, spikes or ""], name=name, domain=DOMAIN,
-                        axis=int(axis), epsilon=float(epsilon),
+                        axis=int(axis), epsilon=float(epsilon), channel_scale=[float(s) for s in channel_scale],
                         **blocks.neuron_attributes("input_", input),
                         **blocks.neuron_attributes("centered_", centered),
                         **blocks.neuron_attributes("rsqrt_", rsqrt))
@@ -68,9 +74,10 @@ def function(opset: int) -> onnx.FunctionProto:
     """The op as an ONNX function of standard ops (and MBENeuron calls) at the model's opset (>= 14)."""
     b = blocks.Body()
     shape, n, x3, count = b.normalised_rows("x")
-    xh, input_spikes = b.neuron("input_", x3)
+    scale = b.channel_scale()
+    xh, input_spikes = b.scaled_neuron("input_", x3, scale)
     mu = b.op("Div", b.tree_sum(xh), count)
-    dh, centered_spikes = b.neuron("centered_", b.op("Sub", xh, mu))
+    dh, centered_spikes = b.scaled_neuron("centered_", b.op("Sub", xh, mu), scale)
     rs, rsqrt_spikes = b.inverse_rms("rsqrt_", dh, count)
     affine_shape = b.op("Concat", b.ints(1), n, b.ints(1), axis=0)
     scaled = b.op("Mul", b.op("Mul", dh, rs), b.op("Reshape", "gamma", affine_shape, allowzero=1))
@@ -91,8 +98,8 @@ def function(opset: int) -> onnx.FunctionProto:
 
 
 def reference(input: SlotTables, centered: SlotTables, rsqrt: SlotTables, x: np.ndarray, gamma: np.ndarray,
-              beta: np.ndarray | None = None, axis: int = -1, epsilon: float = DEFAULT_EPSILON
-              ) -> tuple[np.ndarray, np.ndarray]:
+              beta: np.ndarray | None = None, axis: int = -1, epsilon: float = DEFAULT_EPSILON,
+              channel_scale: Sequence[float] = (1.0,)) -> tuple[np.ndarray, np.ndarray]:
     """The numpy reference: (y float32, spikes int64 [3])."""
     x = np.asarray(x, np.float32)
     x3, n, gamma = blocks.normalised_view(x, gamma, axis)
@@ -100,10 +107,11 @@ def reference(input: SlotTables, centered: SlotTables, rsqrt: SlotTables, x: np.
         raise ValueError(f"beta has {np.size(beta)} values for {n} normalised values")
     bias = np.zeros(n, np.float32) if beta is None else np.asarray(beta, np.float32).reshape(n) + np.float32(0)
     count = np.float32(n)
+    scale = blocks.channel_scale(channel_scale, n)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        xh, input_spikes = blocks.run_neuron(input, x3)
+        xh, input_spikes = blocks.run_scaled_neuron(input, x3, scale)
         mu = blocks.tree_sum(xh, 1) / count
-        dh, centered_spikes = blocks.run_neuron(centered, xh - mu)
+        dh, centered_spikes = blocks.run_scaled_neuron(centered, xh - mu, scale)
         rs, rsqrt_spikes = blocks.inverse_rms(rsqrt, dh, n, epsilon)
         y = (dh * rs) * gamma + bias.reshape(1, n, 1)
     return y.astype(np.float32).reshape(x.shape), np.array([input_spikes, centered_spikes, rsqrt_spikes], np.int64)

@@ -34,6 +34,8 @@ class Neurons(Protocol):
 
     def fixed(self, function: str) -> "SlotTables": ...
 
+    def identity_channels(self, probes: list) -> tuple[list[float], list["SlotTables"]]: ...
+
 
 @dataclass
 class Site:

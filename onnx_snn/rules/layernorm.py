@@ -17,7 +17,8 @@ NAME = "layernorm-op"
 def layernorm_site(rule: str, anchor: onnx.NodeProto, nodes: list[onnx.NodeProto], x: str, gamma: str,
                    beta: str | None, y: str, axis: int, epsilon: float) -> Site:
     """The replacement shared by the op and its written-out form (gamma and beta: per-feature weights)."""
-    probes = [Probe(x), Probe(x, centered_axis=axis)]
+    # per-channel ranges: one input scale per normalised element for both identity encoders
+    probes = [Probe(x, channel_axis=axis), Probe(x, centered_axis=axis, channel_axis=axis)]
 
     def build(graph, neurons):
         from onnx_snn.ops import spiking_layernorm
@@ -28,10 +29,10 @@ def layernorm_site(rule: str, anchor: onnx.NodeProto, nodes: list[onnx.NodeProto
             # SpikingLayerNorm reads beta as a Gemm bias (at most 2-D): gamma and beta as [1, N]
             weights = [graph.fresh_name(f"{name}/{w}_flat") for w in weights]
             flatten = [oh.make_node("Flatten", [w], [flat], axis=0) for w, flat in zip((gamma, beta), weights)]
+        scale, (input, centered) = neurons.identity_channels(probes)
         return flatten + [spiking_layernorm.make_node(
-            input=neurons.for_tensor("identity", probes[0]), centered=neurons.for_tensor("identity", probes[1]),
-            rsqrt=neurons.fixed("rsqrt"), x=x, gamma=weights[0], beta=weights[1], y=y, axis=axis, epsilon=epsilon,
-            name=name)]
+            input=input, centered=centered, rsqrt=neurons.fixed("rsqrt"), x=x, gamma=weights[0], beta=weights[1], y=y,
+            axis=axis, epsilon=epsilon, name=name, channel_scale=scale)]
 
     return Site(rule, "layernorm", anchor, nodes, probes, build)
 

@@ -85,6 +85,20 @@ def encoding_points(graph: Graph, node: onnx.NodeProto) -> list[EncodingPoint | 
     return points
 
 
+# layers whose activation (input 0) has its input features on the last axis, which a constant
+# weight fixes: its encoder may take a range per feature (a per-channel scale: MBENeuron)
+_FEATURES_LAST = ("MatMul", "Gemm", "FusedMatMul", "MatMulNBits")
+
+
+def by_input_feature(graph: Graph, point: EncodingPoint) -> bool:
+    """Whether the encoder of `point` may range each input feature of its layer on its own: a float
+    activation read directly as input 0 of a layer with a constant weight and features on its last
+    axis (not transposed), so the feature count is the weight's, the same for every input."""
+    layer = point.reader
+    return (point.dequantized is None and point.index == 0 and layer.op_type in _FEATURES_LAST
+            and not graph.attribute(layer, "transA", 0) and len(layer.input) > 1 and is_weight(graph, layer.input[1]))
+
+
 def encoder_site(rule: str, kind: str, ctx: MatchContext, node: onnx.NodeProto, operands: int) -> Site | None:
     """Identity encoders on the activation inputs of `node` that are not spike-encoded yet (none
     when all are), if it has `operands` of them and each can be encoded."""
@@ -94,7 +108,8 @@ def encoder_site(rule: str, kind: str, ctx: MatchContext, node: onnx.NodeProto, 
     missing = [p for p in points if p.tensor not in ctx.spike_encoded]
     shared = [p for p in missing if p.dequantized is None]
     integer = [p for p in missing if p.dequantized is not None]
-    probes = [Probe(p.tensor, dequantized=p.dequantized) for p in missing]
+    probes = [Probe(p.tensor, dequantized=p.dequantized,
+                    channel_axis=-1 if operands == 1 and by_input_feature(ctx.graph, p) else None) for p in missing]
     if not integer:
         return Site(rule, kind, node, probes=probes, encode=[(p.tensor, p.reader) for p in shared])
 

@@ -30,14 +30,15 @@ def spiking_node(graph: Graph, neurons: Neurons, probe: Probe, anchor: onnx.Node
                  axis: int, epsilon: float) -> onnx.NodeProto:
     from onnx_snn.ops import spiking_rmsnorm
 
+    scale, (input,) = neurons.identity_channels([probe])
     return spiking_rmsnorm.make_node(
-        input=neurons.for_tensor("identity", probe), rsqrt=neurons.fixed("rsqrt"), x=probe.tensor, gamma=gamma, y=y,
-        axis=axis, epsilon=epsilon, name=graph.fresh_name(f"{node_name(anchor)}/spiking"))
+        input=input, rsqrt=neurons.fixed("rsqrt"), x=probe.tensor, gamma=gamma, y=y, axis=axis, epsilon=epsilon,
+        name=graph.fresh_name(f"{node_name(anchor)}/spiking"), channel_scale=scale)
 
 
 def rmsnorm_site(anchor: onnx.NodeProto, nodes: list[onnx.NodeProto], x: str, gamma: str, y: str, axis: int,
                  epsilon: float) -> Site:
-    probe = Probe(x)
+    probe = Probe(x, channel_axis=axis)  # per-channel ranges: one input scale per normalised element
 
     def build(graph, neurons):
         return [spiking_node(graph, neurons, probe, anchor, gamma, y, axis, epsilon)]
@@ -162,7 +163,7 @@ def quantized_rmsnorm(ctx: MatchContext, anchor: onnx.NodeProto, x: str, nodes: 
     shared = private_or_near_miss(NAME, ctx, anchor, nodes, scale.output[0])
     if shared is not None:
         return shared
-    probe = Probe(x)
+    probe = Probe(x, channel_axis=axis)  # per-channel ranges: one input scale per normalised element
     y_scale, y_zero = (list(scale.input) + ["", ""])[6:8]
 
     def build(graph: Graph, neurons: Neurons) -> list[onnx.NodeProto]:

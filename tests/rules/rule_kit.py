@@ -544,6 +544,8 @@ def composite_reference(spiking: onnx.ModelProto, module, x: np.ndarray, **argum
     attributes = {a.name: oh.get_attribute_value(a) for a in node.attribute}
     tables = [SlotTables.from_attributes({k[len(n) + 1:]: v for k, v in attributes.items() if k.startswith(n + "_")})
               for n in module.NEURONS]
+    if "channel_scale" in module.ATTRIBUTES:  # the per-channel ranges the converter chose
+        arguments = {**arguments, "channel_scale": attributes["channel_scale"]}
     return module.reference(*tables, x, **arguments)[0]
 
 

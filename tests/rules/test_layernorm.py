@@ -51,12 +51,12 @@ def test_torch_layernorm_export_at_opset_17_is_one_site(options):
     assert rules_found(model) == {RULE: 1}
     (site,) = sites_of(model, RULE)
     assert site.kind == "layernorm" and site.nodes == [site.anchor]
-    assert site.probes == [Probe("x0"), Probe("x0", centered_axis=-1)]
+    assert site.probes == [Probe("x0", channel_axis=-1), Probe("x0", centered_axis=-1, channel_axis=-1)]
 
 
 def test_torch_layernorm_over_two_axes_is_one_site_on_axis_minus_2():
     (site,) = sites_of(export(layernorm([3, HIDDEN]), torch.randn(2, 3, HIDDEN), opset=17), RULE)
-    assert site.probes[1] == Probe("x0", centered_axis=-2)
+    assert site.probes[1] == Probe("x0", centered_axis=-2, channel_axis=-2)
 
 
 @pytest.mark.parametrize("outputs", [("y", "mean"), ("y", "mean", "inv_std"), ("y", "", "inv_std")],

@@ -66,12 +66,12 @@ def test_torch_layernorm_export_before_opset_17_is_one_site(bias):
     assert rules_found(model) == {RULE: 1}
     site = the_site(model)
     assert len(site.nodes) == (9 if bias else 8) and site.kind == "layernorm"
-    assert site.probes == [Probe("x0"), Probe("x0", centered_axis=-1)]
+    assert site.probes == [Probe("x0", channel_axis=-1), Probe("x0", centered_axis=-1, channel_axis=-1)]
 
 
 def test_torch_layernorm_over_two_axes_is_one_site_on_axis_minus_2():
     model = export(torch.nn.LayerNorm([3, HIDDEN]), torch.randn(2, 3, HIDDEN), opset=14)
-    assert the_site(model).probes == [Probe("x0"), Probe("x0", centered_axis=-2)]
+    assert the_site(model).probes == [Probe("x0", channel_axis=-2), Probe("x0", centered_axis=-2, channel_axis=-2)]
 
 
 @pytest.mark.parametrize("opset", [14, 18], ids=["axes-attribute", "axes-input-opset-18"])
@@ -100,7 +100,7 @@ def test_written_out_forms_are_one_site(square, divide, swap, constants):
     assert rules_found(model) == {RULE: 1}
     site = the_site(model)
     assert len(site.nodes) == (10 if divide == "reciprocal" else 9)
-    assert site.probes == [Probe("x0"), Probe("x0", centered_axis=-1)]
+    assert site.probes == [Probe("x0", channel_axis=-1), Probe("x0", centered_axis=-1, channel_axis=-1)]
 
 
 @pytest.mark.parametrize("axes_as", ["initializer", "constant-node"])
@@ -110,7 +110,7 @@ def test_opset_18_axes_as_input_is_one_site(axes_as):
 
 def test_two_trailing_axes_are_one_site_on_axis_minus_2():
     site = the_site(layernorm_graph(axes=(-2, -1)))
-    assert site.probes[1] == Probe("x0", centered_axis=-2)
+    assert site.probes[1] == Probe("x0", centered_axis=-2, channel_axis=-2)
 
 
 @pytest.mark.parametrize("casts", [("x",), ("d",), ("square",), ("var",), ("std",), ("norm",),
@@ -124,7 +124,7 @@ def test_float32_casts_along_the_chain_are_part_of_the_site(casts, square):
     site = the_site(model)
     removed = {n.output[0] for n in site.nodes}
     assert all(f"{name}_f32" in removed for name in ("d", "square", "var", "std", "norm") if name in casts)
-    assert site.probes[0] == Probe("x0_f32" if "x" in casts else "x0")
+    assert site.probes[0] == Probe("x0_f32" if "x" in casts else "x0", channel_axis=-1)
 
 
 @pytest.mark.parametrize("gamma, beta", [("initializer", "none"), ("identity", "initializer")],
@@ -154,7 +154,7 @@ def test_keras_folded_form_is_one_site(opset, mean_op, beta, swap):
     assert rules_found(model) == {RULE: 1}
     site = the_site(model)
     assert len(site.nodes) == (13 if beta == "initializer" else 12)
-    assert site.probes == [Probe("x0"), Probe("x0", centered_axis=-1)]
+    assert site.probes == [Probe("x0", channel_axis=-1), Probe("x0", centered_axis=-1, channel_axis=-1)]
 
 
 @pytest.mark.parametrize("variance", ["moments", "moments-clipped"])
@@ -295,7 +295,7 @@ def test_positive_trailing_axis_is_read_with_the_rank(rank_declared):
     is declared or inferred; of a value of unknown rank it is a near miss."""
     model = layernorm_graph(axes=(2,), rank_declared=rank_declared)
     if rank_declared:
-        assert the_site(model).probes[1] == Probe("x0", centered_axis=-1)
+        assert the_site(model).probes[1] == Probe("x0", centered_axis=-1, channel_axis=-1)
     else:
         assert search(model)[0] == []
         (miss,) = near_misses_of(model, RULE)

@@ -54,7 +54,7 @@ def test_torch_linear_export_is_one_site_encoding_its_input(bias, shape, op):
     (site,) = sites_of(model, RULE)
     assert site.anchor.op_type == op and site.kind == "linear" and site.build is None
     assert [(tensor, node.op_type) for tensor, node in site.encode] == [("x0", op)]
-    assert site.probes == [Probe("x0")]
+    assert site.probes == [Probe("x0", channel_axis=-1)]  # a range per input feature
 
 
 @pytest.mark.parametrize("conv, shape", [(torch.nn.Conv2d(3, 4, 3), (1, 3, 8, 8)),

@@ -79,7 +79,7 @@ def test_llama_rmsnorm_export_is_one_site(opset):
     assert op_types(site) == ["Add", "Cast", "Div", "Mul", "Mul", "Pow", "ReduceMean", "Sqrt"]
     assert site.kind == "rmsnorm" and site.nodes[-1].output[0] == "y"
     (probe,) = site.probes
-    assert model.graph.node[0].op_type == "Cast" and probe == Probe(model.graph.node[0].output[0])
+    assert model.graph.node[0].op_type == "Cast" and probe == Probe(model.graph.node[0].output[0], channel_axis=-1)
 
 
 def test_t5_layernorm_export_is_one_site():
@@ -96,7 +96,7 @@ def test_written_out_forms_are_one_site(square, invert, swap, constants):
     assert rules_found(model) == {RULE: 1}
     site = the_site(model)
     assert len(site.nodes) == (6 if invert == "div-x" else 7)
-    assert site.probes == [Probe("x0")] and site.nodes[-1].output[0] == "scaled"
+    assert site.probes == [Probe("x0", channel_axis=-1)] and site.nodes[-1].output[0] == "scaled"
 
 
 @pytest.mark.parametrize("axes_as", ["initializer", "constant-node"])
@@ -113,7 +113,7 @@ def test_float32_casts_along_the_chain_are_part_of_the_site(casts):
     site = the_site(model)
     removed = {n.output[0] for n in site.nodes}
     assert all(f"{name}_f32" in removed for name in ("square", "ms", "root", "inverse", "norm") if name in casts)
-    assert site.probes == [Probe("x0_f32" if "x" in casts else "x0")]
+    assert site.probes == [Probe("x0_f32" if "x" in casts else "x0", channel_axis=-1)]
 
 
 def test_gamma_an_identity_of_a_weight_is_one_site():
@@ -122,14 +122,14 @@ def test_gamma_an_identity_of_a_weight_is_one_site():
 
 def test_simplified_layernormalization_op_is_one_site():
     site = the_site(simplified_layernorm_graph())
-    assert site.nodes == [site.anchor] and site.probes == [Probe("x0")]
+    assert site.nodes == [site.anchor] and site.probes == [Probe("x0", channel_axis=-1)]
 
 
 @pytest.mark.parametrize("axis, scale_shape", [(-1, (HIDDEN,)), (2, (HIDDEN,)), (-2, (3, HIDDEN))],
                          ids=["last-axis", "positive-axis", "two-axes"])
 def test_rmsnormalization_op_is_one_site(axis, scale_shape):
     site = the_site(rmsnormalization_graph(axis=axis, scale_shape=scale_shape))
-    assert site.nodes == [site.anchor] and site.probes == [Probe("x0")]
+    assert site.nodes == [site.anchor] and site.probes == [Probe("x0", channel_axis=axis)]
 
 
 def jax2onnx_form(**form):
@@ -140,7 +140,7 @@ def jax2onnx_form(**form):
 def test_jax2onnx_form_is_one_site_with_its_castlike():
     site = the_site(jax2onnx_form())
     assert op_types(site) == ["Add", "CastLike", "Div", "Mul", "Mul", "ReduceMean", "Sqrt"]
-    assert site.probes == [Probe("x0")]
+    assert site.probes == [Probe("x0", channel_axis=-1)]
 
 
 @pytest.mark.parametrize("opset", [15, 18])
