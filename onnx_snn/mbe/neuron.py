@@ -27,8 +27,9 @@ Signed inputs, two ways (the `signed` attribute):
   are ternary (-1, 0, +1) but every step is a binary decision about |u|.
 * 2, signed digits: every step decides s in {-1, 0, +1} on the signed potential itself, so a digit
   can correct the one before (u overshoots below zero, the next spikes are negative). With weights
-  that shrink by less than 2 per step, or thresholds above half a weight, a value needs fewer spikes
-  (most digits 0) or fewer steps for the same error (onnx_snn.neurons.signed_digit).
+  that shrink by up to 3 per step (balanced ternary: 3^T levels) a value needs fewer steps for the
+  same error; with thresholds above half a weight most digits are 0, so it needs fewer spikes
+  (onnx_snn.neurons.signed_digits).
 0 is unsigned: binary spikes; such neurons see negative inputs through bases with a negative input
 scale or an offset (both input-independent), e.g. GELU's negative lobe.
 
