@@ -81,13 +81,14 @@ __attribute__((always_inline)) inline void RunGroup(const NeuronTables& n, const
     for (size_t t = 0; t < steps; ++t) {
       const F th = (F)(I{} + Bits(threshold[t])), r = (F)(I{} + Bits(reset[t])), w = (F)(I{} + Bits(weight[t]));
       if (kMode == kSignedDigits) {
-        const F th_neg = (F)(I{} + Bits(-threshold[t]));
+        // u >= threshold or u <= -threshold is |u| >= threshold, and the spike takes u's sign: +-r
+        // and +-w where it spikes, +0 elsewhere (one compare; selects on the OR of two compares ran
+        // ~1000x slower on AVX-512)
         for (int g = 0; g < G; ++g) {
-          const I down = u[g] <= th_neg;
-          const I s = (u[g] >= th) | down;  // -1 where the neuron spikes (either sign), 0 elsewhere
-          const I flip = down & sign_bit;
-          u[g] = s ? u[g] - (F)((I)r ^ flip) : u[g];
-          acc[g] = s ? acc[g] + (F)((I)w ^ flip) : acc[g];
+          const I s = (F)((I)u[g] & ~sign_bit) >= th;  // -1 where the neuron spikes, 0 elsewhere
+          const I flip = (I)u[g] & sign_bit;
+          u[g] = u[g] - (F)(((I)r ^ flip) & s);
+          acc[g] = acc[g] + (F)(((I)w ^ flip) & s);
           if (kCount) fired[g] -= s;
         }
       } else {
