@@ -38,8 +38,8 @@ IDENTITY_CODES = ("digits", "binary")
 def digit_ratio(timesteps: int) -> float:
     """The weight ratio of one step to the next in the signed-digit encoders: ratio^T = 2^16, so
     that the worst-case error, reach / (3 ratio^(T-1)), is about a T=16 binary search's (2^-16 of the
-    reach), within [2, 3]. Below 3 the balanced-ternary limit leaves a gap; above 2 spikes buy resolution. MiniLM's
-    encoders (relative RMS error, spikes per element; binary: the identity presets): T=8 ratio 3
+    reach), within [2, 3]: above 3 (balanced ternary) some values are out of the digits' reach; from
+    2 up, each step of ratio buys resolution with spikes. MiniLM's encoders (relative RMS error, spikes per element; binary: the identity presets): T=8 ratio 3
     2.0e-3, 3.5 (binary 1.2e-2, 14.7); T=16 ratio 2 1.3e-4, 4.1 (binary 1.4e-4, 5.6)."""
     return min(3.0, max(2.0, 2.0 ** (16 / timesteps)))
 
