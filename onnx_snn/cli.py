@@ -8,6 +8,7 @@ import json
 import os
 import sys
 
+from onnx_snn.neurons import IDENTITY_CODES
 from onnx_snn.rules import rule_set
 
 
@@ -47,7 +48,7 @@ def _convert(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.output}: the output would overwrite the input model; choose another path")
     model, report = convert_with_report(args.input, timesteps=args.timesteps, calibration=args.calibration,
                                         hybrid=args.hybrid, rules=args.rules, bases=dict(args.bases or []),
-                                        progress=not args.json and sys.stderr.isatty(),
+                                        identity_code=args.identity_code, progress=not args.json and sys.stderr.isatty(),
                                         check=not args.no_check, strict=args.strict)
     if args.inline:
         model = ops.inline(model)
@@ -234,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--calibration", metavar="FILE.npz",
                          help="calibration inputs (arrays named like the model's inputs); default: synthesised")
     _bases_option(convert)
+    convert.add_argument("--identity-code", choices=IDENTITY_CODES, default="digits",
+                         help="identity encoders of signed values: digits (one basis, a ternary spike decided at "
+                              "every step: fewer spikes, finer steps) or binary (the identity presets); default digits")
     convert.add_argument("--hybrid", action="store_true", help="convert only the nonlinear ops (no encoders on linear layers)")
     convert.add_argument("--rules", nargs="+", metavar="RULE", choices=RULE_NAMES,
                          help=f"apply only these rules: {', '.join(RULE_NAMES)}")

@@ -12,7 +12,7 @@ import numpy as np
 
 from onnx_snn.calibrate import Probe, Range
 from onnx_snn.mbe.functions import target
-from onnx_snn.mbe.neuron import MBEParameters, SlotTables
+from onnx_snn.mbe.neuron import SIGNED_DIGITS, MBEParameters, SlotTables
 from onnx_snn.mbe.presets import preset
 
 # bases per function: the paper's N=4 for the activations, N=8 for the per-row neurons of Softmax and
@@ -28,6 +28,47 @@ def identity_bases(timesteps: int) -> int:
     against 0.99935 with two; T=10 0.99891 against 0.99871 with four); below, the offsets of four
     bases add the resolution T steps lack (T=8: 0.99930 against 0.99305 with two, 0.99919 with eight)."""
     return 1 if timesteps >= 10 else 4
+
+
+# How identity encoders code signed values: "digits", one signed-digit basis (signed_digits), or
+# "binary", the identity presets (identity_bases of them, each spike taking the input's sign).
+IDENTITY_CODES = ("digits", "binary")
+
+
+def digit_ratio(timesteps: int) -> float:
+    """The weight ratio of one step to the next in the signed-digit encoders: ratio^T = 2^16, so
+    that the worst-case error, reach / (3 ratio^(T-1)), is about a T=16 binary search's (2^-16 of the
+    reach), within [2, 3]: above 3 (balanced ternary) some values are out of the digits' reach; from
+    2 up, each step of ratio buys resolution with spikes. MiniLM's encoders (relative RMS error, spikes per element; binary: the identity presets): T=8 ratio 3
+    2.0e-3, 3.5 (binary 1.2e-2, 14.7); T=16 ratio 2 1.3e-4, 4.1 (binary 1.4e-4, 5.6)."""
+    return min(3.0, max(2.0, 2.0 ** (16 / timesteps)))
+
+
+def signed_digits(reach: float, timesteps: int, ratio: float | None = None) -> SlotTables:
+    """One basis encoding x on [-reach, reach] in signed digits (ternary spikes decided per step):
+    weight[t] = reset[t] = (2/3) reach / ratio^t and threshold[t] = (1.5 / ratio) weight[t], half a
+    weight at the last step (rounding to nearest). By induction |u| <= 1.5 weight[t] before step t
+    (ratio <= 3), so |x - y| <= weight[T-1] / 2 on [-reach, reach]; a threshold above half a weight
+    (ratio < 3) leaves a digit 0 where the next, smaller digits can make up the rest, so most digits
+    of a value far inside the range are 0."""
+    ratio = digit_ratio(timesteps) if ratio is None else ratio
+    if not 2.0 <= ratio <= 3.0:
+        raise ValueError(f"signed-digit ratio {ratio} is outside [2, 3]")
+    weight = [2.0 * reach / 3.0 * ratio ** -t for t in range(timesteps)]
+    threshold = [1.5 / ratio * w for w in weight[:-1]] + [0.5 * weight[-1]]
+    tables = SlotTables(
+        input_scale=np.ones(1, np.float32),
+        input_offset=np.zeros(1, np.float32),
+        threshold=np.asarray([threshold], np.float32),
+        reset=np.asarray([weight], np.float32),
+        weight=np.asarray([weight], np.float32),
+        bias=np.float32(0.0),
+        signed=SIGNED_DIGITS,
+    )
+    tables.check()
+    return tables
+
+
 def check_presets(timesteps: int, bases: dict[str, int]) -> None:
     """Raise ValueError (one line) unless a preset ships for every neuron function at T = timesteps
     with its bases (DEFAULT_BASES and identity_bases, overridden by `bases`)."""
@@ -65,6 +106,7 @@ class NeuronChoice:
     timesteps: int
     ranges: dict[Probe, Range]
     bases: dict[str, int] = field(default_factory=dict)  # overrides of DEFAULT_BASES and identity_bases
+    identity_code: str = "digits"  # one of IDENTITY_CODES
     warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -97,8 +139,10 @@ class NeuronChoice:
 
     def _identity(self, magnitude: float, margin: float = RANGE_MARGIN) -> SlotTables:
         """The identity encoder covering [-magnitude, magnitude] with `margin`'s headroom."""
-        params = preset("identity", bases=self.bases["identity"], timesteps=self.timesteps)
         reach = max(magnitude * margin, MIN_REACH)
+        if self.identity_code == "digits":
+            return signed_digits(reach, self.timesteps)
+        params = preset("identity", bases=self.bases["identity"], timesteps=self.timesteps)
         return params.scaled(params.domain[1] / reach, reach / params.domain[1]).tables
 
     def identity_channels(self, probes: list[Probe], floor: float = CHANNEL_FLOOR,

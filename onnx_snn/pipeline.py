@@ -13,7 +13,7 @@ import onnx
 from onnx_snn import calibrate as cal
 from onnx_snn import model_io, ops
 from onnx_snn.graph import Graph, every_node
-from onnx_snn.neurons import NeuronChoice, check_presets
+from onnx_snn.neurons import IDENTITY_CODES, NeuronChoice, check_presets
 from onnx_snn.precision import element_types
 from onnx_snn.report import Report, count_macs, count_sites, left_nonlinear, mac_tensors, spike_driven_macs
 from onnx_snn.rewrite import build_sites, expand_fused, find_sites
@@ -32,7 +32,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, timesteps: int = 16, 
     calibration: a dict of input arrays, a list of them (batches), any iterable of them (streamed:
     one batch is held at a time), a path to an .npz file, or None (inputs synthesised from the
     model's input signature). Options: hybrid (bool: convert only the nonlinear ops), rules (names:
-    only these rules), bases (dict: bases per neuron function), progress (bool), check (bool: run
+    only these rules), bases (dict: bases per neuron function), identity_code ("digits": signed-digit
+    identity encoders, or "binary": the identity presets; onnx_snn.neurons), progress (bool), check (bool: run
     the spiking model on the first calibration batch and compare it with the original's outputs),
     strict (bool: raise ConversionError if the result is not fully spiking: a nonlinear op left on
     activations or, unless hybrid, MACs not spike-driven; Report.shortfall says which)."""
@@ -47,6 +48,7 @@ def convert_with_report(
     hybrid: bool = False,
     rules: list[str] | None = None,
     bases: dict[str, int] | None = None,
+    identity_code: str = "digits",
     progress: bool = False,
     check: bool = True,
     strict: bool = False,
@@ -54,6 +56,8 @@ def convert_with_report(
     where = os.fspath(model) if not isinstance(model, onnx.ModelProto) else "model"
     try:  # before the model is read and calibrated: a wrong T, bases or rule choice fails at once
         check_presets(timesteps, dict(bases or {}))
+        if identity_code not in IDENTITY_CODES:
+            raise ValueError(f"identity code {identity_code!r} is not one of {', '.join(IDENTITY_CODES)}")
         chosen = rule_set(hybrid, rules)
     except ValueError as e:
         raise ConversionError(f"{where}: {e}") from None
@@ -69,7 +73,7 @@ def convert_with_report(
     calibration_result = cal.calibrate(spiking, model_dir, probes, batches, shape_tensors=mac_tensors(graph.graph),
                                        synthesized=synthesized, progress=progress, where=where)
     macs_by_layer = count_macs(graph, calibration_result.shapes, calibration_result.body_shapes)
-    neurons = NeuronChoice(timesteps, calibration_result.ranges, dict(bases or {}))
+    neurons = NeuronChoice(timesteps, calibration_result.ranges, dict(bases or {}), identity_code)
     encoders = build_sites(graph, sites, neurons, types)
     ops.attach_functions(spiking)
     # functions need IR 8; newer than IR_VERSION is what older onnxruntime versions reject

@@ -16,8 +16,9 @@ settings.register_profile("long", max_examples=1000, deadline=None, print_blob=T
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-@pytest.fixture(params=[(0, 1, 4, False), (1, 3, 8, False), (2, 4, 16, True), (3, 8, 16, False), (4, 2, 1, True)],
-                ids=lambda p: f"seed{p[0]}-N{p[1]}-T{p[2]}-{'signed' if p[3] else 'unsigned'}")
+@pytest.fixture(params=[(0, 1, 4, 0), (1, 3, 8, 0), (2, 4, 16, 1), (3, 8, 16, 0), (4, 2, 1, 1), (5, 3, 8, 2),
+                        (6, 1, 16, 2), (7, 2, 1, 2)],
+                ids=lambda p: f"seed{p[0]}-N{p[1]}-T{p[2]}-{('unsigned', 'signed', 'digits')[p[3]]}")
 def any_neuron(request) -> MBEParameters:
     seed, bases, timesteps, signed = request.param
     return random_neuron(seed, bases, timesteps, signed)

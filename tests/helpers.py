@@ -7,7 +7,7 @@ import numpy as np
 from onnx_snn.mbe.neuron import MBEParameters, SlotTables
 
 
-def random_neuron(seed: int, bases: int = 3, timesteps: int = 8, signed: bool = False) -> MBEParameters:
+def random_neuron(seed: int, bases: int = 3, timesteps: int = 8, signed: int = 0) -> MBEParameters:
     """A neuron with arbitrary (unfitted) parameters: the ops must simulate whatever they are given."""
     rng = np.random.default_rng(seed)
     return MBEParameters(
@@ -56,7 +56,7 @@ def _scaled(values: np.ndarray, factor: float) -> np.ndarray:
     return (np.clip(values.astype(np.float64), -3.0, 3.0) * factor).astype(np.float32)
 
 
-def extreme_neurons(seed: int, bases: int = 3, timesteps: int = 8, signed: bool = False) -> dict[str, SlotTables]:
+def extreme_neurons(seed: int, bases: int = 3, timesteps: int = 8, signed: int = 0) -> dict[str, SlotTables]:
     """Valid neurons (finite tables, positive thresholds, non-zero scales) at the edges of float32,
     by name: every implementation must simulate them bit for bit like the reference, overflow and
     denormals included."""

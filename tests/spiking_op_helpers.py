@@ -29,7 +29,7 @@ LOWEST = np.finfo(np.float32).min
 MAX = np.finfo(np.float32).max
 
 
-def neuron_sets(*roles: tuple[int, bool]) -> dict[str, tuple[SlotTables, ...]]:
+def neuron_sets(*roles: tuple[int, int]) -> dict[str, tuple[SlotTables, ...]]:
     """An op's neurons, one (seed, signed) per role, 3 bases x 8 steps, by name: random ones, and each
     variant of extreme_neurons in every role at once."""
     extremes = [extreme_neurons(seed, signed=signed) for seed, signed in roles]
@@ -173,7 +173,7 @@ BAD_NEURON_ATTRIBUTES = [
       for v in (None, [], 1.0, [1] * 24, [1.0] * 23, [1.0] * 25, [_INF] * 24, [-_INF] * 24, [1.0] * 23 + [-_INF],
                 [_NAN] + [1.0] * 23)],
     *[BadAttribute("bias", v) for v in (None, _NAN, _INF, -_INF, [1.0, 2.0], 1, "0")],
-    *[BadAttribute("signed", v) for v in (None, 2, -1, 1 << 62, -(1 << 63), 1.0, [1], "1")],
+    *[BadAttribute("signed", v) for v in (None, 3, -1, 1 << 62, -(1 << 63), 1.0, [1], "1")],
 ]
 BAD_AXIS = [BadAttribute("axis", v) for v in (None, 1.5, [1], "-1")]
 BAD_EPSILON = [BadAttribute("epsilon", v) for v in (None, -1e-5, -1e-45, -_INF, _INF, _NAN, 1, [1e-5], "1e-5")]

@@ -141,6 +141,17 @@ def test_neurons_without_a_preset_get_one_line_and_nothing_written(tmp_path, opt
     assert not out.exists()
 
 
+@pytest.mark.parametrize("option, signed, bases", [([], 2, 1), (["--identity-code", "binary"], 1, 4)])
+def test_identity_code_option_chooses_the_encoders(tmp_path, option, signed, bases):
+    """Signed digits (one basis) by default; the binary presets (four bases at T = 8) on request."""
+    out = tmp_path / "out.onnx"
+    run = cli("convert", str(small_model(tmp_path / "in.onnx")), "-o", str(out), "--timesteps", "8", *option)
+    assert run.returncode == 0, run.stderr
+    (encoder,) = [n for n in onnx.load(str(out)).graph.node if n.op_type == "MBENeuron" and "encode" in n.name]
+    attributes = {a.name: a for a in encoder.attribute}
+    assert attributes["signed"].i == signed and len(attributes["input_scale"].floats) == bases
+
+
 @pytest.mark.parametrize("option, exp2_bases", [([], 2), (["--bases", "exp2=4"], 4)])
 def test_bases_option_chooses_the_neurons(tmp_path, option, exp2_bases):
     graph = oh.make_graph([oh.make_node("Softmax", ["x"], ["y"], axis=-1)], "softmax",

@@ -45,12 +45,19 @@ def test_every_nonlinear_op_converted_and_embeddings_stay_close(form):
     assert result["min_cosine"] >= 0.97
 
 
+# mean cosine with the signed-digit encoders (the default), measured on the 200 sentences
+# (docs/results-14-ternary.md; the binary encoders: 0.97331 at T=8, 0.99570 at T=12), rounded down.
+# Conversion and the kernels are deterministic and bit-identical across instruction sets.
+MEASURED_MEAN_COSINE = {8: 0.9969, 12: 0.9996}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("timesteps", [8, 12])
 def test_fewer_timesteps_figures(timesteps):
     result = minilm_fidelity("legacy17", timesteps)
     print(f"\nlegacy17 T={timesteps}: mean cosine {result['mean_cosine']:.5f}, min {result['min_cosine']:.5f}")
     assert result["report"].spike_driven_share == 1.0
+    assert result["mean_cosine"] >= MEASURED_MEAN_COSINE[timesteps]
 
 
 @pytest.fixture(scope="module")

@@ -80,7 +80,7 @@ def test_every_implementation_is_bit_identical(any_neuron, opset):
         assert_bit_identical(spikes, spikes_ref, f"{name} spikes")
 
 
-@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+@pytest.mark.parametrize("signed", [0, 1, 2], ids=["unsigned", "signed", "digits"])
 @pytest.mark.parametrize("name", list(extreme_neurons(0)))
 def test_neurons_at_the_edges_of_float32_bit_identical(name, signed):
     """Valid but extreme tables (denormal or near-max scales, thresholds, resets, weights): overflow

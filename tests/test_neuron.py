@@ -53,7 +53,7 @@ def test_output_is_bias_plus_weights_of_fired_slots(any_neuron):
     y, counts = simulate(tables, x)
     finite = np.isfinite(x)
     np.testing.assert_allclose(y[finite], expected[finite], rtol=0, atol=1e-5)
-    np.testing.assert_array_equal(counts, spikes.sum(axis=(-2, -1)))
+    np.testing.assert_array_equal(counts, np.count_nonzero(spikes, axis=(-2, -1)))  # either sign
     assert np.isnan(y[np.isnan(x)]).all()
     assert np.array_equal(decode(tables, spikes, negative)[finite], y[finite])
 
@@ -107,6 +107,8 @@ def test_dict_round_trip_keeps_tables():
         ({"input_scale": [0.0]}, "input_scale"),
         ({"weight": [1.0] * 7 + [float("inf")]}, "weight"),
         ({"bias": float("nan")}, "bias"),
+        ({"signed": 3}, "signed"),
+        ({"signed": -1}, "signed"),
     ],
 )
 def test_invalid_tables_name_the_attribute(change, message):

@@ -2,11 +2,17 @@
 
 import numpy as np
 import pytest
+from onnx import TensorProto
+from onnx import helper as oh
 
+import onnx_snn
 from onnx_snn.calibrate import Probe, Range
 from onnx_snn.mbe.functions import target
-from onnx_snn.mbe.neuron import simulate
-from onnx_snn.neurons import NeuronChoice, ramp
+from onnx_snn.mbe.neuron import SIGN_OF_INPUT, SIGNED_DIGITS, SlotTables, simulate, spike_trains
+from onnx_snn.mbe.presets import preset, presets
+from onnx_snn.ops import mbe_neuron
+from onnx_snn.ops.common import single_node_model
+from onnx_snn.neurons import RANGE_MARGIN, NeuronChoice, digit_ratio, identity_bases, ramp, signed_digits
 
 
 def test_ramp_is_a_binary_search_of_x_minus_start():
@@ -50,3 +56,66 @@ def test_saturating_beyond_the_domain_is_reported_where_it_is_off():
     choice = NeuronChoice(16, {Probe("x"): Range(-30.0, 3.0)})
     choice.for_tensor("silu", "x")  # silu(-8) = -2.7e-3, silu(-30) = 0
     assert len(choice.warnings) == 1 and "silu neuron's domain" in choice.warnings[0]
+
+
+SHIPPED_TIMESTEPS = sorted({p.timesteps for p in presets() if p.function == "identity"})
+
+
+def _largest_error(tables: SlotTables) -> float:
+    """An encoder of reach 1 on the part of its range a calibrated range maps to (1 / RANGE_MARGIN)."""
+    x = np.linspace(-1 / RANGE_MARGIN, 1 / RANGE_MARGIN, 100_001).astype(np.float32)
+    return float(np.max(np.abs(simulate(tables, x)[0] - x)))
+
+
+@pytest.mark.parametrize("timesteps", SHIPPED_TIMESTEPS)
+def test_signed_digits_stay_within_half_their_last_weight(timesteps):
+    """|x - y| <= weight[T-1] / 2 on [-reach, reach] (the induction in signed_digits), plus the float32
+    rounding of T subtractions and additions."""
+    tables = signed_digits(3.0, timesteps)
+    x = np.linspace(-3.0, 3.0, 100_001).astype(np.float32)
+    y, spikes = simulate(tables, x)
+    rounding = timesteps * float(np.spacing(np.float32(3.0)))
+    assert np.max(np.abs(y - x)) <= tables.weight[0, -1] / 2 + rounding
+    assert spikes.max() <= timesteps and np.all(spikes[x == 0] == 0)
+
+
+@pytest.mark.parametrize("timesteps", SHIPPED_TIMESTEPS)
+def test_signed_digits_no_less_exact_than_the_binary_encoders(timesteps):
+    """The default signed-digit encoder errs no more than the binary identity preset it replaces
+    (that preset's own largest error); with ratio 2 it also fires fewer spikes on activation-like
+    inputs (Laplace, most values far inside the range) at every shipped T, and so does the default
+    wherever its ratio is 2 or 3 (between them it spends spikes on a finer step)."""
+    binary = preset("identity", bases=identity_bases(timesteps), timesteps=timesteps).tables
+    default = signed_digits(1.0, timesteps)
+    assert _largest_error(default) <= _largest_error(binary)
+    x = np.clip(np.random.default_rng(0).laplace(0, 1 / 30, 50_000), -1, 1).astype(np.float32)
+    binary_spikes = simulate(binary, x)[1].mean()
+    assert simulate(signed_digits(1.0, timesteps, ratio=2.0), x)[1].mean() < binary_spikes
+    if digit_ratio(timesteps) in (2.0, 3.0):
+        assert simulate(default, x)[1].mean() < binary_spikes
+
+
+def test_signed_digit_spikes_correct_the_digit_before():
+    """Weights 1, 1/2, 1/4, 1/8 (reach 1.5, ratio 2), thresholds 3/4 of a weight (the last: 1/2):
+    0.9 fires +1 (u = -0.1), skips two digits, then -1 (u = 0.025): y = 0.875 from two spikes; the
+    kernel counts both signs."""
+    tables = signed_digits(1.5, 4, ratio=2.0)
+    np.testing.assert_array_equal(tables.weight[0], [1.0, 0.5, 0.25, 0.125])
+    x = np.float32([0.9, -0.9, 0.7, 0.0])
+    spikes, _ = spike_trains(tables, x)
+    np.testing.assert_array_equal(spikes[:, 0], [[1, 0, 0, -1], [-1, 0, 0, 1], [0, 1, 1, 0], [0, 0, 0, 0]])
+    node = mbe_neuron.make_node(tables, "x", "y", "spikes", name="encoder")
+    model = single_node_model(node, [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+                              [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["n"]),
+                               oh.make_tensor_value_info("spikes", TensorProto.INT32, ["n"])])
+    y, counts = onnx_snn.session(model).run(None, {"x": x})
+    np.testing.assert_array_equal(y, np.float32([0.875, -0.875, 0.75, 0.0]))
+    np.testing.assert_array_equal(counts, [2, 2, 2, 0])
+
+
+def test_identity_code_chooses_the_encoder():
+    ranges = {Probe("h"): Range(-3.0, 40.0)}
+    digits = NeuronChoice(8, ranges).for_tensor("identity", "h")
+    assert digits.signed == SIGNED_DIGITS and digits.bases == 1
+    binary = NeuronChoice(8, ranges, identity_code="binary").for_tensor("identity", "h")
+    assert binary.signed == SIGN_OF_INPUT and binary.bases == identity_bases(8)

@@ -89,14 +89,14 @@ NORMS = {
         spiking_layernorm,
         [(random_neuron(21, 3, 8, signed=True).tables, random_neuron(22, 2, 8, signed=True).tables,
           random_neuron(23, 4, 8).tables),
-         (random_neuron(24, 2, 16, signed=True).tables, random_neuron(25, 3, 4).tables,
+         (random_neuron(24, 2, 16, signed=2).tables, random_neuron(25, 3, 4).tables,
           random_neuron(26, 1, 16).tables)],
-        neuron_sets((27, True), (28, True), (29, False)), exact_layer_norm, 8e-3),
+        neuron_sets((27, True), (28, 2), (29, False)), exact_layer_norm, 8e-3),
     "rmsnorm": Norm(
         spiking_rmsnorm,
         [(random_neuron(41, 3, 8, signed=True).tables, random_neuron(42, 4, 8).tables),
-         (random_neuron(43, 2, 16, signed=True).tables, random_neuron(44, 1, 4).tables)],
-        neuron_sets((45, True), (46, False)), exact_rms_norm, 7e-3),
+         (random_neuron(43, 2, 16, signed=2).tables, random_neuron(44, 1, 4).tables)],
+        neuron_sets((45, 2), (46, False)), exact_rms_norm, 7e-3),
 }
 
 

@@ -17,7 +17,8 @@ struct NeuronTables {
   std::vector<float> input_scale, input_offset;  // [N]
   std::vector<float> threshold, reset, weight;   // [N * T], row-major
   float bias = 0.0f;
-  bool is_signed = false;
+  bool is_signed = false;      // signed = 1: the bases run on |u|, spikes take the sign of u
+  bool signed_digits = false;  // signed = 2: a ternary spike decided at every step
 
   size_t bases() const { return input_scale.size(); }
 

@@ -8,23 +8,30 @@ the same float32 operations in the same order, so their outputs are bit-identica
 
     for each basis n:
         u = input_scale[n] * x + input_offset[n]        (one multiply, then one add: no fused FMA)
-        signed neurons: negative = u < 0; u = |u|
+        signed == 1: negative = u < 0; u = |u|
         acc = 0
         for t in 0..T-1:
             s = u >= threshold[n, t]                    (binary spike, H(0) = 1)
-            u = s ? u - reset[n, t] : u                 (soft reset)
-            acc = acc + (s ? weight[n, t] : 0)
+            signed == 2: s = -1 where u <= -threshold[n, t]   (ternary spike)
+            u = s ? u - s * reset[n, t] : u             (soft reset; -r by flipping r's sign bit)
+            acc = s ? acc + s * weight[n, t] : acc
         y = y + (negative ? -acc : acc)                 (y starts at the output bias)
-    NaN in gives NaN out; the spike count is the number of s that were 1.
+    NaN in gives NaN out; the spike count is the number of s that were not 0.
 
 The weight of a slot, weight[n, t] = w_n * d_n[t] in the paper, does not depend on the input, so a
 layer fed by the neuron computes with spikes and accumulations only; the decoded value is exactly
 what the spike trains encode. The target function is never evaluated.
 
-Signed inputs: a *signed* neuron runs every basis on |u| and gives each spike the sign of u, so its
-spikes are ternary (-1, 0, +1). The identity encoders of signed values (Q, K, V, residuals) are
-signed. Unsigned neurons keep binary spikes; they see negative inputs through bases with a negative
-input scale or an offset (both input-independent), e.g. GELU's negative lobe.
+Signed inputs, two ways (the `signed` attribute):
+* 1, sign of the input: every basis runs on |u| and each spike takes the sign of u, so the spikes
+  are ternary (-1, 0, +1) but every step is a binary decision about |u|.
+* 2, signed digits: every step decides s in {-1, 0, +1} on the signed potential itself, so a digit
+  can correct the one before (u overshoots below zero, the next spikes are negative). With weights
+  that shrink by up to 3 per step (balanced ternary: 3^T levels) a value needs fewer steps for the
+  same error; with thresholds above half a weight most digits are 0, so it needs fewer spikes
+  (onnx_snn.neurons.signed_digits).
+0 is unsigned: binary spikes; such neurons see negative inputs through bases with a negative input
+scale or an offset (both input-independent), e.g. GELU's negative lobe.
 
 Defined outputs at the edges: +inf (or a value whose scaled input overflows) fires every slot of a
 basis it drives upwards and none of a basis it drives downwards; -inf the opposite; so infinities
@@ -39,6 +46,10 @@ from functools import cached_property
 
 import numpy as np
 
+# the `signed` attribute (see the module docstring)
+UNSIGNED, SIGN_OF_INPUT, SIGNED_DIGITS = 0, 1, 2
+SIGN_MODES = (UNSIGNED, SIGN_OF_INPUT, SIGNED_DIGITS)
+
 
 @dataclass(frozen=True)
 class SlotTables:
@@ -50,7 +61,7 @@ class SlotTables:
     reset: np.ndarray  # [N, T]
     weight: np.ndarray  # [N, T]
     bias: np.float32
-    signed: bool
+    signed: int  # UNSIGNED, SIGN_OF_INPUT or SIGNED_DIGITS
 
     @property
     def bases(self) -> int:
@@ -79,6 +90,8 @@ class SlotTables:
             raise ValueError("input_scale: values must be non-zero")
         if np.any(self.threshold <= 0):
             raise ValueError("threshold: values must be positive")
+        if self.signed not in SIGN_MODES:
+            raise ValueError(f"signed: {self.signed} is not one of {SIGN_MODES} (unsigned, sign of input, signed digits)")
 
     def attributes(self) -> dict:
         """The MBENeuron op's attributes (onnx_snn domain): the tables, flattened row-major."""
@@ -112,34 +125,38 @@ class SlotTables:
             reset=table("reset"),
             weight=table("weight"),
             bias=np.float32(attrs.get("bias", 0.0)),
-            signed=bool(attrs.get("signed", 0)),
+            signed=int(attrs.get("signed", UNSIGNED)),
         )
         tables.check()
         return tables
 
 
 def spike_trains(tables: SlotTables, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Simulate every basis on x: spikes [..., N, T] (bool) and, per basis, whether the spikes are
-    negative (signed neurons) [..., N]."""
+    """Simulate every basis on x: spikes [..., N, T] (int8: -1, 0, +1) and, per basis, whether the
+    spikes take the input's negative sign (SIGN_OF_INPUT) [..., N]."""
     x = np.asarray(x, np.float32)
     with np.errstate(over="ignore"):  # overflow to +-inf is defined: it saturates the basis
         u = x[..., None] * tables.input_scale + tables.input_offset
-    negative = (u < 0) if tables.signed else np.zeros(u.shape, bool)
-    if tables.signed:
+    negative = (u < 0) if tables.signed == SIGN_OF_INPUT else np.zeros(u.shape, bool)
+    if tables.signed == SIGN_OF_INPUT:
         u = np.abs(u)
-    spikes = np.empty(u.shape + (tables.timesteps,), bool)
+    spikes = np.empty(u.shape + (tables.timesteps,), np.int8)
     for t in range(tables.timesteps):
-        s = u >= tables.threshold[:, t]
-        u = np.where(s, u - tables.reset[:, t], u)
-        spikes[..., t] = s
+        threshold, reset = tables.threshold[:, t], tables.reset[:, t]
+        up = u >= threshold
+        down = (u <= -threshold) if tables.signed == SIGNED_DIGITS else np.zeros(u.shape, bool)
+        with np.errstate(over="ignore"):  # as above: a reset beyond float32's range saturates
+            u = np.where(up, u - reset, np.where(down, u - -reset, u))
+        spikes[..., t] = up.astype(np.int8) - down
     return spikes, negative
 
 
 def decode(tables: SlotTables, spikes: np.ndarray, negative: np.ndarray) -> np.ndarray:
-    """The read-out (Eq. 8): the bias plus every fired slot's weight, accumulated in kernel order."""
+    """The read-out (Eq. 8): the bias plus every fired slot's signed weight, in kernel order."""
     acc = np.zeros(spikes.shape[:-1], np.float32)
     for t in range(tables.timesteps):
-        acc = acc + np.where(spikes[..., t], tables.weight[:, t], np.float32(0))
+        weight = tables.weight[:, t]
+        acc = np.where(spikes[..., t] > 0, acc + weight, np.where(spikes[..., t] < 0, acc + -weight, acc))
     acc = np.where(negative, -acc, acc)
     y = np.full(spikes.shape[:-2], tables.bias, np.float32)
     for n in range(tables.bases):
@@ -152,7 +169,7 @@ def simulate(tables: SlotTables, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     x = np.asarray(x, np.float32)
     spikes, negative = spike_trains(tables, x)
     y = np.where(np.isnan(x), x, decode(tables, spikes, negative))
-    return y, spikes.sum(axis=(-2, -1), dtype=np.int32)
+    return y, np.count_nonzero(spikes, axis=(-2, -1)).astype(np.int32)
 
 
 def _schedule(start: float, decay: float, timesteps: int) -> list[float]:
@@ -173,7 +190,7 @@ class MBEParameters:
 
     function: str
     domain: tuple[float, float]
-    signed: bool
+    signed: int  # UNSIGNED, SIGN_OF_INPUT or SIGNED_DIGITS
     input_scale: tuple[float, ...]
     input_offset: tuple[float, ...]
     threshold0: tuple[float, ...]
@@ -210,7 +227,7 @@ class MBEParameters:
         return cls(
             function=function,
             domain=domain,
-            signed=False,
+            signed=UNSIGNED,
             input_scale=(1.0,) * bases,
             input_offset=(0.0,) * bases,
             threshold0=(alpha,) * bases,
@@ -295,7 +312,7 @@ class MBEParameters:
         return cls(
             function=d["function"],
             domain=tuple(d["domain"]),
-            signed=bool(d["signed"]),
+            signed=int(d["signed"]),
             input_scale=tuple(d["input_scale"]),
             input_offset=tuple(d["input_offset"]),
             threshold0=tuple(d["threshold0"]),

@@ -11,7 +11,8 @@
     attributes: the neuron's slot tables (onnx_snn.mbe.neuron.SlotTables.attributes):
              timesteps (int), input_scale, input_offset (floats, one per basis),
              threshold, reset, weight (floats, bases x timesteps, row-major), bias (float),
-             signed (int: 1 = ternary spikes on |x|)
+             signed (int: 0 binary spikes, 1 ternary spikes with the sign of x on |x|,
+             2 ternary spikes decided at every step: signed digits)
 
 Three implementations, kept bit-identical by tests: the C++ kernel (custom_ops/src/mbe_neuron.h),
 the ONNX function below (standard ops only, so the model runs anywhere) and the numpy reference
@@ -26,7 +27,7 @@ import onnx
 from onnx import TensorProto
 from onnx import helper as oh
 
-from onnx_snn.mbe.neuron import SlotTables, simulate
+from onnx_snn.mbe.neuron import SIGN_OF_INPUT, SIGNED_DIGITS, SlotTables, simulate
 from onnx_snn.ops.common import DOMAIN, attr_ref
 
 OP_TYPE = "MBENeuron"
@@ -62,10 +63,19 @@ def _step_body() -> onnx.GraphProto:
         oh.make_node("Gather", ["threshold", "t"], ["threshold_t"], axis=1),
         oh.make_node("Gather", ["reset", "t"], ["reset_t"], axis=1),
         oh.make_node("Gather", ["weight", "t"], ["weight_t"], axis=1),
-        oh.make_node("GreaterOrEqual", ["u_in", "threshold_t"], ["s"]),
-        oh.make_node("Sub", ["u_in", "reset_t"], ["u_reset"]),
+        oh.make_node("GreaterOrEqual", ["u_in", "threshold_t"], ["up"]),
+        # signed digits: a negative spike where u <= -threshold (`digits` is false otherwise)
+        oh.make_node("Neg", ["threshold_t"], ["threshold_neg"]),
+        oh.make_node("LessOrEqual", ["u_in", "threshold_neg"], ["below"]),
+        oh.make_node("And", ["digits", "below"], ["down"]),
+        oh.make_node("Or", ["up", "down"], ["s"]),
+        oh.make_node("Neg", ["reset_t"], ["reset_neg"]),
+        oh.make_node("Where", ["down", "reset_neg", "reset_t"], ["reset_signed"]),
+        oh.make_node("Sub", ["u_in", "reset_signed"], ["u_reset"]),
         oh.make_node("Where", ["s", "u_reset", "u_in"], ["u_out"]),
-        oh.make_node("Where", ["s", "weight_t", "zero"], ["gain"]),
+        oh.make_node("Neg", ["weight_t"], ["weight_neg"]),
+        oh.make_node("Where", ["down", "weight_neg", "zero"], ["loss"]),
+        oh.make_node("Where", ["up", "weight_t", "loss"], ["gain"]),
         oh.make_node("Add", ["acc_in", "gain"], ["acc_out"]),
         oh.make_node("Cast", ["s"], ["s_int"], to=TensorProto.INT32),
         oh.make_node("Add", ["count_in", "s_int"], ["count_out"]),
@@ -120,7 +130,10 @@ def function(opset: int) -> onnx.FunctionProto:
         attr_ref("Constant", "timesteps", "value_int", "steps"),
         attr_ref("Constant", "bias", "value_float", "bias"),
         attr_ref("Constant", "signed", "value_int", "signed_int"),
-        oh.make_node("Cast", ["signed_int"], ["signed"], to=TensorProto.BOOL),
+        oh.make_node("Constant", [], ["sign_of_input"], value_int=SIGN_OF_INPUT),
+        oh.make_node("Constant", [], ["signed_digits"], value_int=SIGNED_DIGITS),
+        oh.make_node("Equal", ["signed_int", "sign_of_input"], ["signed"]),
+        oh.make_node("Equal", ["signed_int", "signed_digits"], ["digits"]),
         oh.make_node("Constant", [], ["minus_one"], value_ints=[-1]),
         oh.make_node("Constant", [], ["zero_axis"], value_ints=[0]),
         oh.make_node("Unsqueeze", ["steps", "zero_axis"], ["steps_1d"]),

@@ -16,8 +16,8 @@ The error bounds, per element, from the shipped presets' error:
   there: no grid can bound it, thin pieces of the step function err more the finer one looks) plus
   what the original computes beyond the function (the tanh approximation of GELU, constants printed
   within the rules' tolerance: at most GAP_LIMIT);
-- an identity encoder: its preset's largest error on the part of its domain calibration maps to,
-  times the range it covers;
+- an identity encoder: its largest error (signed digits of reach 1) on the part of its range
+  calibration maps to, times the range it covers;
 - Softmax, LayerNorm, RMSNorm: the composition of their neurons' largest relative errors (measured
   on GRID points of their domains), derived term by term in softmax_bound and normalisation_bound.
 Hypothesis settings: tests/conftest.py (HYPOTHESIS_PROFILE=long for a long run).
@@ -48,7 +48,7 @@ from onnx_snn.graph import Graph
 from onnx_snn.mbe.functions import target, uniform_grid
 from onnx_snn.mbe.neuron import simulate
 from onnx_snn.mbe.presets import preset
-from onnx_snn.neurons import DEFAULT_BASES, MIN_REACH, RANGE_MARGIN, identity_bases
+from onnx_snn.neurons import DEFAULT_BASES, MIN_REACH, RANGE_MARGIN, signed_digits
 from onnx_snn.ops import DOMAIN
 from onnx_snn.ops.blocks import normalised_view
 from onnx_snn.pipeline import convert_with_report
@@ -68,12 +68,14 @@ def largest_error(function: str, timesteps: int, relative: bool) -> float:
     """The converter's neuron for `function` (exp2, reciprocal, rsqrt on their domains; identity on
     [-1/1.1, 1/1.1], where an encoder calibrated on a range maps it): its largest error on GRID points,
     relative to |f| if `relative`, plus what that changes between two points."""
-    bases = identity_bases(timesteps) if function == "identity" else DEFAULT_BASES[function]
-    params = preset(function, bases=bases, timesteps=timesteps)
-    lo, hi = params.domain if function != "identity" else (-1 / RANGE_MARGIN, 1 / RANGE_MARGIN)
+    if function == "identity":  # the converter's encoder (signed digits) of reach 1
+        tables, (lo, hi) = signed_digits(1.0, timesteps), (-1 / RANGE_MARGIN, 1 / RANGE_MARGIN)
+    else:
+        params = preset(function, bases=DEFAULT_BASES[function], timesteps=timesteps)
+        tables, (lo, hi) = params.tables, params.domain
     x = uniform_grid((lo, hi), GRID).astype(np.float32)
     exact = target(function).fn(x.astype(np.float64))
-    error = np.abs(simulate(params.tables, x)[0] - exact)
+    error = np.abs(simulate(tables, x)[0] - exact)
     scale = np.abs(exact) if relative else 1.0
     return float(np.max(error / scale) + np.max(np.abs(np.diff(exact)) / (scale[1:] if relative else 1.0)))
 
