@@ -6,7 +6,9 @@ import pytest
 from onnx_snn.calibrate import Probe, Range
 from onnx_snn.mbe.functions import target
 from onnx_snn.mbe.neuron import simulate
-from onnx_snn.neurons import NeuronChoice, ramp
+from onnx_snn.mbe.fit import PRESET_TIMESTEPS
+from onnx_snn.mbe.presets import preset
+from onnx_snn.neurons import RANGE_MARGIN, NeuronChoice, check_presets, identity_bases, ramp
 
 
 def test_ramp_is_a_binary_search_of_x_minus_start():
@@ -50,3 +52,18 @@ def test_saturating_beyond_the_domain_is_reported_where_it_is_off():
     choice = NeuronChoice(16, {Probe("x"): Range(-30.0, 3.0)})
     choice.for_tensor("silu", "x")  # silu(-8) = -2.7e-3, silu(-30) = 0
     assert len(choice.warnings) == 1 and "silu neuron's domain" in choice.warnings[0]
+
+
+@pytest.mark.parametrize("timesteps", PRESET_TIMESTEPS)
+def test_the_converters_neurons_ship_at_every_preset_timestep(timesteps):
+    check_presets(timesteps, {})  # DEFAULT_BASES and identity_bases: T = 4 included
+    choice = NeuronChoice(timesteps, {Probe("h"): Range(-3.0, 40.0)})
+    tables = choice.for_tensor("identity", "h")
+    assert tables.timesteps == timesteps and tables.bases == identity_bases(timesteps)
+    # the encoder is the preset scaled to 1.1 x the magnitude: its error scales with it
+    params = preset("identity", bases=identity_bases(timesteps), timesteps=timesteps)
+    x = np.linspace(-40, 40, 10001)
+    y, _ = simulate(tables, x)
+    reach = 40 * RANGE_MARGIN
+    unit, _ = simulate(params.tables, x / reach)
+    assert np.max(np.abs(y - x)) <= reach * np.max(np.abs(unit - x / reach)) + 1e-4
