@@ -13,8 +13,7 @@ from onnx_snn.rules import rule_set
 
 
 def _neurons(args: argparse.Namespace) -> int:
-    from onnx_snn.mbe.functions import mse
-    from onnx_snn.mbe.presets import presets
+    from onnx_snn.mbe.presets import step_count_ratios
 
     rows = [
         {
@@ -23,20 +22,24 @@ def _neurons(args: argparse.Namespace) -> int:
             "bases": p.bases,
             "timesteps": p.timesteps,
             "signed": p.signed,
-            "mse": mse(p),
+            "mse": error,
+            "step_ratio": ratio,
         }
-        for p in presets()
+        for p, error, ratio in step_count_ratios()
     ]
     if args.json:
         json.dump({"points": 10_000, "presets": rows}, sys.stdout, indent=1)
         print()
         return 0
-    print("MBE neuron presets: MSE against the function on 10,000 uniform points of the domain")
-    print(f"{'function':<11} {'domain':<14} {'bases':>5} {'T':>3}  {'spikes':<7} {'MSE':>9}")
+    print("MBE neuron presets: MSE against the function on 10,000 uniform points of the domain; vs ideal =")
+    print("MSE / (least MSE of these bases at any T + an ideal quantiser's MSE with N x T slots): 1 = as good")
+    print("as the step count allows (onnx_snn.mbe.presets.step_count_ratios)")
+    print(f"{'function':<11} {'domain':<14} {'bases':>5} {'T':>3}  {'spikes':<7} {'MSE':>9} {'vs ideal':>8}")
     for r in rows:
         domain = f"[{r['domain'][0]:g}, {r['domain'][1]:g}]"
         kind = "ternary" if r["signed"] else "binary"
-        print(f"{r['function']:<11} {domain:<14} {r['bases']:>5} {r['timesteps']:>3}  {kind:<7} {r['mse']:>9.2e}")
+        print(f"{r['function']:<11} {domain:<14} {r['bases']:>5} {r['timesteps']:>3}  {kind:<7} {r['mse']:>9.2e}"
+              f" {r['step_ratio']:>8.2f}")
     return 0
 
 

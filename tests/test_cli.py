@@ -28,6 +28,7 @@ def test_neurons_json_lists_every_preset_with_its_measured_error():
     assert len(rows) == len(presets()) >= 8 * 4 * 3
     gelu = next(r for r in rows if r["function"] == "gelu" and r["bases"] == 4 and r["timesteps"] == 16)
     assert 0 < gelu["mse"] <= 2.3e-4
+    assert all(r["step_ratio"] > 0 for r in rows)  # "vs ideal" in the table
     assert {r["function"] for r in rows} >= {"identity", "gelu", "silu", "tanh", "sigmoid", "exp2", "reciprocal", "rsqrt"}
 
 
@@ -49,9 +50,10 @@ def small_model(path, opset=17):
     return path
 
 
-def test_convert_writes_model_and_report(tmp_path):
+@pytest.mark.parametrize("timesteps", ["16", "4"])
+def test_convert_writes_model_and_report(tmp_path, timesteps):
     out = tmp_path / "out.onnx"
-    run = cli("convert", str(small_model(tmp_path / "in.onnx")), "-o", str(out), "--json")
+    run = cli("convert", str(small_model(tmp_path / "in.onnx")), "-o", str(out), "--json", "--timesteps", timesteps)
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["replaced_by_kind"] == {"linear": 1, "tanh": 1}

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from onnx_snn.mbe.fit import PRESET_TIMESTEPS, fit, mse, saturates
-from onnx_snn.mbe.functions import TARGETS, uniform_grid
+from onnx_snn.mbe.functions import TARGETS, quantiser_mse, uniform_grid
 from onnx_snn.mbe.neuron import MBEParameters, simulate, spike_trains
+from onnx_snn.mbe.presets import step_count_ratios
+from onnx_snn.neurons import DEFAULT_BASES, identity_bases
 
 PRESETS = Path(__file__).resolve().parents[1] / "onnx_snn" / "mbe" / "presets.json"
 
@@ -85,6 +87,46 @@ def test_more_bases_do_not_hurt(presets):
     for function in ("gelu", "exp2", "reciprocal", "rsqrt"):
         errors = [_independent_mse(_find(presets, function, n, 16), 4000) for n in (1, 2, 4, 8)]
         assert errors[-1] <= errors[0], (function, errors)
+
+
+def test_quantiser_error_is_the_binary_searchs_where_that_is_ideal():
+    # the identity on [-1, 1] with one signed basis: 2 (2^T - 1) + 1 equal pieces of a ramp of slope 1
+    for timesteps in (4, 8):
+        pieces = 2 * (2**timesteps - 1) + 1
+        assert quantiser_mse("identity", 1, timesteps) == pytest.approx((2 / pieces) ** 2 / 12, rel=1e-3)
+    # a flat function costs nothing; twice the pieces, a quarter of the error
+    assert quantiser_mse("gelu", 2, 6, domain=(-8.0, -7.0)) < 1e-20
+    assert quantiser_mse("gelu", 4, 8) == pytest.approx(quantiser_mse("gelu", 2, 8) / 4, rel=1e-2)
+
+
+# The converter's neurons at T <= 8 (neurons.DEFAULT_BASES, identity_bases) against its neurons at T = 10, 12
+# and 16: each must be as good for its step count (presets.step_count_ratios) as the worst of those. These
+# fall short (the fit's effort at T <= 8 was raised for the identity and GELU only, where MiniLM's error
+# is) and are to be refitted; strict, so a refit that reaches the bar must take its entry off the list.
+SHORT = {("exp2", 8), ("reciprocal", 6), ("reciprocal", 8), ("rsqrt", 6), ("rsqrt", 8), ("sigmoid", 8), ("silu", 8),
+         ("tanh", 6), ("tanh", 8)}
+
+
+def _converters_bases(function: str, timesteps: int) -> int:
+    return identity_bases(timesteps) if function == "identity" else DEFAULT_BASES[function]
+
+
+@pytest.mark.parametrize("function,timesteps", [
+    pytest.param(f, t, marks=pytest.mark.xfail(strict=True, reason="falls short")) if (f, t) in SHORT else (f, t)
+    for f in ["identity"] + sorted(DEFAULT_BASES) for t in (4, 6, 8)])
+def test_few_step_presets_are_as_good_for_their_step_count_as_the_long_ones(function, timesteps):
+    ratios = {(p.bases, p.timesteps): ratio for p, _, ratio in step_count_ratios()
+              if p.function == function and p.domain == TARGETS[function].domain}
+    bar = max(ratios[_converters_bases(function, t), t] for t in (10, 12, 16))
+    assert ratios[_converters_bases(function, timesteps), timesteps] <= bar
+
+
+@pytest.mark.parametrize("timesteps", (4, 6, 8))
+def test_four_identity_bases_interleave(presets, timesteps):
+    # four signed bases can have four times the pieces of one, so a quarter of its RMS error (1/16 of its
+    # MSE) at best; they must reach half of its RMS error at least (the cheap fit gave 0.9x at T = 6)
+    one, four = (_independent_mse(_find(presets, "identity", n, timesteps)) for n in (1, 4))
+    assert four <= one / 4
 
 
 @pytest.mark.parametrize("function,bases,timesteps", [("gelu", 4, 16), ("identity", 2, 8), ("rsqrt", 8, 12)])

@@ -9,10 +9,11 @@ import onnx_snn
 from onnx_snn.calibrate import Probe, Range
 from onnx_snn.mbe.functions import target
 from onnx_snn.mbe.neuron import SIGN_OF_INPUT, SIGNED_DIGITS, SlotTables, simulate, spike_trains
+from onnx_snn.mbe.fit import PRESET_TIMESTEPS
 from onnx_snn.mbe.presets import preset, presets
 from onnx_snn.ops import mbe_neuron
 from onnx_snn.ops.common import single_node_model
-from onnx_snn.neurons import RANGE_MARGIN, NeuronChoice, digit_ratio, identity_bases, ramp, signed_digits
+from onnx_snn.neurons import RANGE_MARGIN, NeuronChoice, check_presets, digit_ratio, identity_bases, ramp, signed_digits
 
 
 def test_ramp_is_a_binary_search_of_x_minus_start():
@@ -119,3 +120,17 @@ def test_identity_code_chooses_the_encoder():
     assert digits.signed == SIGNED_DIGITS and digits.bases == 1
     binary = NeuronChoice(8, ranges, identity_code="binary").for_tensor("identity", "h")
     assert binary.signed == SIGN_OF_INPUT and binary.bases == identity_bases(8)
+
+@pytest.mark.parametrize("timesteps", PRESET_TIMESTEPS)
+def test_the_converters_neurons_ship_at_every_preset_timestep(timesteps):
+    check_presets(timesteps, {})  # DEFAULT_BASES and identity_bases: T = 4 included
+    choice = NeuronChoice(timesteps, {Probe("h"): Range(-3.0, 40.0)})
+    tables = choice.for_tensor("identity", "h")
+    assert tables.timesteps == timesteps and tables.bases == identity_bases(timesteps)
+    # the encoder is the preset scaled to 1.1 x the magnitude: its error scales with it
+    params = preset("identity", bases=identity_bases(timesteps), timesteps=timesteps)
+    x = np.linspace(-40, 40, 10001)
+    y, _ = simulate(tables, x)
+    reach = 40 * RANGE_MARGIN
+    unit, _ = simulate(params.tables, x / reach)
+    assert np.max(np.abs(y - x)) <= reach * np.max(np.abs(unit - x / reach)) + 1e-4

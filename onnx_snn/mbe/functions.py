@@ -59,3 +59,19 @@ def mse(params: MBEParameters, points: int = 10_000) -> float:
     x = uniform_grid(params.domain, points)
     y, _ = simulate(params.tables, x)  # the neuron reads x in float32
     return float(np.mean((y.astype(np.float64) - target(params.function).fn(x)) ** 2))
+
+
+def quantiser_mse(function: str, bases: int, timesteps: int, domain: tuple[float, float] | None = None) -> float:
+    """The error of an ideal quantiser with the slots of `bases` bases of `timesteps` steps: the best
+    piecewise-constant approximation of the function with as many pieces as such a neuron can have.
+    A basis's spike pattern changes at most 2^T - 1 times along its input (twice that for a signed
+    basis, which encodes |u| on both sides of its centre), so the neuron has at most
+    P = N (2^T - 1) + 1 pieces (signed: N (2^(T+1) - 2) + 1), and P optimally placed pieces err by
+    MSE = (integral of |f'|^(2/3))^3 / (12 P^2 (hi - lo)) (the asymptotic free-knot formula)."""
+    t = target(function)
+    lo, hi = t.domain if domain is None else domain
+    x = uniform_grid((lo, hi), 10_000)
+    step = x[1] - x[0]
+    density = np.abs(np.gradient(t.fn(x), step)) ** (2 / 3)
+    pieces = bases * (2 if t.signed else 1) * (2**timesteps - 1) + 1
+    return float((np.sum(density) * step) ** 3 / (12 * pieces**2 * (hi - lo)))

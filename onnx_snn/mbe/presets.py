@@ -6,7 +6,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from onnx_snn.mbe.functions import target
+from onnx_snn.mbe.functions import mse, quantiser_mse, target
 from onnx_snn.mbe.neuron import MBEParameters
 
 PRESETS_FILE = Path(__file__).with_name("presets.json")
@@ -29,3 +29,20 @@ def preset(function: str, *, bases: int, timesteps: int) -> MBEParameters:
     raise ValueError(
         f"no {function} preset with {bases} bases and {timesteps} timesteps; shipped (bases, timesteps): {shipped}"
     )
+
+
+@lru_cache(maxsize=None)
+def step_count_ratios() -> tuple[tuple[MBEParameters, float, float], ...]:
+    """(preset, MSE, ratio) for every shipped preset: its error against what its bases and steps
+    allow, MSE / (floor + quantiser_mse), where floor is the least error any shipped preset of the
+    same function, bases and domain reaches (the bases' shape, fitted at long T) and quantiser_mse
+    the ideal quantiser's error with its N x T slots (what T steps cost at the least). About 1 means
+    the preset is as good as its step count allows; the T = 16 presets' ratio is the bar for fewer
+    steps ("as good relative to the step count")."""
+    errors = [(p, mse(p)) for p in presets()]
+    floor: dict[tuple, float] = {}
+    for p, e in errors:
+        key = (p.function, p.bases, p.domain)
+        floor[key] = min(e, floor.get(key, e))
+    return tuple((p, e, e / (floor[p.function, p.bases, p.domain] + quantiser_mse(p.function, p.bases, p.timesteps, p.domain)))
+                 for p, e in errors)
