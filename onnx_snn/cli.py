@@ -46,6 +46,7 @@ def _convert(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.output}: the output would overwrite the input model; choose another path")
     model, report = convert_with_report(args.input, timesteps=args.timesteps, calibration=args.calibration,
                                         hybrid=args.hybrid, rules=args.rules, bases=dict(args.bases or []),
+                                        op_timesteps=dict(args.op_timesteps or []), reencode=not args.no_reencode,
                                         progress=not args.json and sys.stderr.isatty(),
                                         check=not args.no_check, strict=args.strict)
     if args.inline:
@@ -111,7 +112,8 @@ def _sweep(args: argparse.Namespace) -> int:
         task = sweep.causal_lm_task(tokenizer, args.max_windows)
     else:
         task = sweep.embeddings_task(_tokenizer(args.tokenizer))
-    result = sweep.sweep(args.model, task, tuple(args.timesteps), bases=dict(args.bases or []))
+    result = sweep.sweep(args.model, task, tuple(args.timesteps), bases=dict(args.bases or []),
+                         op_timesteps=dict(args.op_timesteps or []), reencode=not args.no_reencode)
     written = sweep.write(result, args.out)
     print(sweep.markdown(result))
     print("written: " + ", ".join(map(str, written)))
@@ -129,6 +131,18 @@ def _bases_option(command: argparse.ArgumentParser) -> None:
     command.add_argument("--bases", nargs="+", type=_bases, metavar="FUNCTION=N", action="extend",
                          help="bases of a neuron function, e.g. exp2=4 gelu=8 identity=4 (default: the "
                               "converter's choice, onnx_snn.neurons.DEFAULT_BASES; `onnx-snn neurons` lists the presets)")
+
+
+def _neuron_options(command: argparse.ArgumentParser) -> None:
+    """--bases, --op-timesteps and --no-reencode: the neurons the converter chooses."""
+    _bases_option(command)
+    command.add_argument("--op-timesteps", nargs="+", type=_bases, metavar="FUNCTION=T", action="extend",
+                         help="time steps of a neuron function where not --timesteps, e.g. gelu=12, or encoder=16 "
+                              "for the identity encoders of linear layers and products (default: "
+                              "onnx_snn.neurons.encoder_timesteps, 12 at most)")
+    command.add_argument("--no-reencode", action="store_true",
+                         help="activation neurons (GELU, SiLU) drive the linear layers reading them directly, never "
+                              "through a one-basis encoder (default: where that is expected to cost less energy)")
 
 
 def _tokenizer(folder: str | None):
@@ -181,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--timesteps", "-T", type=int, default=16, help="time steps T of every neuron (default 16)")
     convert.add_argument("--calibration", metavar="FILE.npz",
                          help="calibration inputs (arrays named like the model's inputs); default: synthesised")
-    _bases_option(convert)
+    _neuron_options(convert)
     convert.add_argument("--hybrid", action="store_true", help="convert only the nonlinear ops (no encoders on linear layers)")
     convert.add_argument("--rules", nargs="+", metavar="RULE", choices=RULE_NAMES,
                          help=f"apply only these rules: {', '.join(RULE_NAMES)}")
@@ -211,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="convert at several T and measure a task at each; table, JSON, plot")
     sweep.add_argument("model", metavar="MODEL.onnx")
     sweep.add_argument("--task", choices=("embeddings", "causal-lm"), default="embeddings")
-    _bases_option(sweep)
+    _neuron_options(sweep)
     sweep.add_argument("--max-windows", type=int, default=32, help="causal-lm: the first windows of the text (32)")
     sweep.add_argument("--timesteps", type=int, nargs="+", default=[6, 8, 10, 12, 16, 24])
     sweep.add_argument("--tokenizer", metavar="DIR", help="Hugging Face tokenizer folder (default: all-MiniLM-L6-v2's)")

@@ -13,7 +13,7 @@ import onnx
 from onnx_snn import calibrate as cal
 from onnx_snn import model_io, ops
 from onnx_snn.graph import Graph, every_node
-from onnx_snn.neurons import NeuronChoice, check_presets
+from onnx_snn.neurons import NeuronChoice, check_presets, reencode_wide_fan_outs
 from onnx_snn.precision import element_types
 from onnx_snn.report import Report, count_macs, count_sites, left_nonlinear, mac_tensors, spike_driven_macs
 from onnx_snn.rewrite import build_sites, expand_fused, find_sites
@@ -47,13 +47,15 @@ def convert_with_report(
     hybrid: bool = False,
     rules: list[str] | None = None,
     bases: dict[str, int] | None = None,
+    op_timesteps: dict[str, int] | None = None,
+    reencode: bool = True,
     progress: bool = False,
     check: bool = True,
     strict: bool = False,
 ) -> tuple[onnx.ModelProto, Report]:
     where = os.fspath(model) if not isinstance(model, onnx.ModelProto) else "model"
     try:  # before the model is read and calibrated: a wrong T, bases or rule choice fails at once
-        check_presets(timesteps, dict(bases or {}))
+        check_presets(timesteps, dict(bases or {}), dict(op_timesteps or {}))
         chosen = rule_set(hybrid, rules)
     except ValueError as e:
         raise ConversionError(f"{where}: {e}") from None
@@ -63,13 +65,16 @@ def convert_with_report(
     batches, synthesized = cal.iter_batches(spiking, calibration, model_dir=model_dir)
 
     sites, near_misses = find_sites(graph, chosen, types)
+    neurons = NeuronChoice(timesteps, {}, dict(bases or {}), op_timesteps=dict(op_timesteps or {}))
+    # before calibration: the encoders' ranges are measured with the others
+    reencoded = reencode_wide_fan_outs(graph, sites, neurons) if reencode else 0
     near_misses += fused_left
     probes = [p for site in sites for p in site.probes]
     # calibration runs the original, before the rewrite: no copy of the model is needed
     calibration_result = cal.calibrate(spiking, model_dir, probes, batches, shape_tensors=mac_tensors(graph.graph),
                                        synthesized=synthesized, progress=progress, where=where)
     macs_by_layer = count_macs(graph, calibration_result.shapes, calibration_result.body_shapes)
-    neurons = NeuronChoice(timesteps, calibration_result.ranges, dict(bases or {}))
+    neurons.ranges = calibration_result.ranges
     encoders = build_sites(graph, sites, neurons, types)
     ops.attach_functions(spiking)
     # functions need IR 8; newer than IR_VERSION is what older onnxruntime versions reject
@@ -83,7 +88,8 @@ def convert_with_report(
         encoders=encoders, left=left_nonlinear(graph, near_misses), macs_total=total, macs_spike_driven=driven,
         calibration={"batches": calibration_result.batches, "synthesized": synthesized,
                      "statistic": cal.STATISTIC},
-        warnings=sorted(set(neurons.warnings)), macs_unknown=unknown,
+        warnings=sorted(set(neurons.warnings)), macs_unknown=unknown, reencoded=reencoded,
+        op_timesteps={f: neurons.steps(f) for f in neurons.bases if neurons.steps(f) != timesteps},
     )
     if strict and report.shortfall():
         raise ConversionError(f"{where}: {report.shortfall()}; the model is not fully spiking (strict)")

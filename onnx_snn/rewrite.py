@@ -7,7 +7,9 @@ from collections import defaultdict
 import onnx
 
 from onnx_snn.graph import Graph
+from onnx_snn.neurons import ENCODER
 from onnx_snn.ops import DOMAIN, mbe_neuron
+from onnx_snn.ops.common import layer_of, tag
 from onnx_snn.precision import computed_in_float32, element_types, not_float
 from onnx_snn.rules.base import MatchContext, NearMiss, Neurons, Rule, Site, node_name
 
@@ -77,6 +79,10 @@ def site_values(graph: Graph, site: Site) -> list[str]:
     return list(dict.fromkeys([*reads, *writes, *(tensor for tensor, _ in site.encode)]))
 
 
+# the kind a site's spiking nodes record (ops.common.KIND_KEY), where it is not the site's own
+_SPIKING_KINDS = {"linear": "encoder", "product": "product-encoder"}
+
+
 def build_sites(graph: Graph, sites: list[Site], neurons: Neurons, types: dict[str, int] | None = None) -> int:
     """Replace every site and add the identity encoders (one per tensor and scope, shared by all
     the layers it feeds there); returns the number of encoders. The graph is rewritten in place.
@@ -86,20 +92,29 @@ def build_sites(graph: Graph, sites: list[Site], neurons: Neurons, types: dict[s
     for site in sites:
         if site.build is not None:
             scope = graph.scope_of[id(site.anchor)]
-            scope.replace(site.nodes, computed_in_float32(scope, site.build(scope, neurons), types))
+            built = site.build(scope, neurons)
+            for node in built:
+                if node.domain == DOMAIN:
+                    tag(node, _SPIKING_KINDS.get(site.kind, site.kind), layer_of(node_name(site.anchor)))
+            scope.replace(site.nodes, computed_in_float32(scope, built, types))
     consumers: dict[tuple[int, str], list[onnx.NodeProto]] = defaultdict(list)
+    products: set[tuple[int, str]] = set()  # encoders of a product's operands
     for site in sites:
         for tensor, consumer in site.encode:
-            users = consumers[id(graph.scope_of[id(consumer)]), tensor]
-            if consumer not in users:
-                users.append(consumer)
-    for (_, tensor), users in consumers.items():
+            key = id(graph.scope_of[id(consumer)]), tensor
+            if consumer not in consumers[key]:
+                consumers[key].append(consumer)
+            if site.kind == "product":
+                products.add(key)
+    for key, users in consumers.items():
+        tensor = key[1]
         scope = graph.scope_of[id(users[0])]
         encoded = scope.fresh_name(f"{tensor}/spikes")
         first = min(users, key=scope.position_of)
         name = scope.fresh_name(f"{node_name(first)}/encode_{tensor}")
         types[encoded] = types.get(tensor)  # the layers read it in the type they read the tensor in
-        encoder = mbe_neuron.make_node(neurons.for_tensor("identity", tensor), tensor, encoded, name=name)
+        encoder = mbe_neuron.make_node(neurons.for_tensor(ENCODER, tensor), tensor, encoded, name=name)
+        tag(encoder, _SPIKING_KINDS["product" if key in products else "linear"], layer_of(node_name(first)))
         scope.add(computed_in_float32(scope, [encoder], types), before=first)
         for user in users:
             scope.rewire(user, tensor, encoded)

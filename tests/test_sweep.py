@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from onnx_snn.sweep import Task, markdown, sweep, write
 
@@ -26,3 +27,29 @@ def test_sweep_measures_each_timestep_and_writes_table_json_and_plot(tmp_path):
     assert "| 16 |" in md.read_text() and markdown(result) == md.read_text()
     assert json.loads(js.read_text())["rows"][0]["timesteps"] == 8
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_adds_energy_and_latency_measured_on_the_tasks_inputs(tmp_path):
+    import onnx
+
+    from onnx_snn.energy import energy_report
+    from onnx_snn.pipeline import convert
+    from test_fanout import X, gelu_block
+
+    path = tmp_path / "block.onnx"
+    onnx.save(gelu_block(), path)
+
+    def evaluate(original, spiking):
+        return {"max_abs_error": (0.0, float(np.max(np.abs(original.run(None, X)[0] - spiking.run(None, X)[0]))))}
+
+    task = Task("outputs", lambda: [X], evaluate, "max_abs_error", higher_is_better=False, inputs=lambda: [X])
+    result = sweep(path, task, (8, 16))
+    for row in result["rows"]:  # the same accounting as `onnx-snn energy` on the same inputs
+        expected = energy_report(path, convert(path, timesteps=row["timesteps"], calibration=[X], check=False), X)
+        assert row["energy_ratio"] == pytest.approx(expected.ratio)
+        assert row["latency_ratio"] > 0
+    # T=8: four-basis encoders, no re-encoding; T=16: one-basis encoders at 12 steps
+    assert result["rows"][1]["energy_ratio"] < result["rows"][0]["energy_ratio"]
+    table = markdown(result)
+    assert "| E_SNN / E_ANN | latency (spiking / original) |" in table
+    assert f"{100 * result['rows'][1]['energy_ratio']:.1f}%" in table
