@@ -219,14 +219,16 @@ class EnergyReport:
 
 def energy_report(original: str | os.PathLike | onnx.ModelProto, spiking: str | os.PathLike | onnx.ModelProto,
                   inputs: cal.CalibrationData = None, *, e_mac_pj: float = E_MAC_PJ,
-                  e_ac_pj: float = E_AC_PJ) -> EnergyReport:
+                  e_ac_pj: float = E_AC_PJ, external_data_dir: str | os.PathLike | None = None) -> EnergyReport:
     """Spike statistics of `spiking` and the energy estimate against `original` on `inputs` (a dict
     of arrays, a list of them, an .npz path, or None: synthesised like calibration's inputs).
-    Neither model is modified: the spike counts are read from an instrumented copy."""
+    Neither model is modified: the spike counts are read from an instrumented copy.
+    external_data_dir: where the external weights of a `spiking` ModelProto are (a file's: beside it)."""
     where_a, where_s = (os.fspath(m) if not isinstance(m, onnx.ModelProto) else name
                         for m, name in ((original, "original model"), (spiking, "spiking model")))
     ann, ann_dir = model_io.load(original)
     snn, snn_dir = model_io.load(spiking)
+    snn_dir = snn_dir or (os.fspath(external_data_dir) if external_data_dir is not None else None)
     if any(n.domain == DOMAIN for n in ann.graph.node):
         raise EnergyError(f"{where_a}: uses the {DOMAIN} ops: pass the original model (before conversion) first")
     if not any(n.domain == DOMAIN for n in snn.graph.node):

@@ -110,7 +110,8 @@ def _costs(model: str | os.PathLike, spiking, original_session, spiking_session,
     """E_SNN / E_ANN on `inputs`, and spiking / original median time on the first of them."""
     feeds = {i.name: inputs[0][i.name] for i in original_session.get_inputs() if i.name in inputs[0]}
     medians, _ = alternating_medians({"original": original_session, "spiking": spiking_session}, feeds, LATENCY_REPEATS)
-    return {"energy_ratio": energy_report(model, spiking, inputs).ratio,
+    external_data_dir = Path(model).resolve().parent
+    return {"energy_ratio": energy_report(model, spiking, inputs, external_data_dir=external_data_dir).ratio,
             "latency_ratio": medians["spiking"] / medians["original"]}
 
 

@@ -29,15 +29,16 @@ def test_sweep_measures_each_timestep_and_writes_table_json_and_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_sweep_adds_energy_and_latency_measured_on_the_tasks_inputs(tmp_path):
+@pytest.mark.parametrize("external", [False, True])
+def test_sweep_adds_energy_and_latency_measured_on_the_tasks_inputs(tmp_path, external):
     import onnx
 
     from onnx_snn.energy import energy_report
     from onnx_snn.pipeline import convert
     from test_fanout import X, gelu_block
 
-    path = tmp_path / "block.onnx"
-    onnx.save(gelu_block(), path)
+    path = tmp_path / "block.onnx"  # external: weights beside it, as SmolLM2's, which the converted model refers to
+    onnx.save(gelu_block(), path, save_as_external_data=external, location="block.onnx.data", size_threshold=0)
 
     def evaluate(original, spiking):
         return {"max_abs_error": (0.0, float(np.max(np.abs(original.run(None, X)[0] - spiking.run(None, X)[0]))))}
@@ -45,7 +46,8 @@ def test_sweep_adds_energy_and_latency_measured_on_the_tasks_inputs(tmp_path):
     task = Task("outputs", lambda: [X], evaluate, "max_abs_error", higher_is_better=False, inputs=lambda: [X])
     result = sweep(path, task, (8, 16))
     for row in result["rows"]:  # the same accounting as `onnx-snn energy` on the same inputs
-        expected = energy_report(path, convert(path, timesteps=row["timesteps"], calibration=[X], check=False), X)
+        spiking = convert(path, timesteps=row["timesteps"], calibration=[X], check=False)
+        expected = energy_report(path, spiking, X, external_data_dir=tmp_path)
         assert row["energy_ratio"] == pytest.approx(expected.ratio)
         assert row["latency_ratio"] > 0
     # T=8: four-basis encoders, no re-encoding; T=16: one-basis encoders at 12 steps
