@@ -36,16 +36,11 @@ def identity_bases(timesteps: int) -> int:
 
 
 # the identity encoders on the inputs of linear layers and products, which may have their own T and
-# bases (`op_timesteps`, `bases`): a neuron function of its own for those options
+# bases (`op_timesteps`, `bases`; by default those of the identity neurons): a neuron function of its
+# own for those options. Fewer steps than T pay in energy but not everywhere in accuracy, so they are
+# not the default: at T=16, encoders at 12 steps take MiniLM from 113% to 73% of the ANN's energy
+# (cosine 0.9998 -> 0.9997) but SmolLM2's perplexity from +0.1% to +7% (docs/results-14-fanout.md)
 ENCODER = "encoder"
-
-
-def encoder_timesteps(timesteps: int) -> int:
-    """Steps of the encoders of linear layers and products: at most 12, where one basis is exact
-    enough for them and each step they drop saves a spike in three on every accumulation. MiniLM,
-    neurons at T=16 (64 pang_lee sentences): encoders at 16 steps E_SNN/E_ANN 113%, cosine 0.9998;
-    at 12 73%, 0.9997; at 10 52%, 0.9978; at 8 35%, 0.930."""
-    return min(timesteps, 12)
 
 
 def check_presets(timesteps: int, bases: dict[str, int], op_timesteps: dict[str, int] | None = None) -> None:
@@ -93,7 +88,7 @@ class NeuronChoice:
 
     def steps(self, function: str) -> int:
         """T of the neurons of `function` (ENCODER: the encoders of linear layers and products)."""
-        default = encoder_timesteps(self.steps("identity")) if function == ENCODER else self.timesteps
+        default = self.steps("identity") if function == ENCODER else self.timesteps
         return self.op_timesteps.get(function, default)
 
     def reencoding_pays(self, function: str, features: int) -> bool:

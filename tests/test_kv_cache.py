@@ -89,8 +89,7 @@ def test_converts_with_only_positions_left_and_every_mac_spike_driven(decoder):
     assert report.replaced_by_kind["softmax"] == LAYERS and report.replaced_by_kind["product"] == 2 * LAYERS
     assert {e["op_type"] for e in report.left} <= {"Sin", "Cos", "Div"}
     assert all(e["reason"].startswith(POSITIONS_ONLY) for e in report.left), report.left
-    # on the prefill batch (measured: Llama 0.999896 with the encoders at 12 steps, 0.99990 at 16)
-    assert report.check["logits"]["cosine"] > 0.99985
+    assert report.check["logits"]["cosine"] > 0.9999  # on the prefill batch (measured >= 0.99990)
 
 
 def test_greedy_generation_with_the_cache_on_the_spiking_model(decoder):
