@@ -39,7 +39,8 @@ def identity_bases(timesteps: int) -> int:
 # bases (`op_timesteps`, `bases`; by default those of the identity neurons): a neuron function of its
 # own for those options. Fewer steps than T pay in energy but not everywhere in accuracy, so they are
 # not the default: at T=16, encoders at 12 steps take MiniLM from 113% to 73% of the ANN's energy
-# (cosine 0.9998 -> 0.9997) but SmolLM2's perplexity from +0.1% to +7% (docs/results-14-fanout.md)
+# (cosine 0.9998 -> 0.9997) but SmolLM2's perplexity from +0.7% to +7.3% on 8 windows
+# (docs/results-14-fanout.md)
 ENCODER = "encoder"
 
 
@@ -190,4 +191,6 @@ def _output_features(graph: Graph, layer: onnx.NodeProto, tensor: str) -> int | 
     shape = weight_shape(graph, layer.input[1])
     if not shape:
         return None
+    if len(shape) == 1:  # a MatMul with a vector: one output per row
+        return 1
     return shape[0] if graph.attribute(layer, "transB", 0) else shape[-1]
