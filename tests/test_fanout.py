@@ -15,7 +15,7 @@ from onnx_snn.ops.common import KIND_KEY, LAYER_KEY, tags
 from onnx_snn.pipeline import ConversionError, convert_with_report
 from onnx_snn.runtime import session
 
-WIDE = 64  # the second layer's output features: re-encoding pays from 2 on at T=16 (NeuronChoice.reencoding_pays)
+WIDE = 64  # the second layer's output features: re-encoding pays from 3 on at T=16 (NeuronChoice.reencoding_pays)
 
 
 def gelu_block(features: int = WIDE) -> onnx.ModelProto:
