@@ -51,7 +51,8 @@ def _convert(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.output}: the output would overwrite the input model; choose another path")
     model, report = convert_with_report(args.input, timesteps=args.timesteps, calibration=args.calibration,
                                         hybrid=args.hybrid, rules=args.rules, bases=dict(args.bases or []),
-                                        identity_code=args.identity_code, progress=not args.json and sys.stderr.isatty(),
+                                        identity_code=args.identity_code, op_timesteps=dict(args.op_timesteps or []),
+                                        reencode=not args.no_reencode, progress=not args.json and sys.stderr.isatty(),
                                         check=not args.no_check, strict=args.strict)
     if args.inline:
         model = ops.inline(model)
@@ -119,7 +120,9 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.address:
         _serve_extra("sweep --address")
     with _joining_ray(args.address):
-        result = sweep.sweep(args.model, task, tuple(args.timesteps), bases=dict(args.bases or []), address=args.address)
+        result = sweep.sweep(args.model, task, tuple(args.timesteps), bases=dict(args.bases or []), address=args.address,
+                             identity_code=args.identity_code, op_timesteps=dict(args.op_timesteps or []),
+                             reencode=not args.no_reencode)
     written = sweep.write(result, args.out)
     print(sweep.markdown(result))
     print("written: " + ", ".join(map(str, written)))
@@ -187,6 +190,20 @@ def _bases_option(command: argparse.ArgumentParser) -> None:
                               "converter's choice, onnx_snn.neurons.DEFAULT_BASES; `onnx-snn neurons` lists the presets)")
 
 
+def _neuron_options(command: argparse.ArgumentParser) -> None:
+    """--bases, --identity-code, --op-timesteps and --no-reencode: the neurons the converter chooses."""
+    _bases_option(command)
+    command.add_argument("--identity-code", choices=IDENTITY_CODES, default="digits",
+                         help="identity encoders of signed values: digits (one basis, a ternary spike decided at "
+                              "every step: fewer spikes, finer steps) or binary (the identity presets); default digits")
+    command.add_argument("--op-timesteps", nargs="+", type=_bases, metavar="FUNCTION=T", action="extend",
+                         help="time steps of a neuron function where not --timesteps, e.g. gelu=12, or encoder=12 "
+                              "for the identity encoders of linear layers and products (default: those of identity)")
+    command.add_argument("--no-reencode", action="store_true",
+                         help="activation neurons (GELU, SiLU) drive the linear layers reading them directly, never "
+                              "through a one-basis encoder (default: where that is expected to cost less energy)")
+
+
 def _tokenizer(folder: str | None):
     """A Hugging Face tokenizer from a folder, or all-MiniLM-L6-v2's (installed package)."""
     if folder:
@@ -237,10 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--timesteps", "-T", type=int, default=16, help="time steps T of every neuron (default 16)")
     convert.add_argument("--calibration", metavar="FILE.npz",
                          help="calibration inputs (arrays named like the model's inputs); default: synthesised")
-    _bases_option(convert)
-    convert.add_argument("--identity-code", choices=IDENTITY_CODES, default="digits",
-                         help="identity encoders of signed values: digits (one basis, a ternary spike decided at "
-                              "every step: fewer spikes, finer steps) or binary (the identity presets); default digits")
+    _neuron_options(convert)
     convert.add_argument("--hybrid", action="store_true", help="convert only the nonlinear ops (no encoders on linear layers)")
     convert.add_argument("--rules", nargs="+", metavar="RULE", choices=RULE_NAMES,
                          help=f"apply only these rules: {', '.join(RULE_NAMES)}")
@@ -270,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="convert at several T and measure a task at each; table, JSON, plot")
     sweep.add_argument("model", metavar="MODEL.onnx")
     sweep.add_argument("--task", choices=("embeddings", "causal-lm"), default="embeddings")
-    _bases_option(sweep)
+    _neuron_options(sweep)
     sweep.add_argument("--max-windows", type=int, default=32, help="causal-lm: the first windows of the text (32)")
     sweep.add_argument("--timesteps", type=int, nargs="+", default=[6, 8, 10, 12, 16, 24])
     sweep.add_argument("--tokenizer", metavar="DIR", help="Hugging Face tokenizer folder (default: all-MiniLM-L6-v2's)")

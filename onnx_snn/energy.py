@@ -47,6 +47,7 @@ from onnx_snn import calibrate as cal
 from onnx_snn import model_io
 from onnx_snn.graph import Graph, every_node
 from onnx_snn.ops import DOMAIN, spiking_layernorm, spiking_rmsnorm, spiking_softmax
+from onnx_snn.ops.common import KIND_KEY, LAYER_KEY, layer_of, tags
 from onnx_snn.report import PASS_THROUGH, activation_operands, is_spike_driven, mac_op, node_macs
 from onnx_snn.rules.base import node_name
 from onnx_snn.runtime import RUNTIME_ERRORS, cannot_load, cannot_run
@@ -62,7 +63,6 @@ COMPOSITES = {
     spiking_rmsnorm.OP_TYPE: ("rmsnorm", spiking_rmsnorm.NEURONS, {"input": 3, "rsqrt": "row"}),
 }
 PER_ROW = {"reciprocal", "rsqrt"}  # inner neurons that run once per row
-_LAYER = re.compile(r"(?:^|[/._])(?:layers?|h|blocks?)[._](\d+)(?=$|[/._])")
 
 
 class EnergyError(ValueError):
@@ -219,14 +219,16 @@ class EnergyReport:
 
 def energy_report(original: str | os.PathLike | onnx.ModelProto, spiking: str | os.PathLike | onnx.ModelProto,
                   inputs: cal.CalibrationData = None, *, e_mac_pj: float = E_MAC_PJ,
-                  e_ac_pj: float = E_AC_PJ) -> EnergyReport:
+                  e_ac_pj: float = E_AC_PJ, external_data_dir: str | os.PathLike | None = None) -> EnergyReport:
     """Spike statistics of `spiking` and the energy estimate against `original` on `inputs` (a dict
     of arrays, a list of them, an .npz path, or None: synthesised like calibration's inputs).
-    Neither model is modified: the spike counts are read from an instrumented copy."""
+    Neither model is modified: the spike counts are read from an instrumented copy.
+    external_data_dir: where the external weights of a `spiking` ModelProto are (a file's: beside it)."""
     where_a, where_s = (os.fspath(m) if not isinstance(m, onnx.ModelProto) else name
                         for m, name in ((original, "original model"), (spiking, "spiking model")))
     ann, ann_dir = model_io.load(original)
     snn, snn_dir = model_io.load(spiking)
+    snn_dir = snn_dir or (os.fspath(external_data_dir) if external_data_dir is not None else None)
     if any(n.domain == DOMAIN for n in ann.graph.node):
         raise EnergyError(f"{where_a}: uses the {DOMAIN} ops: pass the original model (before conversion) first")
     if not any(n.domain == DOMAIN for n in snn.graph.node):
@@ -325,10 +327,14 @@ def _targets(graph: Graph, name: str) -> list[onnx.NodeProto | None]:
 
 
 def _kind(node: onnx.NodeProto, targets: list[onnx.NodeProto | None], products: set[int]) -> str:
-    """The op's kind. Composites by op type. An MBENeuron by the name the converter gives it:
+    """The op's kind: the one the converter recorded on the node (ops.common.KIND_KEY). For models
+    converted before it did: composites by op type; an MBENeuron by the name the converter gives it:
     `<anchor>/spiking_<function>` is that function's neuron; `<anchor>/encode_<tensor>` an identity
     encoder, and so is an unnamed neuron read only by linear layers; an encoder reading an operand of
     a product of two activations (a MatMul without weights) is a product-encoder; else "neuron"."""
+    recorded = tags(node).get(KIND_KEY)
+    if recorded:
+        return recorded
     if node.op_type in COMPOSITES:
         return COMPOSITES[node.op_type][0]
     name = node.name or ""
@@ -341,9 +347,8 @@ def _kind(node: onnx.NodeProto, targets: list[onnx.NodeProto | None], products: 
 
 
 def _layer(node: onnx.NodeProto) -> str:
-    anchor = (node.name or "").partition("/encode_")[0]
-    found = _LAYER.search(anchor)
-    return found.group(1) if found else "-"
+    """The layer the converter recorded on the node (ops.common.LAYER_KEY), else read from its name."""
+    return tags(node).get(LAYER_KEY) or layer_of((node.name or "").partition("/encode_")[0])
 
 
 def _op_stats(node: onnx.NodeProto, targets: list[onnx.NodeProto | None], products: set[int]) -> OpStats:

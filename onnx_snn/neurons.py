@@ -7,6 +7,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import onnx
 
 import numpy as np
 
@@ -14,6 +17,10 @@ from onnx_snn.calibrate import Probe, Range
 from onnx_snn.mbe.functions import target
 from onnx_snn.mbe.neuron import SIGNED_DIGITS, MBEParameters, SlotTables
 from onnx_snn.mbe.presets import preset
+
+if TYPE_CHECKING:
+    from onnx_snn.graph import Graph
+    from onnx_snn.rules.base import Site
 
 # bases per function: the paper's N=4 for the activations, N=8 for the per-row neurons of Softmax and
 # the normalisations. exp2 runs on every attention score, and two bases cut Softmax's steps by 4x
@@ -69,22 +76,36 @@ def signed_digits(reach: float, timesteps: int, ratio: float | None = None) -> S
     return tables
 
 
-def check_presets(timesteps: int, bases: dict[str, int]) -> None:
-    """Raise ValueError (one line) unless a preset ships for every neuron function at T = timesteps
-    with its bases (DEFAULT_BASES and identity_bases, overridden by `bases`)."""
+# the identity encoders on the inputs of linear layers and products, which may have their own T and
+# bases (`op_timesteps`, `bases`; by default those of the identity neurons): a neuron function of its
+# own for those options. Fewer steps than T pay in energy but not everywhere in accuracy, so they are
+# not the default: at T=16, encoders at 12 steps take MiniLM from 113% to 73% of the ANN's energy
+# (cosine 0.9998 -> 0.9997) but SmolLM2's perplexity from +0.7% to +7.3% on 8 windows
+# (docs/results-14-fanout.md)
+ENCODER = "encoder"
+
+
+def check_presets(timesteps: int, bases: dict[str, int], op_timesteps: dict[str, int] | None = None) -> None:
+    """Raise ValueError (one line) unless a preset ships for every neuron function at its T
+    (`timesteps`, or its entry in `op_timesteps`) with its bases (DEFAULT_BASES and identity_bases,
+    overridden by `bases`)."""
     from onnx_snn.mbe.presets import presets
 
     shipped = {(p.function, p.bases, p.timesteps) for p in presets()}
     steps = sorted({t for _, _, t in shipped})
-    if timesteps not in steps:
-        raise ValueError(f"no neurons for T = {timesteps}: presets ship for T in {steps}")
     functions = sorted({f for f, _, _ in shipped})
-    for function, count in {**DEFAULT_BASES, "identity": identity_bases(timesteps), **bases}.items():
-        if function not in functions:
-            raise ValueError(f"no neuron function {function!r}: presets ship {', '.join(functions)}")
-        if (function, count, timesteps) not in shipped:
-            counts = sorted({b for f, b, t in shipped if f == function and t == timesteps})
-            raise ValueError(f"no {function} neuron with {count} bases: presets ship {counts} at T = {timesteps}")
+    for function in {**bases, **(op_timesteps or {})}:
+        if function not in functions and function != ENCODER:
+            raise ValueError(f"no neuron function {function!r}: presets ship {', '.join(functions)} (and {ENCODER})")
+    choice = NeuronChoice(timesteps, {}, dict(bases), op_timesteps=dict(op_timesteps or {}))
+    for function, count in choice.bases.items():
+        t = choice.steps(function)
+        if t not in steps:
+            raise ValueError(f"no neurons for T = {t}: presets ship for T in {steps}")
+        preset_function = "identity" if function == ENCODER else function
+        if (preset_function, count, t) not in shipped:
+            counts = sorted({b for f, b, s in shipped if f == preset_function and s == t})
+            raise ValueError(f"no {function} neuron with {count} bases: presets ship {counts} at T = {t}")
 
 
 # identity encoders cover the calibrated magnitude with this headroom, and at least MIN_REACH
@@ -108,45 +129,68 @@ class NeuronChoice:
     bases: dict[str, int] = field(default_factory=dict)  # overrides of DEFAULT_BASES and identity_bases
     identity_code: str = "digits"  # one of IDENTITY_CODES
     warnings: list[str] = field(default_factory=list)
+    op_timesteps: dict[str, int] = field(default_factory=dict)  # T per neuron function (or ENCODER) if not `timesteps`
 
     def __post_init__(self) -> None:
-        self.bases = {**DEFAULT_BASES, "identity": identity_bases(self.timesteps), **self.bases}
+        identity = self.bases.get("identity")  # an identity override applies to the encoders too
+
+        def identity_default(kind: str) -> int:  # signed digits are one basis at any T
+            return 1 if self.identity_code == "digits" else identity_bases(self.steps(kind))
+
+        self.bases = {**DEFAULT_BASES, "identity": identity_default("identity"),
+                      ENCODER: identity or identity_default(ENCODER), **self.bases}
+
+    def steps(self, function: str) -> int:
+        """T of the neurons of `function` (ENCODER: the encoders of linear layers and products)."""
+        default = self.steps("identity") if function == ENCODER else self.timesteps
+        return self.op_timesteps.get(function, default)
+
+    def reencoding_pays(self, function: str, features: int) -> bool:
+        """Whether the layers reading a `function` neuron's output (`features` output features in
+        all) are expected to cost fewer accumulations per element when fed by an encoder on that
+        output: the neuron's spikes x 1 + the encoder's updates and spikes x features, against the
+        neuron's spikes x features (EXPECTED_FIRING_RATE for both)."""
+        activation = EXPECTED_FIRING_RATE * self.bases[function] * self.steps(function)
+        encoder = self.bases[ENCODER] * self.steps(ENCODER)
+        return activation + encoder + EXPECTED_FIRING_RATE * encoder * features < activation * features
 
     def fixed(self, function: str) -> SlotTables:
         """A neuron on its preset's own domain (exp2, reciprocal, rsqrt inside the composite ops)."""
-        return preset(function, bases=self.bases[function], timesteps=self.timesteps).tables
+        return preset(function, bases=self.bases[function], timesteps=self.steps(function)).tables
 
     def for_tensor(self, function: str, probe: Probe | str) -> SlotTables:
-        """The neuron for `function` on the calibrated range of `probe`."""
+        """The neuron for `function` (or ENCODER, an identity neuron) on the calibrated range of `probe`."""
         probe = probe if isinstance(probe, Probe) else Probe(probe)
-        params = preset(function, bases=self.bases[function], timesteps=self.timesteps)
+        kind, function = function, "identity" if function == ENCODER else function
+        params = preset(function, bases=self.bases[kind], timesteps=self.steps(kind))
         measured = self.ranges.get(probe)
         if measured is None:
             self.warnings.append(f"{probe.tensor}: never measured (not computed on the calibration inputs); "
                                  f"{function} neuron on its preset domain {params.domain}")
             return params.tables
         if function == "identity":
-            return self._identity(measured.magnitude)
+            return self._identity(measured.magnitude, kind=kind)
         lo, hi = params.domain
         if measured.hi > hi and target(function).linear_above:
             # f(x) = x above the domain, where the preset saturates at f(hi): one more basis adds
             # x - hi there (a binary search of it, exact to T bits)
             reach = (measured.hi - hi) * RANGE_MARGIN
-            params = params.combined(ramp(hi, reach, self.timesteps))
+            params = params.combined(ramp(hi, reach, params.timesteps))
         else:
             self._check_saturation(probe, function, measured, params.domain)
         return params.tables
 
-    def _identity(self, magnitude: float, margin: float = RANGE_MARGIN) -> SlotTables:
-        """The identity encoder covering [-magnitude, magnitude] with `margin`'s headroom."""
+    def _identity(self, magnitude: float, margin: float = RANGE_MARGIN, kind: str = "identity") -> SlotTables:
+        """The identity encoder (`kind`: "identity" or ENCODER, for its T and bases) covering
+        [-magnitude, magnitude] with `margin`'s headroom."""
         reach = max(magnitude * margin, MIN_REACH)
         if self.identity_code == "digits":
-            return signed_digits(reach, self.timesteps)
-        params = preset("identity", bases=self.bases["identity"], timesteps=self.timesteps)
+            return signed_digits(reach, self.steps(kind))
+        params = preset("identity", bases=self.bases[kind], timesteps=self.steps(kind))
         return params.scaled(params.domain[1] / reach, reach / params.domain[1]).tables
 
-    def identity_channels(self, probes: list[Probe], floor: float = CHANNEL_FLOOR,
-                          margin: float = RANGE_MARGIN) -> tuple[list[float], list[SlotTables]]:
+    def identity_channels(self, probes: list[Probe], floor: float = CHANNEL_FLOOR, margin: float = RANGE_MARGIN,
+                          kind: str = "identity") -> tuple[list[float], list[SlotTables]]:
         """Identity encoders that share one input scale per channel (a normalisation's encoders of x
         and of x minus its mean): s[c] = M / m[c], m[c] the channel's calibrated magnitude over the
         probes (at least floor * M), M the widest channel's; so every channel spans the widest
@@ -155,14 +199,14 @@ class NeuronChoice:
         per-tensor encoders."""
         measured = [self.ranges.get(p) for p in probes]
         if any(m is None or m.channels is None for m in measured):
-            return [1.0], [self.for_tensor("identity", p) for p in probes]
+            return [1.0], [self.for_tensor(kind, p) for p in probes]
         magnitudes = [np.nan_to_num(np.maximum(np.abs(m.channels[0]), np.abs(m.channels[1])), posinf=0.0)
                       for m in measured]
         widest = float(np.max(magnitudes))
         if widest <= 0:
-            return [1.0], [self.for_tensor("identity", p) for p in probes]
+            return [1.0], [self.for_tensor(kind, p) for p in probes]
         scale = (widest / np.maximum(np.max(magnitudes, axis=0), widest * floor)).astype(np.float32)
-        return scale.tolist(), [self._identity(float((m * scale).max()), margin) for m in magnitudes]
+        return scale.tolist(), [self._identity(float((m * scale).max()), margin, kind) for m in magnitudes]
 
     def _check_saturation(self, probe: Probe, function: str, measured: Range, domain: tuple[float, float]) -> None:
         """Beyond its domain a preset outputs its value at the edge: say so where that is off by
@@ -183,3 +227,51 @@ def ramp(start: float, reach: float, timesteps: int) -> MBEParameters:
     basis = MBEParameters.from_paper("ramp", (start, start + reach), alpha=reach / 2, dt=math.log(2), tau_vth=[1.0],
                                      tau_r=[1.0], tau_d=[1.0], w=[1.0], timesteps=timesteps)
     return dataclasses.replace(basis, input_offset=(-start,))
+
+
+# ---- fan-out-aware choices ---------------------------------------------------------------------
+
+# activation neurons whose output a linear layer may read (their bases are DEFAULT_BASES')
+ACTIVATIONS = ("gelu", "silu", "tanh", "sigmoid")
+# spikes per slot expected of a neuron, to weigh choices before any spike is counted: MiniLM at T=16
+# on real sentences, identity encoders 34.7% and GELU 41.3% (README "Energy")
+EXPECTED_FIRING_RATE = 0.35
+
+
+def reencode_wide_fan_outs(graph: Graph, sites: list[Site], neurons: NeuronChoice) -> int:
+    """Where an activation neuron with many bases feeds linear layers, give those layers a one-basis
+    identity encoder on its output if that is expected to cost fewer accumulations: each of the
+    activation's spikes then drives 1 accumulation (into the encoder) instead of the layers' output
+    features, and the encoder's fewer spikes drive the layers. The sites ask for the encoders
+    (Site.encode, calibrated like any other: Site.probes); returns how many sites do."""
+    from onnx_snn.calibrate import Probe
+
+    count = 0
+    for site in sites:
+        if site.kind not in ACTIVATIONS or site.spike_output is None or site.quantized:
+            continue
+        scope = graph.scope_of[id(site.anchor)]
+        readers = [(layer, features) for layer in scope.consumers.get(site.spike_output, [])
+                   if (features := _output_features(scope, layer, site.spike_output))]
+        if readers and neurons.reencoding_pays(site.kind, sum(f for _, f in readers)):
+            site.encode += [(site.spike_output, layer) for layer, _ in readers]
+            # a range per input feature, as the layers' own encoders take (rules.linear_input)
+            site.probes.append(Probe(site.spike_output, channel_axis=-1))
+            count += 1
+    return count
+
+
+def _output_features(graph: Graph, layer: onnx.NodeProto, tensor: str) -> int | None:
+    """The output features each element of `tensor` multiplies into, if `layer` is a MatMul or Gemm
+    reading it as the activation input of a constant weight; else None."""
+    from onnx_snn.rules.base import is_weight, weight_shape
+
+    if (layer.domain not in ("", "ai.onnx") or layer.op_type not in ("MatMul", "Gemm") or len(layer.input) < 2
+            or layer.input[0] != tensor or graph.attribute(layer, "transA", 0) or not is_weight(graph, layer.input[1])):
+        return None
+    shape = weight_shape(graph, layer.input[1])
+    if not shape:
+        return None
+    if len(shape) == 1:  # a MatMul with a vector: one output per row
+        return 1
+    return shape[0] if graph.attribute(layer, "transB", 0) else shape[-1]

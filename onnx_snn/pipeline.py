@@ -13,7 +13,7 @@ import onnx
 from onnx_snn import calibrate as cal
 from onnx_snn import model_io, ops
 from onnx_snn.graph import Graph, every_node
-from onnx_snn.neurons import IDENTITY_CODES, NeuronChoice, check_presets
+from onnx_snn.neurons import IDENTITY_CODES, NeuronChoice, check_presets, reencode_wide_fan_outs
 from onnx_snn.precision import element_types
 from onnx_snn.report import Report, count_macs, count_sites, left_nonlinear, mac_tensors, spike_driven_macs
 from onnx_snn.rewrite import build_sites, expand_fused, find_sites
@@ -33,7 +33,10 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, timesteps: int = 16, 
     one batch is held at a time), a path to an .npz file, or None (inputs synthesised from the
     model's input signature). Options: hybrid (bool: convert only the nonlinear ops), rules (names:
     only these rules), bases (dict: bases per neuron function), identity_code ("digits": signed-digit
-    identity encoders, or "binary": the identity presets; onnx_snn.neurons), progress (bool), check (bool: run
+    identity encoders, or "binary": the identity presets; onnx_snn.neurons), op_timesteps (dict: T per
+    neuron function, or "encoder" for the encoders of linear layers and products), reencode (bool:
+    re-encode a many-basis activation that feeds wide linear layers with a one-basis encoder where
+    that costs fewer accumulations), progress (bool), check (bool: run
     the spiking model on the first calibration batch and compare it with the original's outputs),
     strict (bool: raise ConversionError if the result is not fully spiking: a nonlinear op left on
     activations or, unless hybrid, MACs not spike-driven; Report.shortfall says which)."""
@@ -49,15 +52,17 @@ def convert_with_report(
     rules: list[str] | None = None,
     bases: dict[str, int] | None = None,
     identity_code: str = "digits",
+    op_timesteps: dict[str, int] | None = None,
+    reencode: bool = True,
     progress: bool = False,
     check: bool = True,
     strict: bool = False,
 ) -> tuple[onnx.ModelProto, Report]:
     where = os.fspath(model) if not isinstance(model, onnx.ModelProto) else "model"
     try:  # before the model is read and calibrated: a wrong T, bases or rule choice fails at once
-        check_presets(timesteps, dict(bases or {}))
         if identity_code not in IDENTITY_CODES:
             raise ValueError(f"identity code {identity_code!r} is not one of {', '.join(IDENTITY_CODES)}")
+        check_presets(timesteps, dict(bases or {}), dict(op_timesteps or {}))
         chosen = rule_set(hybrid, rules)
     except ValueError as e:
         raise ConversionError(f"{where}: {e}") from None
@@ -67,13 +72,16 @@ def convert_with_report(
     batches, synthesized = cal.iter_batches(spiking, calibration, model_dir=model_dir)
 
     sites, near_misses = find_sites(graph, chosen, types)
+    neurons = NeuronChoice(timesteps, {}, dict(bases or {}), identity_code, op_timesteps=dict(op_timesteps or {}))
+    # before calibration: the encoders' ranges are measured with the others
+    reencoded = reencode_wide_fan_outs(graph, sites, neurons) if reencode else 0
     near_misses += fused_left
     probes = [p for site in sites for p in site.probes]
     # calibration runs the original, before the rewrite: no copy of the model is needed
     calibration_result = cal.calibrate(spiking, model_dir, probes, batches, shape_tensors=mac_tensors(graph.graph),
                                        synthesized=synthesized, progress=progress, where=where)
     macs_by_layer = count_macs(graph, calibration_result.shapes, calibration_result.body_shapes)
-    neurons = NeuronChoice(timesteps, calibration_result.ranges, dict(bases or {}), identity_code)
+    neurons.ranges = calibration_result.ranges
     encoders = build_sites(graph, sites, neurons, types)
     ops.attach_functions(spiking)
     # functions need IR 8; newer than IR_VERSION is what older onnxruntime versions reject
@@ -87,7 +95,8 @@ def convert_with_report(
         encoders=encoders, left=left_nonlinear(graph, near_misses), macs_total=total, macs_spike_driven=driven,
         calibration={"batches": calibration_result.batches, "synthesized": synthesized,
                      "statistic": cal.STATISTIC},
-        warnings=sorted(set(neurons.warnings)), macs_unknown=unknown,
+        warnings=sorted(set(neurons.warnings)), macs_unknown=unknown, reencoded=reencoded,
+        op_timesteps={f: neurons.steps(f) for f in neurons.bases if neurons.steps(f) != timesteps},
     )
     if strict and report.shortfall():
         raise ConversionError(f"{where}: {report.shortfall()}; the model is not fully spiking (strict)")

@@ -287,6 +287,8 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     check: dict = field(default_factory=dict)  # outputs of the original and the spiking model compared
     macs_unknown: list[str] = field(default_factory=list)  # MAC-bearing ops whose shapes were not seen
+    op_timesteps: dict[str, int] = field(default_factory=dict)  # neuron functions whose T is not `timesteps`
+    reencoded: int = 0  # activation neurons driving linear layers through an encoder (fan-out-aware)
 
     @property
     def spike_driven_share(self) -> float | None:
@@ -330,7 +332,11 @@ class Report:
             lines += [f"  {rule:<22} {count:>4}" for rule, count in sorted(self.replaced.items())]
         else:
             lines.append("replaced: nothing (no supported nonlinear op found)")
-        lines.append(f"identity encoders added: {self.encoders}")
+        if self.op_timesteps:
+            lines.append("time steps other than T: " + ", ".join(f"{f} {t}" for f, t in sorted(self.op_timesteps.items())))
+        lines.append(f"identity encoders added: {self.encoders}" + (
+            f" ({self.reencoded} on activations feeding linear layers, cheaper than their spikes' fan-out)"
+            if self.reencoded else ""))
         lines.append(f"MACs with spike-encoded activation inputs: {self._format_share()}")
         if self.left:
             lines.append(f"nonlinear ops left ({len(self.left)}):")

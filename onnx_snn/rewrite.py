@@ -11,8 +11,9 @@ from onnx import numpy_helper
 
 from onnx_snn.calibrate import Probe
 from onnx_snn.graph import Graph
-from onnx_snn.neurons import LINEAR_CHANNEL_FLOOR, LINEAR_CHANNEL_MARGIN
+from onnx_snn.neurons import ENCODER, LINEAR_CHANNEL_FLOOR, LINEAR_CHANNEL_MARGIN
 from onnx_snn.ops import DOMAIN, mbe_neuron
+from onnx_snn.ops.common import layer_of, tag
 from onnx_snn.precision import computed_in_float32, element_types, not_float
 from onnx_snn.rules.base import MatchContext, NearMiss, Neurons, Rule, Site, node_name
 
@@ -82,6 +83,10 @@ def site_values(graph: Graph, site: Site) -> list[str]:
     return list(dict.fromkeys([*reads, *writes, *(tensor for tensor, _ in site.encode)]))
 
 
+# the kind a site's spiking nodes record (ops.common.KIND_KEY), where it is not the site's own
+_SPIKING_KINDS = {"linear": "encoder", "product": "product-encoder"}
+
+
 def build_sites(graph: Graph, sites: list[Site], neurons: Neurons, types: dict[str, int] | None = None) -> int:
     """Replace every site and add the identity encoders (one per tensor and scope, shared by all
     the layers it feeds there); returns the number of encoders. The graph is rewritten in place.
@@ -91,20 +96,28 @@ def build_sites(graph: Graph, sites: list[Site], neurons: Neurons, types: dict[s
     for site in sites:
         if site.build is not None:
             scope = graph.scope_of[id(site.anchor)]
-            scope.replace(site.nodes, computed_in_float32(scope, site.build(scope, neurons), types))
+            built = site.build(scope, neurons)
+            for node in built:
+                if node.domain == DOMAIN:
+                    tag(node, _SPIKING_KINDS.get(site.kind, site.kind), layer_of(node_name(site.anchor)))
+            scope.replace(site.nodes, computed_in_float32(scope, built, types))
     consumers: dict[tuple[int, str], list[onnx.NodeProto]] = defaultdict(list)
+    products: set[tuple[int, str]] = set()  # encoders of a product's operands
     for site in sites:
         for tensor, consumer in site.encode:
-            users = consumers[id(graph.scope_of[id(consumer)]), tensor]
-            if consumer not in users:
-                users.append(consumer)
+            key = id(graph.scope_of[id(consumer)]), tensor
+            if consumer not in consumers[key]:
+                consumers[key].append(consumer)
+            if site.kind == "product":
+                products.add(key)
     # a range per channel where every site that encodes the tensor asked for one (probe.channel_axis)
     probes: dict[str, list[Probe]] = defaultdict(list)
     for site in sites:
         for probe in site.probes:
             if any(tensor == probe.tensor for tensor, _ in site.encode):
                 probes[probe.tensor].append(probe)
-    for (_, tensor), users in consumers.items():
+    for key, users in consumers.items():
+        tensor = key[1]
         scope = graph.scope_of[id(users[0])]
         encoded = scope.fresh_name(f"{tensor}/spikes")
         first = min(users, key=scope.position_of)
@@ -113,15 +126,17 @@ def build_sites(graph: Graph, sites: list[Site], neurons: Neurons, types: dict[s
         nodes = []
         asked = probes.get(tensor) or [Probe(tensor)]
         if all(p.channel_axis is not None for p in asked):
-            scale, (tables,) = neurons.identity_channels(asked[:1], LINEAR_CHANNEL_FLOOR, LINEAR_CHANNEL_MARGIN)
+            scale, (tables,) = neurons.identity_channels(asked[:1], LINEAR_CHANNEL_FLOOR, LINEAR_CHANNEL_MARGIN, ENCODER)
         else:
-            scale, tables = [1.0], neurons.for_tensor("identity", Probe(tensor))
+            scale, tables = [1.0], neurons.for_tensor(ENCODER, Probe(tensor))
         scale_name = None
         if scale != [1.0]:
             scale_name = scope.fresh_name(f"{name}/channel_scale")
             nodes.append(oh.make_node("Constant", [], [scale_name], name=f"{scale_name}/constant",
                                       value=numpy_helper.from_array(np.asarray(scale, np.float32), scale_name)))
-        nodes.append(mbe_neuron.make_node(tables, tensor, encoded, name=name, channel_scale=scale_name))
+        encoder = mbe_neuron.make_node(tables, tensor, encoded, name=name, channel_scale=scale_name)
+        tag(encoder, _SPIKING_KINDS["product" if key in products else "linear"], layer_of(node_name(first)))
+        nodes.append(encoder)
         scope.add(computed_in_float32(scope, nodes, types), before=first)
         for user in users:
             scope.rewire(user, tensor, encoded)

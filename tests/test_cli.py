@@ -134,7 +134,10 @@ def test_unconvertible_models_get_one_line_naming_the_problem(tmp_path, case):
 
 @pytest.mark.parametrize("option, expected", [(["--timesteps", "7"], "no neurons for T = 7"),
                                               (["--bases", "exp2=3"], "no exp2 neuron with 3 bases"),
-                                              (["--bases", "erf=2"], "no neuron function 'erf'")])
+                                              (["--bases", "erf=2"], "no neuron function 'erf'"),
+                                              (["--op-timesteps", "encoder=7"], "no neurons for T = 7"),
+                                              (["--op-timesteps", "encoder=8", "--bases", "encoder=3"],
+                                               "no encoder neuron with 3 bases")])
 def test_neurons_without_a_preset_get_one_line_and_nothing_written(tmp_path, option, expected):
     out = tmp_path / "out.onnx"
     run = cli("convert", str(small_model(tmp_path / "in.onnx")), "-o", str(out), *option)
@@ -168,6 +171,21 @@ def test_bases_option_chooses_the_neurons(tmp_path, option, exp2_bases):
     (node,) = onnx.load(str(out)).graph.node
     scales = next(a for a in node.attribute if a.name == "exp2_input_scale")
     assert node.op_type == "SpikingSoftmax" and len(scales.floats) == exp2_bases
+
+
+@pytest.mark.parametrize("option, steps, reencoded", [([], {}, 1), (["--op-timesteps", "encoder=12"], {"encoder": 12}, 1),
+                                                     (["--no-reencode"], {}, 0)])
+def test_op_timesteps_and_reencode_options(tmp_path, option, steps, reencoded):
+    from test_fanout import gelu_block
+
+    onnx.save(gelu_block(), tmp_path / "in.onnx")
+    run = cli("convert", str(tmp_path / "in.onnx"), "-o", str(tmp_path / "out.onnx"), "--json", *option)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert (report["op_timesteps"], report["reencoded"]) == (steps, reencoded)
+    encoders = [n for n in onnx.load(str(tmp_path / "out.onnx")).graph.node if n.op_type == "MBENeuron"
+                and n.input[0] != "x" and "Gelu" not in n.name]
+    assert len(encoders) == reencoded
 
 
 def test_a_model_without_nonlinear_ops_converts_and_says_so(tmp_path):

@@ -134,3 +134,21 @@ def test_the_converters_neurons_ship_at_every_preset_timestep(timesteps):
     reach = 40 * RANGE_MARGIN
     unit, _ = simulate(params.tables, x / reach)
     assert np.max(np.abs(y - x)) <= reach * np.max(np.abs(unit - x / reach)) + 1e-4
+
+
+def test_reencoding_pays_where_the_encoder_has_fewer_slots_and_the_layer_is_wide():
+    at_16 = NeuronChoice(16, {})  # GELU 4 x 16 slots, encoder 1 x 16
+    assert at_16.reencoding_pays("gelu", 384) and at_16.reencoding_pays("gelu", 3)
+    # 22.4 expected spikes x 2 outputs < 22.4 + 16 updates + 5.6 spikes x 2
+    assert not at_16.reencoding_pays("gelu", 2) and not at_16.reencoding_pays("gelu", 1)
+    assert not NeuronChoice(8, {}).reencoding_pays("gelu", 384)  # four-basis encoders below T=12: as many slots
+    assert NeuronChoice(8, {}, {"encoder": 1}).reencoding_pays("gelu", 384)
+
+
+def test_encoders_take_their_own_timesteps_and_bases():
+    choice = NeuronChoice(16, {Probe("h"): Range(-2.0, 3.0)}, op_timesteps={"encoder": 8})
+    assert (choice.steps("encoder"), choice.bases["encoder"]) == (8, 4)  # identity_bases(8)
+    assert (choice.steps("identity"), choice.bases["identity"]) == (16, 1)
+    tables = choice.for_tensor("encoder", "h")
+    assert (tables.timesteps, tables.bases) == (8, 4)
+    assert choice.for_tensor("identity", "h").timesteps == 16

@@ -5,6 +5,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
 from onnx_snn.sweep import Task, markdown, sweep, write
 
@@ -56,3 +57,31 @@ def test_sweep_on_ray_equals_a_local_sweep(tmp_path):
     assert [{k: v for k, v in row.items() if k != timing} for row in remote["rows"]] == \
            [{k: v for k, v in row.items() if k != timing} for row in local["rows"]]
     assert {k: v for k, v in remote.items() if k != "rows"} == {k: v for k, v in local.items() if k != "rows"}
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_sweep_adds_energy_and_latency_measured_on_the_tasks_inputs(tmp_path, external):
+    import onnx
+
+    from onnx_snn.energy import energy_report
+    from onnx_snn.pipeline import convert
+    from test_fanout import X, gelu_block
+
+    path = tmp_path / "block.onnx"  # external: weights beside it, as SmolLM2's, which the converted model refers to
+    onnx.save(gelu_block(), path, save_as_external_data=external, location="block.onnx.data", size_threshold=0)
+
+    def evaluate(original, spiking):
+        return {"max_abs_error": (0.0, float(np.max(np.abs(original.run(None, X)[0] - spiking.run(None, X)[0]))))}
+
+    task = Task("outputs", lambda: [X], evaluate, "max_abs_error", higher_is_better=False, inputs=lambda: [X])
+    result = sweep(path, task, (8, 16))
+    for row in result["rows"]:  # the same accounting as `onnx-snn energy` on the same inputs
+        spiking = convert(path, timesteps=row["timesteps"], calibration=[X], check=False)
+        expected = energy_report(path, spiking, X, external_data_dir=tmp_path)
+        assert row["energy_ratio"] == pytest.approx(expected.ratio)
+        assert row["latency_ratio"] > 0
+    # T=8: four-basis encoders, no re-encoding; T=16: one-basis encoders, the GELU re-encoded
+    assert result["rows"][1]["energy_ratio"] < result["rows"][0]["energy_ratio"]
+    table = markdown(result)
+    assert "| E_SNN / E_ANN | latency (spiking / original) |" in table
+    assert f"{100 * result['rows'][1]['energy_ratio']:.1f}%" in table

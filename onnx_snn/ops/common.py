@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import onnx
 from onnx import helper as oh
 
@@ -12,6 +14,33 @@ DOMAIN_VERSION = 1
 IR_VERSION = 10
 # the function bodies use Reshape(allowzero) and axes as inputs
 MIN_OPSET = 14
+
+
+# node metadata (NodeProto.metadata_props) the converter writes on each spiking node, which
+# `onnx-snn energy` reads: its kind (gelu, silu, tanh, sigmoid, encoder, product-encoder, softmax,
+# layernorm, rmsnorm) and its layer (the block index in its anchor's name, "-" outside the blocks)
+KIND_KEY = "onnx_snn.kind"
+LAYER_KEY = "onnx_snn.layer"
+_BLOCK = re.compile(r"(?:^|[/._])(?:layers?|h|blocks?)[._](\d+)(?=$|[/._])")
+
+
+def layer_of(name: str) -> str:
+    """The block index in a node name (`layer.3`, `layers.3`, `h.3`, `blocks.3`), "-" if none."""
+    found = _BLOCK.search(name)
+    return found.group(1) if found else "-"
+
+
+def tag(node: onnx.NodeProto, kind: str, layer: str) -> None:
+    """Record a spiking node's kind and layer as its metadata."""
+    kept = [p for p in node.metadata_props if p.key not in (KIND_KEY, LAYER_KEY)]
+    del node.metadata_props[:]
+    node.metadata_props.extend(kept + [onnx.StringStringEntryProto(key=KIND_KEY, value=kind),
+                                       onnx.StringStringEntryProto(key=LAYER_KEY, value=layer)])
+
+
+def tags(node: onnx.NodeProto) -> dict[str, str]:
+    """A node's metadata, by key."""
+    return {p.key: p.value for p in node.metadata_props}
 
 
 def attr_ref(op_type: str, attribute: str, field: str, output: str) -> onnx.NodeProto:

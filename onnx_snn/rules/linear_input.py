@@ -22,6 +22,7 @@ from onnx import helper as oh
 
 from onnx_snn.calibrate import Probe
 from onnx_snn.graph import Graph
+from onnx_snn.neurons import ENCODER
 from onnx_snn.ops import mbe_neuron
 from onnx_snn.rules.base import MatchContext, NearMiss, Site, is_weight, node_name
 
@@ -124,7 +125,7 @@ def encoder_site(rule: str, kind: str, ctx: MatchContext, node: onnx.NodeProto, 
                                           for suffix in ("dequantized", "spikes", "requantized"))
             name = graph.fresh_name(f"{node_name(node)}/encode_{point.tensor}")
             nodes += [oh.make_node("DequantizeLinear", [point.tensor, scale, zero], [real], name=f"{name}/dequantize"),
-                      mbe_neuron.make_node(neurons.for_tensor("identity", Probe(point.tensor, dequantized=point.dequantized)),
+                      mbe_neuron.make_node(neurons.for_tensor(ENCODER, Probe(point.tensor, dequantized=point.dequantized)),
                                            real, decoded, name=name),
                       oh.make_node("QuantizeLinear", [decoded, scale, zero], [requantized], name=f"{name}/quantize")]
             layer.input[point.index] = requantized
