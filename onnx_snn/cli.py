@@ -137,8 +137,9 @@ def _neuron_options(command: argparse.ArgumentParser) -> None:
     """--bases, --op-timesteps and --no-reencode: the neurons the converter chooses."""
     _bases_option(command)
     command.add_argument("--op-timesteps", nargs="+", type=_bases, metavar="FUNCTION=T", action="extend",
-                         help="time steps of a neuron function where not --timesteps, e.g. gelu=12, or encoder=12 "
-                              "for the identity encoders of linear layers and products (default: those of identity)")
+                         help="time steps of a neuron function where not --timesteps, e.g. gelu=12, or encoder=16 "
+                              "for the identity encoders of linear layers and products but the FFN's hidden values "
+                              "(default: onnx_snn.neurons.encoder_timesteps, 12 at most)")
     command.add_argument("--no-reencode", action="store_true",
                          help="activation neurons (GELU, SiLU) drive the linear layers reading them directly, never "
                               "through a one-basis encoder (default: where that is expected to cost less energy)")

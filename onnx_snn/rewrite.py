@@ -7,7 +7,7 @@ from collections import defaultdict
 import onnx
 
 from onnx_snn.graph import Graph
-from onnx_snn.neurons import ENCODER
+from onnx_snn.neurons import ENCODER, hidden_values
 from onnx_snn.ops import DOMAIN, mbe_neuron
 from onnx_snn.ops.common import layer_of, tag
 from onnx_snn.precision import computed_in_float32, element_types, not_float
@@ -89,6 +89,7 @@ def build_sites(graph: Graph, sites: list[Site], neurons: Neurons, types: dict[s
     Every new node computes in float32, with Casts from and to 16-bit values (`types`:
     precision.element_types)."""
     types = dict(element_types(graph.model) if types is None else types)  # encoded values are added
+    hidden = hidden_values(graph, sites)  # before the rewrite: they are found from the original ops
     for site in sites:
         if site.build is not None:
             scope = graph.scope_of[id(site.anchor)]
@@ -113,7 +114,8 @@ def build_sites(graph: Graph, sites: list[Site], neurons: Neurons, types: dict[s
         first = min(users, key=scope.position_of)
         name = scope.fresh_name(f"{node_name(first)}/encode_{tensor}")
         types[encoded] = types.get(tensor)  # the layers read it in the type they read the tensor in
-        encoder = mbe_neuron.make_node(neurons.for_tensor(ENCODER, tensor), tensor, encoded, name=name)
+        function = "identity" if tensor in hidden else ENCODER
+        encoder = mbe_neuron.make_node(neurons.for_tensor(function, tensor), tensor, encoded, name=name)
         tag(encoder, _SPIKING_KINDS["product" if key in products else "linear"], layer_of(node_name(first)))
         scope.add(computed_in_float32(scope, [encoder], types), before=first)
         for user in users:

@@ -58,7 +58,7 @@ def test_reencoding_pays_where_the_encoder_has_fewer_slots_and_the_layer_is_wide
     # 22.4 expected spikes x 2 outputs < 22.4 + 16 updates + 5.6 spikes x 2
     assert not at_16.reencoding_pays("gelu", 2) and not at_16.reencoding_pays("gelu", 1)
     assert not NeuronChoice(8, {}).reencoding_pays("gelu", 384)  # four-basis encoders below T=12: as many slots
-    assert NeuronChoice(8, {}, {"encoder": 1}).reencoding_pays("gelu", 384)
+    assert NeuronChoice(8, {}, {"identity": 1}).reencoding_pays("gelu", 384)
 
 
 def test_encoders_take_their_own_timesteps_and_bases():
