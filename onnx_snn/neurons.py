@@ -76,13 +76,20 @@ def signed_digits(reach: float, timesteps: int, ratio: float | None = None) -> S
     return tables
 
 
-# the identity encoders on the inputs of linear layers and products, which may have their own T and
-# bases (`op_timesteps`, `bases`; by default those of the identity neurons): a neuron function of its
-# own for those options. Fewer steps than T pay in energy but not everywhere in accuracy, so they are
-# not the default: at T=16, encoders at 12 steps take MiniLM from 113% to 73% of the ANN's energy
-# (cosine 0.9998 -> 0.9997) but SmolLM2's perplexity from +0.7% to +7.3% on 8 windows
-# (docs/results-14-fanout.md)
+# the identity encoders on the inputs of linear layers and products (but the FFN's hidden values:
+# hidden_values), which may have their own T and bases (`op_timesteps`, `bases`): a neuron function
+# of its own for those options
 ENCODER = "encoder"
+
+
+def encoder_timesteps(timesteps: int) -> int:
+    """Steps of the encoders (ENCODER): at most 12, where one basis is exact enough for them and each
+    step they drop saves about one spike in three on every accumulation. The FFN's hidden values are
+    not among them (heavy-tailed: their range is set by rare large values) and keep T. At T=16,
+    encoders at 12 steps: MiniLM 113% -> 73% of the ANN's energy, cosine 0.9998 -> 0.9997, but with
+    its GELU outputs' encoders at 16 steps the loss goes; SmolLM2's perplexity +0.7% -> +7.3% (8
+    windows), and +0.4% with its down-projection inputs' at 16 (4 windows: docs/results-14-fanout.md)."""
+    return min(timesteps, 12)
 
 
 def check_presets(timesteps: int, bases: dict[str, int], op_timesteps: dict[str, int] | None = None) -> None:
@@ -142,16 +149,16 @@ class NeuronChoice:
 
     def steps(self, function: str) -> int:
         """T of the neurons of `function` (ENCODER: the encoders of linear layers and products)."""
-        default = self.steps("identity") if function == ENCODER else self.timesteps
+        default = encoder_timesteps(self.steps("identity")) if function == ENCODER else self.timesteps
         return self.op_timesteps.get(function, default)
 
     def reencoding_pays(self, function: str, features: int) -> bool:
         """Whether the layers reading a `function` neuron's output (`features` output features in
         all) are expected to cost fewer accumulations per element when fed by an encoder on that
-        output: the neuron's spikes x 1 + the encoder's updates and spikes x features, against the
-        neuron's spikes x features (EXPECTED_FIRING_RATE for both)."""
+        output (an identity neuron's: hidden_values): the neuron's spikes x 1 + the encoder's updates
+        and spikes x features, against the neuron's spikes x features (EXPECTED_FIRING_RATE for both)."""
         activation = EXPECTED_FIRING_RATE * self.bases[function] * self.steps(function)
-        encoder = self.bases[ENCODER] * self.steps(ENCODER)
+        encoder = self.bases["identity"] * self.steps("identity")
         return activation + encoder + EXPECTED_FIRING_RATE * encoder * features < activation * features
 
     def fixed(self, function: str) -> SlotTables:
@@ -259,6 +266,20 @@ def reencode_wide_fan_outs(graph: Graph, sites: list[Site], neurons: NeuronChoic
             site.probes.append(Probe(site.spike_output, channel_axis=-1))
             count += 1
     return count
+
+
+def hidden_values(graph: Graph, sites: list[Site]) -> set[str]:
+    """The FFN's hidden values, which an encoder encodes with the identity neurons' T rather than
+    ENCODER's: the outputs of activation neurons and their elementwise products (a gated FFN's
+    act(gate) * up)."""
+    hidden = set()
+    for site in sites:
+        if site.kind in ACTIVATIONS and site.spike_output is not None:
+            scope = graph.scope_of[id(site.anchor)]
+            hidden.add(site.spike_output)
+            hidden.update(user.output[0] for user in scope.consumers.get(site.spike_output, [])
+                          if user.op_type == "Mul" and user.domain in ("", "ai.onnx"))
+    return hidden
 
 
 def _output_features(graph: Graph, layer: onnx.NodeProto, tensor: str) -> int | None:

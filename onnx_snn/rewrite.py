@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 from onnx_snn.calibrate import Probe
 from onnx_snn.graph import Graph
-from onnx_snn.neurons import ENCODER, LINEAR_CHANNEL_FLOOR, LINEAR_CHANNEL_MARGIN
+from onnx_snn.neurons import ENCODER, LINEAR_CHANNEL_FLOOR, LINEAR_CHANNEL_MARGIN, hidden_values
 from onnx_snn.ops import DOMAIN, mbe_neuron
 from onnx_snn.ops.common import layer_of, tag
 from onnx_snn.precision import computed_in_float32, element_types, not_float
@@ -93,6 +93,7 @@ def build_sites(graph: Graph, sites: list[Site], neurons: Neurons, types: dict[s
     Every new node computes in float32, with Casts from and to 16-bit values (`types`:
     precision.element_types)."""
     types = dict(element_types(graph.model) if types is None else types)  # encoded values are added
+    hidden = hidden_values(graph, sites)  # before the rewrite: they are found from the original ops
     for site in sites:
         if site.build is not None:
             scope = graph.scope_of[id(site.anchor)]
@@ -124,11 +125,12 @@ def build_sites(graph: Graph, sites: list[Site], neurons: Neurons, types: dict[s
         name = scope.fresh_name(f"{node_name(first)}/encode_{tensor}")
         types[encoded] = types.get(tensor)  # the layers read it in the type they read the tensor in
         nodes = []
+        function = "identity" if tensor in hidden else ENCODER
         asked = probes.get(tensor) or [Probe(tensor)]
         if all(p.channel_axis is not None for p in asked):
-            scale, (tables,) = neurons.identity_channels(asked[:1], LINEAR_CHANNEL_FLOOR, LINEAR_CHANNEL_MARGIN, ENCODER)
+            scale, (tables,) = neurons.identity_channels(asked[:1], LINEAR_CHANNEL_FLOOR, LINEAR_CHANNEL_MARGIN, function)
         else:
-            scale, tables = [1.0], neurons.for_tensor(ENCODER, Probe(tensor))
+            scale, tables = [1.0], neurons.for_tensor(function, Probe(tensor))
         scale_name = None
         if scale != [1.0]:
             scale_name = scope.fresh_name(f"{name}/channel_scale")

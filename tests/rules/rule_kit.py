@@ -23,6 +23,7 @@ from onnx_snn.pipeline import convert_with_report
 from onnx_snn.graph import Graph
 from onnx_snn.mbe.neuron import simulate
 from onnx_snn.mbe.presets import preset
+from onnx_snn.neurons import LINEAR_CHANNEL_MARGIN, RANGE_MARGIN, encoder_timesteps, signed_digits
 from onnx_snn.ops.common import IR_VERSION
 from onnx_snn.rewrite import find_sites
 from onnx_snn.rules import rule_set
@@ -571,15 +572,20 @@ def assert_composite_conversion(model: onnx.ModelProto, kind: str, rule: str, x:
 
 # ---- identity encoders ---------------------------------------------------------------------------------
 
-# The identity encoders at T=16, of reach 1, on [-1/1.1, 1/1.1] (the part of their range the calibrated
-# range maps to): max abs error 1.03e-5 on 100,001 points for the default (signed digits, N=1: half
-# its last weight, 1.02e-5, plus rounding), 1.42e-5 for the binary preset (--identity-code binary).
-# The converter scales it to 1.1x the calibrated magnitude (RANGE_MARGIN), so on a tensor whose
-# values all lie within the calibrated range its error is at most 1.1 * max|x| * 1.42e-5; the bound
-# takes 1.5e-5.
-IDENTITY_MAX_ERROR = 1.5e-5
+def _largest_encoder_error() -> float:
+    """The encoder the converter puts on linear layers and products at T=16 (signed digits, one
+    basis, neurons.encoder_timesteps(16) steps), of reach 1: its largest error on [-1/1.1, 1/1.1],
+    the part of its range a calibrated range maps to, on 100,001 points."""
+    x = np.linspace(-1 / RANGE_MARGIN, 1 / RANGE_MARGIN, 100_001).astype(np.float32)
+    return float(np.max(np.abs(simulate(signed_digits(1.0, encoder_timesteps(16)), x)[0] - x)))
+
+
+IDENTITY_MAX_ERROR = _largest_encoder_error()
+# the converter scales an encoder to RANGE_MARGIN x the calibrated magnitude, or, ranging each input
+# feature, to LINEAR_CHANNEL_MARGIN x the widest feature's (each narrower feature decoded finer)
+ENCODER_MARGIN = max(RANGE_MARGIN, LINEAR_CHANNEL_MARGIN)
 
 
 def encoder_error(x: np.ndarray) -> float:
     """The largest error an identity encoder calibrated on x makes on x."""
-    return 1.1 * float(np.max(np.abs(x))) * IDENTITY_MAX_ERROR
+    return ENCODER_MARGIN * float(np.max(np.abs(x))) * IDENTITY_MAX_ERROR
