@@ -86,7 +86,7 @@ def _effort(function: str, bases: int, timesteps: int) -> _Effort:
         return _Effort(points=2000, restarts=12, cycles=3, fev=200, hops=0, polish=0)
     if timesteps == 16 and hard:
         return _Effort(points=3000, restarts=4, cycles=5, fev=400, hops=6, polish=1)
-    if timesteps <= 8 and function == "gelu":  # what MiniLM loses to its activations at T <= 8
+    if timesteps <= 8 and function in ("gelu", "silu"):  # the MLP activations (MiniLM, SmolLM2) at T <= 8
         return _Effort(points=2000, restarts=8, cycles=5, fev=400, hops=10, polish=1)
     return _Effort(points=2000, restarts=3, cycles=4, fev=300, hops=3, polish=1)
 
