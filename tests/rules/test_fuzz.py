@@ -48,7 +48,8 @@ from onnx_snn.graph import Graph
 from onnx_snn.mbe.functions import target, uniform_grid
 from onnx_snn.mbe.neuron import simulate
 from onnx_snn.mbe.presets import preset
-from onnx_snn.neurons import DEFAULT_BASES, MIN_REACH, RANGE_MARGIN, encoder_timesteps, signed_digits
+from onnx_snn.neurons import (DEFAULT_BASES, LINEAR_CHANNEL_MARGIN, MIN_REACH, RANGE_MARGIN, encoder_timesteps,
+                              signed_digits)
 from onnx_snn.ops import DOMAIN
 from onnx_snn.ops.blocks import normalised_view
 from onnx_snn.pipeline import convert_with_report
@@ -91,10 +92,11 @@ def activation_bound(function: str, timesteps: int, x: np.ndarray, expected: np.
     return np.abs(simulate(neuron.tables, x)[0].reshape(x.shape) - exact) + gap + 1e-6 + ULP * np.abs(expected)
 
 
-def encoder_error(timesteps: int, x: np.ndarray) -> float:
-    """The largest error of an identity encoder calibrated on x: it covers RANGE_MARGIN x the
-    magnitude (at least MIN_REACH)."""
-    reach = max(RANGE_MARGIN * float(np.max(np.abs(x[np.isfinite(x)]), initial=0)), MIN_REACH)
+def encoder_error(timesteps: int, x: np.ndarray, margin: float = RANGE_MARGIN) -> float:
+    """The largest error of an identity encoder calibrated on x: it covers `margin` x the magnitude
+    (at least MIN_REACH); an encoder ranging each input feature of a linear layer covers
+    LINEAR_CHANNEL_MARGIN x the widest feature's, and decodes each narrower one finer."""
+    reach = max(margin * float(np.max(np.abs(x[np.isfinite(x)]), initial=0)), MIN_REACH)
     return reach * (largest_error("identity", timesteps, relative=False) + 2 * ULP)
 
 
@@ -191,7 +193,7 @@ def assert_within_the_neurons_error(case: Case, spiking: onnx.ModelProto, kinds:
         attributes = {a.name: oh.get_attribute_value(a) for a in node.attribute}
         if node.op_type == "MBENeuron" and node.output[0] not in values:
             # an encoder: at its own T, or at T (the FFN's hidden values), whose error is smaller
-            expected, bound = x, encoder_error(encoder_timesteps(case.timesteps), x)
+            expected, bound = x, encoder_error(encoder_timesteps(case.timesteps), x, LINEAR_CHANNEL_MARGIN)
         elif node.op_type == "MBENeuron":
             expected = values[node.output[0]]
             bound = activation_bound(kinds[node.output[0]], case.timesteps, x, expected)
