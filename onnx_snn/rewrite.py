@@ -11,7 +11,6 @@ from onnx import numpy_helper
 
 from onnx_snn.calibrate import Probe
 from onnx_snn.graph import Graph
-from onnx_snn.neurons import LINEAR_CHANNEL_FLOOR, LINEAR_CHANNEL_MARGIN
 from onnx_snn.ops import DOMAIN, mbe_neuron
 from onnx_snn.precision import computed_in_float32, element_types, not_float
 from onnx_snn.rules.base import MatchContext, NearMiss, Neurons, Rule, Site, node_name
@@ -112,10 +111,8 @@ def build_sites(graph: Graph, sites: list[Site], neurons: Neurons, types: dict[s
         types[encoded] = types.get(tensor)  # the layers read it in the type they read the tensor in
         nodes = []
         asked = probes.get(tensor) or [Probe(tensor)]
-        if all(p.channel_axis is not None for p in asked):
-            scale, (tables,) = neurons.identity_channels(asked[:1], LINEAR_CHANNEL_FLOOR, LINEAR_CHANNEL_MARGIN)
-        else:
-            scale, tables = [1.0], neurons.for_tensor("identity", Probe(tensor))
+        per_channel = all(p.channel_axis is not None for p in asked)
+        scale, tables = neurons.linear_encoder(asked[0] if per_channel else Probe(tensor))
         scale_name = None
         if scale != [1.0]:
             scale_name = scope.fresh_name(f"{name}/channel_scale")
