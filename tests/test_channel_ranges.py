@@ -90,9 +90,9 @@ def test_per_channel_ranges_are_used_and_beat_one_range_per_tensor_at_t8(monkeyp
     assert per_channel < per_tensor / 3, (per_channel, per_tensor)
 
 
-def test_from_t10_linear_inputs_keep_one_range_and_normalisations_their_channels():
-    """With one-basis encoders (T >= 10) a linear layer's input is ranged per tensor (its
-    per-feature ranges saturate on unseen text more than resolution costs there)."""
+def test_from_t12_linear_inputs_keep_one_range_and_normalisations_their_channels():
+    """From T=12 a linear layer's input is ranged per tensor (its per-feature ranges saturate on
+    unseen text more than resolution costs there)."""
     spiking, _ = convert_with_report(residual_model(), timesteps=12, calibration=batches(1, 4), check=False)
     (encoder,) = [n for n in spiking.graph.node if n.op_type == "MBENeuron"]
     assert not encoder.input[1]
