@@ -51,6 +51,11 @@ RANGE_MARGIN = 1.1
 MIN_REACH = 1e-6
 # a channel's range is at least this share of the widest channel's (one calibration never moved)
 CHANNEL_FLOOR = 2.0 ** -10
+# normalisations' encoders get per-channel ranges below this T, where one range per tensor leaves
+# the small channels too few levels (MiniLM T=12: 0.99954 against 0.9957); from it per-tensor ranges
+# are exact enough (T=16: 0.99981) and saturate less on unseen values (a random-weight tiny Llama at
+# T=16: mean cosine 0.984 per channel, above 0.995 per tensor)
+CHANNELS_BELOW = 16
 # the encoders of linear layers' inputs (normalised values, attention outputs) range each feature
 # with more headroom and amplify it at most 8x: their per-feature extremes on the calibration text
 # are exceeded more often on other text (MiniLM T=8, linear inputs alone, 64 sentences: 0.99986
@@ -107,16 +112,16 @@ class NeuronChoice:
         reach = max(magnitude * margin, MIN_REACH)
         return params.scaled(params.domain[1] / reach, reach / params.domain[1]).tables
 
-    def identity_channels(self, probes: list[Probe], floor: float = CHANNEL_FLOOR,
-                          margin: float = RANGE_MARGIN) -> tuple[list[float], list[SlotTables]]:
+    def identity_channels(self, probes: list[Probe], floor: float = CHANNEL_FLOOR, margin: float = RANGE_MARGIN,
+                          below: int = CHANNELS_BELOW) -> tuple[list[float], list[SlotTables]]:
         """Identity encoders that share one input scale per channel (a normalisation's encoders of x
         and of x minus its mean): s[c] = M / m[c], m[c] the channel's calibrated magnitude over the
         probes (at least floor * M), M the widest channel's; so every channel spans the widest
         one's range and gets all the encoders' levels. Each encoder covers its probe's scaled values
-        with `margin`'s headroom. Without per-channel ranges (e.g. inside a Loop body): [1.0] and
-        per-tensor encoders."""
+        with `margin`'s headroom. From T = `below`, or without per-channel ranges (e.g. inside a
+        Loop body): [1.0] and per-tensor encoders."""
         measured = [self.ranges.get(p) for p in probes]
-        if any(m is None or m.channels is None for m in measured):
+        if self.timesteps >= below or any(m is None or m.channels is None for m in measured):
             return [1.0], [self.for_tensor("identity", p) for p in probes]
         magnitudes = [np.nan_to_num(np.maximum(np.abs(m.channels[0]), np.abs(m.channels[1])), posinf=0.0)
                       for m in measured]
@@ -129,10 +134,11 @@ class NeuronChoice:
     def linear_encoder(self, probe: Probe) -> tuple[list[float], SlotTables]:
         """A linear layer's input encoder: a range per input feature (probe.channel_axis set) below
         LINEAR_CHANNELS_BELOW steps, else one range for the tensor; (channel scale, tables)."""
-        if probe.channel_axis is not None and self.timesteps < LINEAR_CHANNELS_BELOW:
-            scale, (tables,) = self.identity_channels([probe], LINEAR_CHANNEL_FLOOR, LINEAR_CHANNEL_MARGIN)
-            return scale, tables
-        return [1.0], self.for_tensor("identity", probe)  # a per-channel probe's range is the tensor's too
+        if probe.channel_axis is None:
+            return [1.0], self.for_tensor("identity", probe)
+        scale, (tables,) = self.identity_channels([probe], LINEAR_CHANNEL_FLOOR, LINEAR_CHANNEL_MARGIN,
+                                                  LINEAR_CHANNELS_BELOW)
+        return scale, tables
 
     def _check_saturation(self, probe: Probe, function: str, measured: Range, domain: tuple[float, float]) -> None:
         """Beyond its domain a preset outputs its value at the edge: say so where that is off by
