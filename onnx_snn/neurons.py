@@ -120,11 +120,22 @@ RANGE_MARGIN = 1.1
 MIN_REACH = 1e-6
 # a channel's range is at least this share of the widest channel's (one calibration never moved)
 CHANNEL_FLOOR = 2.0 ** -10
+# normalisations' encoders get per-channel ranges below this T, where one range per tensor leaves
+# the small channels too few levels (MiniLM T=12: 0.99954 against 0.9957); from it per-tensor ranges
+# are exact enough (T=16: 0.99981) and saturate less on unseen values (a random-weight tiny Llama at
+# T=16: mean cosine 0.984 per channel, above 0.995 per tensor)
+CHANNELS_BELOW = 16
 # the encoders of linear layers' inputs (normalised values, attention outputs) range each feature
 # with more headroom and amplify it at most 8x: their per-feature extremes on the calibration text
-# are exceeded more often on other text
+# are exceeded more often on other text (MiniLM T=8, linear inputs alone, 64 sentences: 0.99986
+# against 0.99729 with CHANNEL_FLOOR and RANGE_MARGIN, 0.99861 with one range per tensor)
 LINEAR_CHANNEL_FLOOR = 1 / 8
 LINEAR_CHANNEL_MARGIN = 1.6 * RANGE_MARGIN
+# ... and only below this T, where the encoders' resolution limits (MiniLM, 200 sentences, mean /
+# min cosine: T=10 0.99894 / 0.99703 against 0.99857 / 0.99644 per tensor); from it, the per-feature
+# ranges' saturation costs more (T=12 min 0.99787 against 0.99856, T=16 0.99788 against 0.99912;
+# SmolLM2 T=12, linear inputs alone, 4 windows: perplexity +20% against +5.4%)
+LINEAR_CHANNELS_BELOW = 12
 # saturating beyond the domain this close to the function is not worth a warning
 SATURATION_TOLERANCE = 1e-3
 
@@ -197,15 +208,15 @@ class NeuronChoice:
         return params.scaled(params.domain[1] / reach, reach / params.domain[1]).tables
 
     def identity_channels(self, probes: list[Probe], floor: float = CHANNEL_FLOOR, margin: float = RANGE_MARGIN,
-                          kind: str = "identity") -> tuple[list[float], list[SlotTables]]:
+                          below: int = CHANNELS_BELOW, kind: str = "identity") -> tuple[list[float], list[SlotTables]]:
         """Identity encoders that share one input scale per channel (a normalisation's encoders of x
         and of x minus its mean): s[c] = M / m[c], m[c] the channel's calibrated magnitude over the
         probes (at least floor * M), M the widest channel's; so every channel spans the widest
         one's range and gets all the encoders' levels. Each encoder covers its probe's scaled values
-        with `margin`'s headroom. Without per-channel ranges (e.g. inside a Loop body): [1.0] and
-        per-tensor encoders."""
+        with `margin`'s headroom. From T = `below`, or without per-channel ranges (e.g. inside a
+        Loop body): [1.0] and per-tensor encoders."""
         measured = [self.ranges.get(p) for p in probes]
-        if any(m is None or m.channels is None for m in measured):
+        if self.steps(kind) >= below or any(m is None or m.channels is None for m in measured):
             return [1.0], [self.for_tensor(kind, p) for p in probes]
         magnitudes = [np.nan_to_num(np.maximum(np.abs(m.channels[0]), np.abs(m.channels[1])), posinf=0.0)
                       for m in measured]
@@ -214,6 +225,16 @@ class NeuronChoice:
             return [1.0], [self.for_tensor(kind, p) for p in probes]
         scale = (widest / np.maximum(np.max(magnitudes, axis=0), widest * floor)).astype(np.float32)
         return scale.tolist(), [self._identity(float((m * scale).max()), margin, kind) for m in magnitudes]
+
+    def linear_encoder(self, probe: Probe, kind: str = ENCODER) -> tuple[list[float], SlotTables]:
+        """A linear layer's or product's input encoder (`kind`: ENCODER, or "identity" for the FFN's
+        hidden values): a range per input feature (probe.channel_axis set) below LINEAR_CHANNELS_BELOW
+        steps, else one range for the tensor; (channel scale, tables)."""
+        if probe.channel_axis is None:
+            return [1.0], self.for_tensor(kind, probe)
+        scale, (tables,) = self.identity_channels([probe], LINEAR_CHANNEL_FLOOR, LINEAR_CHANNEL_MARGIN,
+                                                  LINEAR_CHANNELS_BELOW, kind)
+        return scale, tables
 
     def _check_saturation(self, probe: Probe, function: str, measured: Range, domain: tuple[float, float]) -> None:
         """Beyond its domain a preset outputs its value at the edge: say so where that is off by

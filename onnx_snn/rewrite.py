@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 from onnx_snn.calibrate import Probe
 from onnx_snn.graph import Graph
-from onnx_snn.neurons import ENCODER, LINEAR_CHANNEL_FLOOR, LINEAR_CHANNEL_MARGIN, hidden_values
+from onnx_snn.neurons import ENCODER, hidden_values
 from onnx_snn.ops import DOMAIN, mbe_neuron
 from onnx_snn.ops.common import layer_of, tag
 from onnx_snn.precision import computed_in_float32, element_types, not_float
@@ -127,10 +127,8 @@ def build_sites(graph: Graph, sites: list[Site], neurons: Neurons, types: dict[s
         nodes = []
         function = "identity" if tensor in hidden else ENCODER
         asked = probes.get(tensor) or [Probe(tensor)]
-        if all(p.channel_axis is not None for p in asked):
-            scale, (tables,) = neurons.identity_channels(asked[:1], LINEAR_CHANNEL_FLOOR, LINEAR_CHANNEL_MARGIN, function)
-        else:
-            scale, tables = [1.0], neurons.for_tensor(function, Probe(tensor))
+        per_channel = all(p.channel_axis is not None for p in asked)
+        scale, tables = neurons.linear_encoder(asked[0] if per_channel else Probe(tensor), function)
         scale_name = None
         if scale != [1.0]:
             scale_name = scope.fresh_name(f"{name}/channel_scale")

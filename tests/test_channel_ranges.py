@@ -90,6 +90,20 @@ def test_per_channel_ranges_are_used_and_beat_one_range_per_tensor_at_t8(monkeyp
     assert per_channel < per_tensor / 3, (per_channel, per_tensor)
 
 
+def test_from_t12_linear_inputs_keep_one_range_and_from_t16_normalisations():
+    """From T=12 a linear layer's input is ranged per tensor (its per-feature ranges saturate on
+    unseen text more than resolution costs there), from T=16 a normalisation's."""
+    spiking, _ = convert_with_report(residual_model(), timesteps=12, calibration=batches(1, 4), check=False)
+    (encoder,) = [n for n in spiking.graph.node if n.op_type == "MBENeuron"]
+    assert not encoder.input[1]
+    (norm,) = [n for n in spiking.graph.node if n.op_type == "SpikingLayerNorm"]
+    assert len(next(a for a in norm.attribute if a.name == "channel_scale").floats) == HIDDEN
+    # from T=16 the normalisations' too (one range per tensor is exact enough there)
+    spiking, _ = convert_with_report(residual_model(), timesteps=16, calibration=batches(1, 4), check=False)
+    (norm,) = [n for n in spiking.graph.node if n.op_type == "SpikingLayerNorm"]
+    assert list(next(a for a in norm.attribute if a.name == "channel_scale").floats) == [1.0]
+
+
 @pytest.mark.slow
 def test_minilm_at_t8_meets_the_issue_14_bar():
     """The real all-MiniLM-L6-v2 at T=8 with the converter's defaults on the 200 pang_lee sentences:

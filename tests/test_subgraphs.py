@@ -16,7 +16,7 @@ from onnx import helper as oh
 
 import onnx_snn
 from onnx_snn import ops
-from onnx_snn.calibrate import Probe, calibrate
+from onnx_snn.calibrate import Probe, RunningChannels, calibrate
 from onnx_snn.graph import every_node
 from onnx_snn.pipeline import convert_with_report
 from onnx_snn.report import NONLINEAR_OPS as NONLINEAR_BY_DOMAIN
@@ -40,7 +40,12 @@ def decoders(tiny_llama):  # noqa: F811
     plain = onnx.load(str(tiny_llama))  # weights in memory: the tiny model's are a few hundred KB
     merged = merged_decoder(plain)
     without_cond = [{k: v for k, v in b.items() if k != "use_cache_branch"} for b in calibration((False,))]
-    return plain, merged, convert_with_report(plain, calibration=without_cond), convert_with_report(merged, calibration=calibration())
+    # calibration measures per-channel ranges in the main graph only (onnx_snn.calibrate): values in
+    # the branches get per-tensor ranges, so the plain model to match is converted with those
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RunningChannels, "channels", lambda self: None)
+        plain_converted = convert_with_report(plain, calibration=without_cond)
+    return plain, merged, plain_converted, convert_with_report(merged, calibration=calibration())
 
 
 def test_both_branches_of_a_merged_decoder_are_rewritten_and_counted(decoders):
@@ -359,7 +364,9 @@ def test_a_layernorm_in_a_branch_converts_as_in_the_main_graph():
         [oh.make_tensor_value_info("out", TensorProto.FLOAT, [ROWS, WIDTH])], weights), opset_imports=[oh.make_opsetid("", 17)])
     main.ir_version = branched.ir_version = 8
     xs = [(rng.normal(size=(ROWS, WIDTH)) * 3 + 1).astype(np.float32) for _ in range(2)]
-    main_spiking, main_report = convert_with_report(main, calibration=[{"x": v} for v in xs])
+    with pytest.MonkeyPatch.context() as patch:  # a branch's values get per-tensor ranges (see decoders)
+        patch.setattr(RunningChannels, "channels", lambda self: None)
+        main_spiking, main_report = convert_with_report(main, calibration=[{"x": v} for v in xs])
     spiking, report = convert_with_report(branched, calibration=[{"x": v, "cond": np.array(True)} for v in xs]
                                           + [{"x": xs[0] * 10, "cond": np.array(False)}])
     assert report.replaced_by_kind == main_report.replaced_by_kind == {"layernorm": 1}

@@ -36,6 +36,8 @@ class Neurons(Protocol):
 
     def identity_channels(self, probes: list) -> tuple[list[float], list["SlotTables"]]: ...
 
+    def linear_encoder(self, probe) -> tuple[list[float], "SlotTables"]: ...
+
 
 @dataclass
 class Site:
