@@ -144,7 +144,7 @@ def test_reencoding_pays_where_the_encoder_has_fewer_slots_and_the_layer_is_wide
     assert not at_16.reencoding_pays("gelu", 2) and not at_16.reencoding_pays("gelu", 1)
     # four-basis binary encoders below T=10: as many slots
     assert not NeuronChoice(8, {}, identity_code="binary").reencoding_pays("gelu", 384)
-    assert NeuronChoice(8, {}, {"encoder": 1}, identity_code="binary").reencoding_pays("gelu", 384)
+    assert NeuronChoice(8, {}, {"identity": 1}, identity_code="binary").reencoding_pays("gelu", 384)
     assert NeuronChoice(8, {}).reencoding_pays("gelu", 384)  # signed digits: one basis at any T
 
 
