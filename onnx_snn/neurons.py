@@ -131,11 +131,11 @@ CHANNELS_BELOW = 16
 # against 0.99729 with CHANNEL_FLOOR and RANGE_MARGIN, 0.99861 with one range per tensor)
 LINEAR_CHANNEL_FLOOR = 1 / 8
 LINEAR_CHANNEL_MARGIN = 1.6 * RANGE_MARGIN
-# ... and only below this T, where the encoders' resolution limits (MiniLM, 200 sentences, mean /
-# min cosine: T=10 0.99894 / 0.99703 against 0.99857 / 0.99644 per tensor); from it, the per-feature
-# ranges' saturation costs more (T=12 min 0.99787 against 0.99856, T=16 0.99788 against 0.99912;
-# SmolLM2 T=12, linear inputs alone, 4 windows: perplexity +20% against +5.4%)
-LINEAR_CHANNELS_BELOW = 12
+# ... and only below this T, where the signed-digit encoders' resolution limits (MiniLM, 200
+# sentences, mean / min cosine at T=6: 0.9968 / 0.9912 against 0.9948 / 0.9890 per tensor); from it,
+# the per-feature ranges' saturation on unseen text costs more (T=8: 0.99954 / 0.99774 against
+# 0.99957 / 0.99875; SmolLM2 T=8, 8 windows: perplexity +30.9% against +8.6%)
+LINEAR_CHANNELS_BELOW = 8
 # saturating beyond the domain this close to the function is not worth a warning
 SATURATION_TOLERANCE = 1e-3
 
