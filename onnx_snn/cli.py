@@ -197,9 +197,9 @@ def _neuron_options(command: argparse.ArgumentParser) -> None:
                          help="identity encoders of signed values: digits (one basis, a ternary spike decided at "
                               "every step: fewer spikes, finer steps) or binary (the identity presets); default digits")
     command.add_argument("--op-timesteps", nargs="+", type=_bases, metavar="FUNCTION=T", action="extend",
-                         help="time steps of a neuron function where not --timesteps, e.g. gelu=12, or encoder=16 "
+                         help="time steps of a neuron function where not --timesteps, e.g. gelu=12, or encoder=12 "
                               "for the identity encoders of linear layers and products but the FFN's hidden values "
-                              "(default: onnx_snn.neurons.encoder_timesteps, 12 at most)")
+                              "(default: the identity's, --timesteps)")
     command.add_argument("--no-reencode", action="store_true",
                          help="activation neurons (GELU, SiLU) drive the linear layers reading them directly, never "
                               "through a one-basis encoder (default: where that is expected to cost less energy)")

@@ -78,18 +78,11 @@ def signed_digits(reach: float, timesteps: int, ratio: float | None = None) -> S
 
 # the identity encoders on the inputs of linear layers and products (but the FFN's hidden values:
 # hidden_values), which may have their own T and bases (`op_timesteps`, `bases`): a neuron function
-# of its own for those options
+# of its own for those options. By default they run the identity's T: fewer steps do not save
+# spikes with signed digits, whose ratio rises to keep the resolution (MiniLM at T=16 on real
+# sentences: encoders at 12 steps 91.1% of the ANN's energy, at 16 85.1%); with binary encoders
+# they did (113% -> 73%) but SmolLM2 lost 7.3% perplexity on 8 windows (docs/results-14-fanout.md)
 ENCODER = "encoder"
-
-
-def encoder_timesteps(timesteps: int) -> int:
-    """Steps of the encoders (ENCODER): at most 12, where one basis is exact enough for them and each
-    step they drop saves about one spike in three on every accumulation. The FFN's hidden values are
-    not among them (heavy-tailed: their range is set by rare large values) and keep T. At T=16,
-    encoders at 12 steps: MiniLM 113% -> 73% of the ANN's energy, cosine 0.9998 -> 0.9997, but with
-    its GELU outputs' encoders at 16 steps the loss goes; SmolLM2's perplexity +0.7% -> +7.3% (8
-    windows), and +0.4% with its down-projection inputs' at 16 (4 windows: docs/results-14-fanout.md)."""
-    return min(timesteps, 12)
 
 
 def check_presets(timesteps: int, bases: dict[str, int], op_timesteps: dict[str, int] | None = None) -> None:
@@ -160,7 +153,7 @@ class NeuronChoice:
 
     def steps(self, function: str) -> int:
         """T of the neurons of `function` (ENCODER: the encoders of linear layers and products)."""
-        default = encoder_timesteps(self.steps("identity")) if function == ENCODER else self.timesteps
+        default = self.steps("identity") if function == ENCODER else self.timesteps
         return self.op_timesteps.get(function, default)
 
     def reencoding_pays(self, function: str, features: int) -> bool:

@@ -173,8 +173,8 @@ def test_bases_option_chooses_the_neurons(tmp_path, option, exp2_bases):
     assert node.op_type == "SpikingSoftmax" and len(scales.floats) == exp2_bases
 
 
-@pytest.mark.parametrize("option, steps, reencoded", [([], {"encoder": 12}, 1), (["--op-timesteps", "encoder=16"], {}, 1),
-                                                     (["--no-reencode"], {"encoder": 12}, 0)])
+@pytest.mark.parametrize("option, steps, reencoded", [([], {}, 1), (["--op-timesteps", "encoder=12"], {"encoder": 12}, 1),
+                                                     (["--no-reencode"], {}, 0)])
 def test_op_timesteps_and_reencode_options(tmp_path, option, steps, reencoded):
     from test_fanout import gelu_block
 

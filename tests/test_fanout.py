@@ -72,18 +72,18 @@ def test_a_narrow_layer_keeps_reading_the_activation():
 
 def test_encoders_run_their_own_timesteps_and_energy_reads_each_ops_own():
     original = gelu_block()
-    spiking, report = convert_with_report(original, calibration=X)
+    spiking, report = convert_with_report(original, calibration=X, op_timesteps={"encoder": 12})
     assert report.op_timesteps == {"encoder": 12}
     steps = {op.name: op.to_dict()["timesteps"] for op in energy_report(original, spiking, X).ops}
     by_input = {n.input[0]: steps[n.name] for n in spiking.graph.node if n.domain == DOMAIN}
     # x's encoder runs 12 steps; the GELU and its output's encoder (the FFN's hidden value) 16
     assert by_input == {"x": 12, "h": 16, "g": 16}
-    same, report = convert_with_report(original, calibration=X, op_timesteps={"encoder": 16})
+    same, report = convert_with_report(original, calibration=X)  # by default every encoder runs T
     assert report.op_timesteps == {} and set(op.to_dict()["timesteps"] for op in energy_report(original, same, X).ops) == {16}
 
 
 def test_the_hidden_values_of_a_gated_ffn_keep_t():
-    """silu(gate) * up feeds the down projection: its encoder keeps T, the input's runs 12 steps."""
+    """silu(gate) * up feeds the down projection: with the encoders at 12 steps, its encoder keeps T."""
     rng = np.random.default_rng(0)
     weights = [onnx.numpy_helper.from_array((rng.normal(size=shape) / np.sqrt(shape[0])).astype(np.float32), name)
                for name, shape in (("wg", (8, 32)), ("wu", (8, 32)), ("wd", (32, 8)))]
@@ -95,7 +95,7 @@ def test_the_hidden_values_of_a_gated_ffn_keep_t():
         [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 8])], weights)
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
     model.ir_version = 10
-    spiking, _ = convert_with_report(model, calibration=X)
+    spiking, _ = convert_with_report(model, calibration=X, op_timesteps={"encoder": 12})
     steps = {n.input[0]: oh.get_attribute_value(next(a for a in n.attribute if a.name == "timesteps"))
              for n in spiking.graph.node if n.op_type == "MBENeuron" and tags(n)[KIND_KEY] != "silu"}
     assert steps == {"x": 12, "hidden": 16}

@@ -23,7 +23,7 @@ from onnx_snn.pipeline import convert_with_report
 from onnx_snn.graph import Graph
 from onnx_snn.mbe.neuron import simulate
 from onnx_snn.mbe.presets import preset
-from onnx_snn.neurons import LINEAR_CHANNEL_MARGIN, RANGE_MARGIN, encoder_timesteps, signed_digits
+from onnx_snn.neurons import LINEAR_CHANNEL_MARGIN, RANGE_MARGIN, signed_digits
 from onnx_snn.ops.common import IR_VERSION
 from onnx_snn.rewrite import find_sites
 from onnx_snn.rules import rule_set
@@ -574,10 +574,10 @@ def assert_composite_conversion(model: onnx.ModelProto, kind: str, rule: str, x:
 
 def _largest_encoder_error() -> float:
     """The encoder the converter puts on linear layers and products at T=16 (signed digits, one
-    basis, neurons.encoder_timesteps(16) steps), of reach 1: its largest error on [-1/1.1, 1/1.1],
+    basis, 16 steps), of reach 1: its largest error on [-1/1.1, 1/1.1],
     the part of its range a calibrated range maps to, on 100,001 points."""
     x = np.linspace(-1 / RANGE_MARGIN, 1 / RANGE_MARGIN, 100_001).astype(np.float32)
-    return float(np.max(np.abs(simulate(signed_digits(1.0, encoder_timesteps(16)), x)[0] - x)))
+    return float(np.max(np.abs(simulate(signed_digits(1.0, 16), x)[0] - x)))
 
 
 IDENTITY_MAX_ERROR = _largest_encoder_error()
