@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper
@@ -106,15 +105,3 @@ def test_from_t8_linear_inputs_keep_one_range_and_from_t16_normalisations():
     spiking, _ = convert_with_report(residual_model(), timesteps=16, calibration=batches(1, 4), check=False)
     (norm,) = [n for n in spiking.graph.node if n.op_type == "SpikingLayerNorm"]
     assert list(next(a for a in norm.attribute if a.name == "channel_scale").floats) == [1.0]
-
-
-@pytest.mark.slow
-def test_minilm_at_t8_meets_the_issue_14_bar():
-    """The real all-MiniLM-L6-v2 at T=8 with the converter's defaults on the 200 pang_lee sentences:
-    mean cosine >= 0.999, min >= 0.995 (issue 14)."""
-    from onnx_snn.demo import minilm_fidelity
-
-    result = minilm_fidelity("legacy17", 8)
-    print(f"\nlegacy17 T=8: mean cosine {result['mean_cosine']:.5f}, min {result['min_cosine']:.5f}")
-    assert result["mean_cosine"] >= 0.999
-    assert result["min_cosine"] >= 0.995
