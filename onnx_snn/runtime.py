@@ -24,15 +24,30 @@ class LibraryError(FileNotFoundError):
 
 
 def get_library_path() -> str:
-    """Path of the custom-op shared library, built into the package by `pip install`."""
+    """Path of the custom-op shared library, built into the package by `pip install`. A source
+    checkout imported instead of the installed package (`python -m pytest` from the repository, a
+    worker started in it) has no built library: the installed package's serves it."""
     name = _LIBRARY_NAMES.get(sys.platform, _LIBRARY_NAMES["linux"])
     path = Path(__file__).resolve().parent / name
+    if not path.is_file():
+        path = _installed_library(name) or path
     if not path.is_file():
         raise LibraryError(
             f"{path}: the onnx_snn custom-op library is missing; install the package with `pip install .` "
             "(the build compiles it), or run without it: every model also carries its ops as ONNX functions"
         )
     return str(path)
+
+
+def _installed_library(name: str) -> Path | None:
+    """The library in the installed onnx-snn distribution, if one is installed and holds it."""
+    from importlib import metadata
+
+    try:
+        path = Path(metadata.distribution("onnx-snn").locate_file(f"onnx_snn/{name}"))
+    except metadata.PackageNotFoundError:
+        return None
+    return path if path.is_file() else None
 
 
 @functools.lru_cache(maxsize=None)
