@@ -20,7 +20,7 @@ import onnx_snn
 from onnx_snn.pipeline import convert_with_report
 from onnx_snn.rules import attention
 from onnx_snn.variants import dynamo_program, export_dynamo, tiny_module
-from timing import alternating_medians  # benchmarks/timing.py
+from onnx_snn.timing import alternating_medians
 
 
 def export_bert(hidden: int, layers: int, opset: int = 23) -> onnx.ModelProto:

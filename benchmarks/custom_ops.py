@@ -21,7 +21,7 @@ from onnx import helper as oh
 
 import onnx_snn
 from onnx_snn.ops.common import IR_VERSION
-from timing import alternating_medians  # benchmarks/timing.py
+from onnx_snn.timing import alternating_medians
 
 LANES = {"avx512": 16, "avx2": 8, "baseline": 4}  # float32 lanes of the kernel's registers
 GELU_BASES = 4

@@ -19,7 +19,7 @@ import onnxruntime as ort
 import onnx_snn
 from onnx_snn.demo import calibration_batches
 from onnx_snn.export import export_minilm, export_minilm_optimized
-from timing import alternating_medians  # benchmarks/timing.py
+from onnx_snn.timing import alternating_medians
 
 
 def main() -> None:
