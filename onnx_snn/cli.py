@@ -49,6 +49,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     if os.path.abspath(args.output) == os.path.abspath(args.input):
         raise UsageError(f"{args.output}: the output would overwrite the input model; choose another path")
+    _check_neuron_options(args, (args.timesteps,))
     model, report = convert_with_report(args.input, timesteps=args.timesteps, calibration=args.calibration,
                                         hybrid=args.hybrid, rules=args.rules, bases=dict(args.bases or []),
                                         identity_code=args.identity_code, op_timesteps=dict(args.op_timesteps or []),
@@ -110,6 +111,7 @@ def _eval_task(args: argparse.Namespace, original, spiking) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from onnx_snn import sweep
 
+    _check_neuron_options(args, tuple(args.timesteps))
     if args.task == "causal-lm":
         from onnx_snn.export import smollm2_tokenizer
 
@@ -205,6 +207,19 @@ def _neuron_options(command: argparse.ArgumentParser) -> None:
                               "through a one-basis encoder (default: where that is expected to cost less energy)")
 
 
+def _check_neuron_options(args: argparse.Namespace, timesteps: tuple[int, ...]) -> None:
+    """Options no shipped neuron or rule serves are usage errors (exit 2), found before any model is read."""
+    from onnx_snn.pipeline import check_options
+
+    for t in timesteps:
+        try:
+            check_options(t, bases=dict(args.bases or []), op_timesteps=dict(args.op_timesteps or []),
+                          identity_code=args.identity_code, hybrid=getattr(args, "hybrid", False),
+                          rules=getattr(args, "rules", None))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+
+
 def _tokenizer(folder: str | None):
     """A Hugging Face tokenizer from a folder, or all-MiniLM-L6-v2's (installed package)."""
     if folder:
@@ -244,7 +259,10 @@ RULE_NAMES = [r.name for r in rule_set()]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from onnx_snn import __version__
+
     parser = argparse.ArgumentParser(prog="onnx-snn", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"onnx-snn {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     neurons = commands.add_parser("neurons", help="list the shipped MBE neuron presets with their fit error")
     neurons.add_argument("--json", action="store_true", help="print JSON")

@@ -43,6 +43,16 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, timesteps: int = 16, 
     return convert_with_report(model, timesteps=timesteps, calibration=calibration, **options)[0]
 
 
+def check_options(timesteps: int, *, bases: dict[str, int] | None = None, op_timesteps: dict[str, int] | None = None,
+                  identity_code: str = "digits", hybrid: bool = False, rules: list[str] | None = None) -> list:
+    """Raise ValueError (one line) for a conversion option no shipped neuron or rule serves; else the
+    rules they choose."""
+    if identity_code not in IDENTITY_CODES:
+        raise ValueError(f"identity code {identity_code!r} is not one of {', '.join(IDENTITY_CODES)}")
+    check_presets(timesteps, dict(bases or {}), dict(op_timesteps or {}))
+    return rule_set(hybrid, rules)
+
+
 def convert_with_report(
     model: str | os.PathLike | onnx.ModelProto,
     *,
@@ -60,10 +70,8 @@ def convert_with_report(
 ) -> tuple[onnx.ModelProto, Report]:
     where = os.fspath(model) if not isinstance(model, onnx.ModelProto) else "model"
     try:  # before the model is read and calibrated: a wrong T, bases or rule choice fails at once
-        if identity_code not in IDENTITY_CODES:
-            raise ValueError(f"identity code {identity_code!r} is not one of {', '.join(IDENTITY_CODES)}")
-        check_presets(timesteps, dict(bases or {}), dict(op_timesteps or {}))
-        chosen = rule_set(hybrid, rules)
+        chosen = check_options(timesteps, bases=bases, op_timesteps=op_timesteps, identity_code=identity_code,
+                               hybrid=hybrid, rules=rules)
     except ValueError as e:
         raise ConversionError(f"{where}: {e}") from None
     spiking, model_dir = model_io.load(model)

@@ -139,9 +139,10 @@ def test_unconvertible_models_get_one_line_naming_the_problem(tmp_path, case):
                                               (["--op-timesteps", "encoder=8", "--bases", "encoder=3"],
                                                "no encoder neuron with 3 bases")])
 def test_neurons_without_a_preset_get_one_line_and_nothing_written(tmp_path, option, expected):
+    """A usage error (exit 2), as argparse's: the option, not the model, is wrong."""
     out = tmp_path / "out.onnx"
     run = cli("convert", str(small_model(tmp_path / "in.onnx")), "-o", str(out), *option)
-    assert run.returncode == 1
+    assert run.returncode == 2
     assert len(run.stderr.strip().splitlines()) == 1 and expected in run.stderr and "Traceback" not in run.stderr
     assert not out.exists()
 
@@ -310,3 +311,17 @@ def test_a_missing_onnx_snn_library_is_one_line(tmp_path, monkeypatch, capsys):
     assert command.main(["eval", str(good), str(tmp_path / "out.onnx")]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "the onnx_snn custom-op library is missing" in err
+
+
+@pytest.mark.parametrize("timesteps", ["0", "-3"])
+def test_timesteps_below_one_are_a_usage_error(tmp_path, timesteps):
+    run = cli("convert", str(small_model(tmp_path / "in.onnx")), "-o", str(tmp_path / "out.onnx"), "--timesteps", timesteps)
+    assert run.returncode == 2 and f"no neurons for T = {timesteps}" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and str(tmp_path / "in.onnx") not in run.stderr
+
+
+def test_version():
+    import onnx_snn
+
+    run = cli("--version")
+    assert run.returncode == 0 and run.stdout.strip() == f"onnx-snn {onnx_snn.__version__}"
