@@ -44,7 +44,7 @@ def _neurons(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from onnx_snn import model_io, ops
+    from onnx_snn import model_io
     from onnx_snn.pipeline import convert_with_report
 
     if os.path.abspath(args.output) == os.path.abspath(args.input):
@@ -54,9 +54,7 @@ def _convert(args: argparse.Namespace) -> int:
                                         hybrid=args.hybrid, rules=args.rules, bases=dict(args.bases or []),
                                         identity_code=args.identity_code, op_timesteps=dict(args.op_timesteps or []),
                                         reencode=not args.no_reencode, progress=not args.json and sys.stderr.isatty(),
-                                        check=not args.no_check, strict=args.strict)
-    if args.inline:
-        model = ops.inline(model)
+                                        check=not args.no_check, strict=args.strict, portable=args.portable)
     source_dir = os.path.dirname(os.path.abspath(args.input))
     model_io.save(model, args.output, source_dir)
     print(report.to_json() if args.json else report.format() + f"\nwritten: {args.output}")
@@ -277,7 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--hybrid", action="store_true", help="convert only the nonlinear ops (no encoders on linear layers)")
     convert.add_argument("--rules", nargs="+", metavar="RULE", choices=RULE_NAMES,
                          help=f"apply only these rules: {', '.join(RULE_NAMES)}")
-    convert.add_argument("--inline", action="store_true", help="inline the spiking ops' functions: standard ONNX only")
+    convert.add_argument("--portable", "--inline", action="store_true",
+                         help="write every spiking op out in standard ONNX ops (no custom ops, functions or loops), "
+                              "for other runtimes and compilers: OpenVINO, IREE, tract, PyTorch, onnxruntime "
+                              "without the library (--inline: the former name)")
     convert.add_argument("--no-check", action="store_true", help="skip running both models to compare their outputs")
     convert.add_argument("--json", action="store_true", help="print the report as JSON")
     convert.add_argument("--strict", action="store_true",

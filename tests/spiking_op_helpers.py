@@ -89,15 +89,15 @@ def op_model(node: onnx.NodeProto, inputs: dict[str, int], spikes: bool = True, 
 
 def run_all_ways(model: onnx.ModelProto, feeds: dict, reference_evaluator: bool = True) -> dict[str, list]:
     """Outputs of every implementation: the kernel (library registered), the function in plain
-    onnxruntime, the portable form (the node written out) in plain onnxruntime, onnx.reference."""
-    plain = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    written_out = portable(model)
-    assert not written_out.functions and all(n.domain == "" for n in written_out.graph.node)
-    results = {
-        "kernel": onnx_snn.session(model).run(None, feeds),
-        "function": plain.run(None, feeds),
-        "portable": ort.InferenceSession(written_out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds),
-    }
+    onnxruntime, the portable form (the node written out, both step styles) in plain onnxruntime,
+    onnx.reference."""
+    results = {"kernel": onnx_snn.session(model).run(None, feeds),
+               "function": ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)}
+    for select in (True, False):
+        written_out = portable(model, select=select)
+        assert not written_out.functions and all(n.domain == "" for n in written_out.graph.node)
+        results[f"portable (select={select})"] = ort.InferenceSession(
+            written_out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
     if reference_evaluator:
         results["onnx.reference"] = ReferenceEvaluator(model).run(None, feeds)
     return results
