@@ -274,6 +274,12 @@ def is_spike_driven(graph: Graph, node: onnx.NodeProto) -> bool:
 
 @dataclass
 class Report:
+    """What a conversion did, as `onnx-snn convert` prints it (format(), to_json()): replacements by rule
+    and by kind, identity encoders added, every nonlinear op left with its reason (`left`: node, op_type,
+    domain, reason, on_activations), the MACs counted on the calibration inputs and how many are
+    spike-driven (macs_unknown: ops that could not be counted), how calibration ran, warnings, and
+    `check`: each output of the original and the spiking model compared (cosine, max abs error)."""
+
     model: str
     timesteps: int
     hybrid: bool
