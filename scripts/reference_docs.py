@@ -136,7 +136,7 @@ def _class_markdown(qualified: str, cls: type) -> list[str]:
     header = f"### class `{qualified}`" + (f"({', '.join(bases)})" if bases else "")
     lines = [header, ""]
     if dataclasses.is_dataclass(cls) or not issubclass(cls, BaseException):
-        lines += ["```python", f"{cls.__name__}{_signature(cls)}", "```", ""]
+        lines += ["```text", f"{cls.__name__}{_signature(cls)}", "```", ""]
     if _doc(cls):
         lines += [_doc(cls), ""]
     if dataclasses.is_dataclass(cls):
@@ -167,7 +167,7 @@ def api_markdown() -> str:
             if inspect.isclass(obj):
                 lines += _class_markdown(qualified, obj)
             elif callable(obj):
-                lines += [f"### `{qualified}`", "", "```python", f"{name}{_signature(obj)}", "```", ""]
+                lines += [f"### `{qualified}`", "", "```text", f"{name}{_signature(obj)}", "```", ""]
                 lines += [_doc(obj), ""] if _doc(obj) else []
             else:
                 lines += [f"### `{qualified}`", "", "```python", f"{name} = {obj!r}", "```", ""]
