@@ -131,6 +131,12 @@ def _signature(obj) -> str:
     return re.sub(r"(: |-> )'([^']*)'", r"\1\2", text)
 
 
+def _field_comments(cls: type) -> dict[str, str]:
+    """A dataclass's fields' trailing comments in its source (`name: type  # meaning`)."""
+    found = re.findall(r"^    (\w+): [^#\n]*#\s*(.+)$", inspect.getsource(cls), re.M)
+    return {name: comment.strip().replace("|", "\\|") for name, comment in found}
+
+
 def _class_markdown(qualified: str, cls: type) -> list[str]:
     bases = [b.__name__ for b in cls.__bases__ if b is not object]
     header = f"### class `{qualified}`" + (f"({', '.join(bases)})" if bases else "")
@@ -140,8 +146,10 @@ def _class_markdown(qualified: str, cls: type) -> list[str]:
     if _doc(cls):
         lines += [_doc(cls), ""]
     if dataclasses.is_dataclass(cls):
-        lines += ["| field | type |", "|---|---|"]
-        lines += [f"| `{f.name}` | `{f.type}` |" for f in dataclasses.fields(cls)]
+        comments = _field_comments(cls)
+        lines += ["| field | type | meaning |", "|---|---|---|"]
+        lines += [f"| `{f.name}` | `{f.type}` | {comments.get(f.name, '')} |".replace(" | |", " |  |")
+                  for f in dataclasses.fields(cls)]
         lines.append("")
     members = [(n, m) for n, m in vars(cls).items() if not n.startswith("_")]
     for member_name, member in members:
