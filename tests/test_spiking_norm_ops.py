@@ -2,7 +2,8 @@
 both: C++ kernel == ONNX function (onnxruntime without the library, and inlined) == onnx.reference ==
 numpy reference, bit for bit, on random neurons, inputs, shapes, axes, gamma (and LayerNorm's beta)
 shapes and opsets 14 to the newest, and on edge values; accuracy against numpy's layer and RMS norms with the
-shipped presets; validation, threading, the optional spike output.
+converter's neurons at every shipped T, within the error they allow (tests/error_bounds.py); validation,
+threading, the optional spike output.
 
 Bit for bit, not within a tolerance: the mean, the variance and the mean square are the fixed-order
 halving sum of onnx_snn.ops.blocks in all three implementations (a Loop in the function body, not
