@@ -338,3 +338,19 @@ def test_version():
 
     run = cli("--version")
     assert run.returncode == 0 and run.stdout.strip() == f"onnx-snn {onnx_snn.__version__}"
+
+
+def test_convert_defaults_are_the_python_apis():
+    """`onnx-snn convert` with no neuron option converts as convert_with_report's defaults do (the op
+    tests build the ops with those: tests/spiking_op_helpers.converter_neurons)."""
+    import inspect
+
+    from onnx_snn.cli import build_parser
+    from onnx_snn.pipeline import convert_with_report
+
+    args = build_parser().parse_args(["convert", "in.onnx", "-o", "out.onnx"])
+    default = {name: p.default for name, p in inspect.signature(convert_with_report).parameters.items()}
+    assert args.timesteps == default["timesteps"] and args.identity_code == default["identity_code"]
+    assert dict(args.bases or []) == dict(default["bases"] or {})
+    assert dict(args.op_timesteps or []) == dict(default["op_timesteps"] or {})
+    assert (not args.no_reencode) == default["reencode"] and args.hybrid == default["hybrid"]
