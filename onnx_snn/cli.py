@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 
 from onnx_snn.neurons import IDENTITY_CODES
 from onnx_snn.rules import rule_set
@@ -50,14 +51,23 @@ def _convert(args: argparse.Namespace) -> int:
     if os.path.abspath(args.output) == os.path.abspath(args.input):
         raise UsageError(f"{args.output}: the output would overwrite the input model; choose another path")
     _check_neuron_options(args, (args.timesteps,))
+    start = time.perf_counter()
     model, report = convert_with_report(args.input, timesteps=args.timesteps, calibration=args.calibration,
                                         hybrid=args.hybrid, rules=args.rules, bases=dict(args.bases or []),
                                         identity_code=args.identity_code, op_timesteps=dict(args.op_timesteps or []),
                                         reencode=not args.no_reencode, progress=not args.json and sys.stderr.isatty(),
+<<<<<<< HEAD
                                         check=not args.no_check, strict=args.strict, portable=args.portable)
+=======
+                                        check=not args.no_check, strict=args.strict)
+    seconds = time.perf_counter() - start  # calibration, rewrite and check, as the demo's "convert s"
+    if args.inline:
+        model = ops.inline(model)
+>>>>>>> main
     source_dir = os.path.dirname(os.path.abspath(args.input))
     model_io.save(model, args.output, source_dir)
-    print(report.to_json() if args.json else report.format() + f"\nwritten: {args.output}")
+    print(json.dumps({**report.to_dict(), "convert_seconds": seconds}, indent=1) if args.json
+          else report.format() + f"\nconverted in {seconds:.2f} s (wall clock)\nwritten: {args.output}")
     if report.shortfall():
         print(f"onnx-snn: warning: {report.shortfall()}; the model is not fully spiking", file=sys.stderr)
     return 0

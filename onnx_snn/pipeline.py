@@ -70,6 +70,9 @@ def convert_with_report(
     check: bool = True,
     strict: bool = False,
 ) -> tuple[onnx.ModelProto, Report]:
+    """convert() with its Report: (the spiking model, what was replaced, what was left and why, the share
+    of MACs spike-driven, the check). The options are convert()'s; a bad option or model raises
+    ConversionError (or the model_io/calibrate error naming the file)."""
     where = os.fspath(model) if not isinstance(model, onnx.ModelProto) else "model"
     try:  # before the model is read and calibrated: a wrong T, bases or rule choice fails at once
         chosen = check_options(timesteps, bases=bases, op_timesteps=op_timesteps, identity_code=identity_code,
