@@ -56,14 +56,8 @@ def _convert(args: argparse.Namespace) -> int:
                                         hybrid=args.hybrid, rules=args.rules, bases=dict(args.bases or []),
                                         identity_code=args.identity_code, op_timesteps=dict(args.op_timesteps or []),
                                         reencode=not args.no_reencode, progress=not args.json and sys.stderr.isatty(),
-<<<<<<< HEAD
                                         check=not args.no_check, strict=args.strict, portable=args.portable)
-=======
-                                        check=not args.no_check, strict=args.strict)
-    seconds = time.perf_counter() - start  # calibration, rewrite and check, as the demo's "convert s"
-    if args.inline:
-        model = ops.inline(model)
->>>>>>> main
+    seconds = time.perf_counter() - start  # calibration, rewrite, check and writing out, as the demo's "convert s"
     source_dir = os.path.dirname(os.path.abspath(args.input))
     model_io.save(model, args.output, source_dir)
     print(json.dumps({**report.to_dict(), "convert_seconds": seconds}, indent=1) if args.json
