@@ -284,7 +284,7 @@ def test_pow2_block_is_exact():
 @pytest.mark.parametrize("opset", [14, 21])
 def test_fixed_order_sum_block(opset):
     rng = np.random.default_rng(opset)
-    model = _block_model(lambda b: b.op("Identity", b.tree_sum("v"), out="s"), {"v": TensorProto.FLOAT}, [("s", 1)],
+    model = _block_model(lambda b: b.op("Identity", b.tree_sum("v", 1), out="s"), {"v": TensorProto.FLOAT}, [("s", 1)],
                          opset)
     for length in [0, 1, 2, 3, 5, 8, 13, 100, 129]:
         # values over many magnitudes: any change of order would show in the rounding

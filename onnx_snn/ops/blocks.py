@@ -42,6 +42,7 @@ _NEURON_ATTRIBUTE_TYPES = {
 }
 
 INT64_MAX = (1 << 63) - 1
+_BELOW_ONE = np.nextafter(np.float32(1), np.float32(0))  # x >= 1 is x > this, for every float32 x
 
 
 # ---- embedded neurons ----------------------------------------------------------------------------
@@ -258,7 +259,7 @@ class Body:
         after = self.op("ReduceProd", self.op("Slice", shape, after_start, self.ints(INT64_MAX)), keepdims=1)
         return shape, before, dim, after
 
-    def tree_sum(self, v: str, axis: int = 1) -> str:
+    def tree_sum(self, v: str, axis: int) -> str:
         """The fixed-order sum over axis 1 of a 3-D tensor [A, n, B] -> [A, 1, B] (n = 0: [A, 0, B]),
         the view along_axis and normalised_rows give."""
         assert axis == 1, "a function body sums over axis 1 of its 3-D view"
@@ -280,7 +281,7 @@ class Body:
         half = self.op("Floor", self.op("Mul", estimate, self.const(0.5)))
         rest = self.op("Sub", estimate, half)
         m1 = self.op("Mul", self.op("Mul", a1, self.pow2(self.op("Neg", half))), self.pow2(self.op("Neg", rest)))
-        big = self.op("GreaterOrEqual", m1, self.const(1.0))
+        big = self.op("Greater", m1, self.const(float(_BELOW_ONE)))  # m1 >= 1 in ops every runtime has
         small = self.op("Less", m1, self.const(0.5))
         m2 = self.op("Where", big, self.op("Mul", m1, self.const(0.5)),
                      self.op("Where", small, self.op("Mul", m1, self.const(2.0)), m1))
@@ -316,8 +317,12 @@ class Body:
         """`value` (of the along_axis or normalised_rows view) in the viewed input's shape, as `out`."""
         return self.op("Reshape", value, self._shape, allowzero=1, out=out)
 
-    def bias(self, beta: str, affine_shape: str) -> str:
-        """The optional input `beta` + 0 (a -0.0 becomes +0.0) as `affine_shape`, or 0 without it.
+    def affine(self, value: str, n: str) -> str:
+        """gamma (or beta), N values, shaped to multiply the normalised_rows view: [1, N, 1]."""
+        return self.op("Reshape", value, self.op("Concat", self.ints(1), n, self.ints(1), axis=0), allowzero=1)
+
+    def bias(self, beta: str, n: str) -> str:
+        """The optional input `beta` + 0 (a -0.0 becomes +0.0) shaped by `affine`, or 0 without it.
         Only an optional input of a standard op may take an absent input: Gemm(A, B, beta) with
         A = 0 [M, 0], B = 0 [0, K] is exactly 0 + beta ([M, K]: gamma's shape flattened to 2-D), or 0
         without beta, at every opset."""
@@ -327,20 +332,20 @@ class Body:
         zero = oh.make_tensor("", TensorProto.FLOAT, [1], [0.0])
         a = self.op("ConstantOfShape", self.op("Concat", m, self.ints(0), axis=0), value=zero)
         z = self.op("ConstantOfShape", self.op("Concat", self.ints(0), k, axis=0), value=zero)
-        return self.op("Reshape", self.op("Add", self.op("Gemm", a, z, beta), self.const(0.0)), affine_shape, allowzero=1)
+        return self.affine(self.op("Add", self.op("Gemm", a, z, beta), self.const(0.0)), n)
 
-    def normalised_rows(self, x: str) -> tuple[str, str, str]:
+    def normalised_rows(self, x: str) -> tuple[str, str, str, int]:
         """x viewed as [rows, N, 1] over dims axis..rank-1 (the node's `axis`): (N [1], the view,
-        N as a float)."""
+        N as a float, the view's normalised axis)."""
         self._shape, before, dim, after = self.axis_view(x, self.attribute("axis", "value_int"))
         n = self.op("Mul", dim, after)
         rows = self.op("Reshape", x, self.op("Concat", before, n, self.ints(1), axis=0), allowzero=1)
-        return n, rows, self.op("Cast", n, to=TensorProto.FLOAT)
+        return n, rows, self.op("Cast", n, to=TensorProto.FLOAT), 1
 
-    def inverse_rms(self, prefix: str, v: str, count: str) -> tuple[str, str]:
+    def inverse_rms(self, prefix: str, v: str, count: str, axis: int) -> tuple[str, str]:
         """1 / sqrt(sum(v * v) / N + epsilon) per row (the node's `epsilon`), as blocks.inverse_rms:
         the value and the rsqrt neuron's spikes."""
-        mean_square = self.op("Div", self.tree_sum(self.op("Mul", v, v)), count)
+        mean_square = self.op("Div", self.tree_sum(self.op("Mul", v, v), axis), count)
         return self.rsqrt_scale(prefix, self.op("Add", mean_square, self.attribute("epsilon", "value_float")))
 
     def function(self, op_type: str, inputs: list[str], outputs: list[str], attributes: list[str]) -> onnx.FunctionProto:

@@ -215,8 +215,8 @@ def function(opset: int) -> onnx.FunctionProto:
     )
 
 
-def write_out(b: Body, tables: SlotTables, x: str, channel_scale: str | None = None, select: bool = True
-              ) -> tuple[str, str]:
+def write_out(b: Body, tables: SlotTables, x: str, channel_scale: str | None = None, select: bool = True,
+              x_may_be_scalar: bool = True) -> tuple[str, str]:
     """The neuron on every element of x as nodes of standard ops added to `b`, its tables constants:
     (the decoded values, the spikes per element as int32), each in x's shape. The reference's
     operations in its order (onnx_snn.mbe.neuron), written out, each basis a chain of element-wise
@@ -270,7 +270,8 @@ def write_out(b: Body, tables: SlotTables, x: str, channel_scale: str | None = N
             acc = b.op("Where", negative, b.op("Neg", acc), acc)
         y = b.op("Add", y, acc)
     if channel_scale:
-        shape = b.op("Shape", x)  # a scalar x times a [1] scale is [1]: back to x's shape
-        y = b.op("Reshape", b.op("Div", y, channel_scale), shape, allowzero=1)
-        count = b.op("Reshape", count, shape, allowzero=1)
+        y = b.op("Div", y, channel_scale)
+        if x_may_be_scalar:  # a scalar x times a [1] scale is [1]: back to x's shape
+            shape = b.op("Shape", x)
+            y, count = b.op("Reshape", y, shape, allowzero=1), b.op("Reshape", count, shape, allowzero=1)
     return b.op("Where", b.op("IsNaN", x), x, y), b.op("Cast", count, to=TensorProto.INT32)

@@ -45,6 +45,7 @@ class NodeBody(blocks.Body):
         self.shapes = shapes  # the static dims (int, or None if unknown) of each formal input known
         self.sizes = sizes  # the number of values of each formal input that is a constant
         self.length: int | None = None  # the summed axis's length, if known
+        self.along_last = False  # a norm over x's last axis, without a view
 
     def attribute(self, attribute: str, field: str) -> str:
         value = self.values[attribute]
@@ -60,7 +61,7 @@ class NodeBody(blocks.Body):
         values = np.asarray(self.values["channel_scale"], np.float32)
         if np.all(values == 1):
             return ""  # x * 1 and y / 1 change no value
-        return self.array(values.reshape(1, -1, 1))
+        return self.array(values if self.along_last else values.reshape(1, -1, 1))
 
     def along_axis(self, x: str) -> tuple[str, int]:
         shape = self.shapes.get(x)
@@ -73,20 +74,30 @@ class NodeBody(blocks.Body):
     def restore(self, value: str, out: str) -> str:
         return super().restore(value, out) if self._shape else self.op("Identity", value, out=out)
 
-    def normalised_rows(self, x: str) -> tuple[str, str, str]:
+    def normalised_rows(self, x: str) -> tuple[str, str, str, int]:
+        """Over the last axis of a known width: x itself (no Reshape, which some runtimes take only
+        without allowzero); else a [rows, N, 1] view when gamma's size gives N."""
+        shape = self.shapes.get(x)
+        if shape and int(self.values["axis"]) % len(shape) == len(shape) - 1 and shape[-1]:
+            self.length = n = shape[-1]
+            self.along_last = True
+            return self.ints(n), x, self.const(float(n)), len(shape) - 1
         n = self.sizes.get("gamma")  # gamma has a value per normalised element
         if not n:
             return super().normalised_rows(x)
         self.length = n
         self._shape = self.op("Shape", x)
-        return self.ints(n), self.op("Reshape", x, self.ints(-1, n, 1)), self.const(float(n))
+        return self.ints(n), self.op("Reshape", x, self.ints(-1, n, 1)), self.const(float(n)), 1
 
-    def bias(self, beta: str, affine_shape: str) -> str:
+    def affine(self, value: str, n: str) -> str:
+        return self.op("Reshape", value, n) if self.along_last else super().affine(value, n)
+
+    def bias(self, beta: str, n: str) -> str:
         if len(self.node.input) < 3 or not self.node.input[2]:
             return self.const(0.0)
-        return self.op("Reshape", self.op("Add", beta, self.const(0.0)), affine_shape, allowzero=1)
+        return self.affine(self.op("Add", beta, self.const(0.0)), n)
 
-    def tree_sum(self, v: str, axis: int = 1) -> str:
+    def tree_sum(self, v: str, axis: int) -> str:
         if self.length is not None:
             n = self.length
             while n > 1:
@@ -161,7 +172,7 @@ def _write_out(node: onnx.NodeProto, opset: int, names: "_Names", shapes: dict, 
     else:
         tables = SlotTables.from_attributes(body.values)
         y, count = mbe_neuron.write_out(body, tables, "x", "channel_scale" if formal_inputs.get("channel_scale") else None,
-                                        select=select)
+                                        select=select, x_may_be_scalar=not body.shapes.get("x"))
         formal_outputs = {y: formal_outputs["y"], count: formal_outputs.get("spikes", "")}
     wanted = {f for f, a in formal_outputs.items() if a}
     rename = {**formal_inputs, **formal_outputs}

@@ -80,15 +80,14 @@ def function(opset: int) -> onnx.FunctionProto:
 def build(b: blocks.Body) -> None:
     """The op's nodes, from its inputs x, gamma, beta to its outputs y and spikes: a function body
     (blocks.Body) or one node written out (onnx_snn.ops.portable)."""
-    n, x3, count = b.normalised_rows("x")
+    n, x3, count, axis = b.normalised_rows("x")
     scale = b.channel_scale()
     xh, input_spikes = b.scaled_neuron("input_", x3, scale)
-    mu = b.op("Div", b.tree_sum(xh), count)
+    mu = b.op("Div", b.tree_sum(xh, axis), count)
     dh, centered_spikes = b.scaled_neuron("centered_", b.op("Sub", xh, mu), scale)
-    rs, rsqrt_spikes = b.inverse_rms("rsqrt_", dh, count)
-    affine_shape = b.op("Concat", b.ints(1), n, b.ints(1), axis=0)
-    scaled = b.op("Mul", b.op("Mul", dh, rs), b.op("Reshape", "gamma", affine_shape, allowzero=1))
-    b.restore(b.op("Add", scaled, b.bias("beta", affine_shape)), out="y")
+    rs, rsqrt_spikes = b.inverse_rms("rsqrt_", dh, count, axis)
+    scaled = b.op("Mul", b.op("Mul", dh, rs), b.affine("gamma", n))
+    b.restore(b.op("Add", scaled, b.bias("beta", n)), out="y")
     b.op("Concat", input_spikes, centered_spikes, rsqrt_spikes, axis=0, out="spikes")
 
 

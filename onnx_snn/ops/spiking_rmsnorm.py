@@ -68,11 +68,10 @@ def function(opset: int) -> onnx.FunctionProto:
 def build(b: blocks.Body) -> None:
     """The op's nodes, from its inputs x, gamma to its outputs y and spikes: a function body
     (blocks.Body) or one node written out (onnx_snn.ops.portable)."""
-    n, x3, count = b.normalised_rows("x")
+    n, x3, count, axis = b.normalised_rows("x")
     xh, input_spikes = b.scaled_neuron("input_", x3, b.channel_scale())
-    rs, rsqrt_spikes = b.inverse_rms("rsqrt_", xh, count)
-    gamma = b.op("Reshape", "gamma", b.op("Concat", b.ints(1), n, b.ints(1), axis=0), allowzero=1)
-    b.restore(b.op("Mul", b.op("Mul", xh, rs), gamma), out="y")
+    rs, rsqrt_spikes = b.inverse_rms("rsqrt_", xh, count, axis)
+    b.restore(b.op("Mul", b.op("Mul", xh, rs), b.affine("gamma", n)), out="y")
     b.op("Concat", input_spikes, rsqrt_spikes, axis=0, out="spikes")
 
 
