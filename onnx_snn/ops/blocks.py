@@ -190,12 +190,7 @@ class Body:
 
     def ints(self, *values: int) -> str:
         """A constant 1-D int64 tensor."""
-        key = ("ints",) + values
-        if key not in self._constants:
-            name = self.fresh("ints")
-            self.nodes.append(oh.make_node("Constant", [], [name], value_ints=list(values)))
-            self._constants[key] = name
-        return self._constants[key]
+        return self.array(np.array(values, np.int64))
 
     def attribute(self, attribute: str, field: str) -> str:
         """A Constant whose `field` (value_int, value_float, ...) is the calling node's `attribute`."""
