@@ -10,6 +10,7 @@ import sys
 import time
 
 from onnx_snn.neurons import IDENTITY_CODES
+from onnx_snn.ops import PORTABLE_STEPS
 from onnx_snn.rules import rule_set
 
 
@@ -279,10 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--hybrid", action="store_true", help="convert only the nonlinear ops (no encoders on linear layers)")
     convert.add_argument("--rules", nargs="+", metavar="RULE", choices=RULE_NAMES,
                          help=f"apply only these rules: {', '.join(RULE_NAMES)}")
-    convert.add_argument("--portable", "--inline", action="store_true",
-                         help="write every spiking op out in standard ONNX ops (no custom ops, functions or loops), "
-                              "for other runtimes and compilers: OpenVINO, IREE, tract, PyTorch, onnxruntime "
-                              "without the library (--inline: the former name)")
+    convert.add_argument("--portable", "--inline", nargs="?", const="arithmetic", choices=PORTABLE_STEPS,
+                         help="write every spiking op out in standard ONNX ops (no custom ops, functions or loops) "
+                              "for other runtimes and compilers, its neuron steps as arithmetic (the default: "
+                              "onnxruntime without the library, OpenVINO, PyTorch) or select (IREE, tract); "
+                              "docs/runtimes.md (--inline: the former name)")
     convert.add_argument("--no-check", action="store_true", help="skip running both models to compare their outputs")
     convert.add_argument("--json", action="store_true", help="print the report as JSON")
     convert.add_argument("--strict", action="store_true",

@@ -36,8 +36,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, timesteps: int = 16, 
     identity encoders, or "binary": the identity presets; onnx_snn.neurons), op_timesteps (dict: T per
     neuron function, or "encoder" for the encoders of linear layers and products), reencode (bool:
     re-encode a many-basis activation that feeds wide linear layers with a one-basis encoder where
-    that costs fewer accumulations), portable (bool: every spiking op written out in standard ONNX
-    ops, for runtimes without the custom-op library; onnx_snn.ops.portable), progress (bool), check (bool: run
+    that costs fewer accumulations), portable (None, or "arithmetic" or "select" (True: "arithmetic"):
+    every spiking op written out in standard ONNX ops with its neuron steps in that style, for
+    runtimes without the custom-op library; onnx_snn.ops.portable), progress (bool), check (bool: run
     the spiking model on the first calibration batch and compare it with the original's outputs),
     strict (bool: raise ConversionError if the result is not fully spiking: a nonlinear op left on
     activations or, unless hybrid, MACs not spike-driven; Report.shortfall says which)."""
@@ -45,9 +46,12 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, timesteps: int = 16, 
 
 
 def check_options(timesteps: int, *, bases: dict[str, int] | None = None, op_timesteps: dict[str, int] | None = None,
-                  identity_code: str = "digits", hybrid: bool = False, rules: list[str] | None = None) -> list:
+                  identity_code: str = "digits", hybrid: bool = False, rules: list[str] | None = None,
+                  portable: bool | str | None = None) -> list:
     """Raise ValueError (one line) for a conversion option no shipped neuron or rule serves; else the
     rules they choose."""
+    if portable not in (None, False, True, *ops.PORTABLE_STEPS):
+        raise ValueError(f"portable {portable!r} is not one of {', '.join(ops.PORTABLE_STEPS)}")
     if identity_code not in IDENTITY_CODES:
         raise ValueError(f"identity code {identity_code!r} is not one of {', '.join(IDENTITY_CODES)}")
     check_presets(timesteps, dict(bases or {}), dict(op_timesteps or {}))
@@ -65,7 +69,7 @@ def convert_with_report(
     identity_code: str = "digits",
     op_timesteps: dict[str, int] | None = None,
     reencode: bool = True,
-    portable: bool = False,
+    portable: bool | str | None = None,
     progress: bool = False,
     check: bool = True,
     strict: bool = False,
@@ -76,7 +80,7 @@ def convert_with_report(
     where = os.fspath(model) if not isinstance(model, onnx.ModelProto) else "model"
     try:  # before the model is read and calibrated: a wrong T, bases or rule choice fails at once
         chosen = check_options(timesteps, bases=bases, op_timesteps=op_timesteps, identity_code=identity_code,
-                               hybrid=hybrid, rules=rules)
+                               hybrid=hybrid, rules=rules, portable=portable)
     except ValueError as e:
         raise ConversionError(f"{where}: {e}") from None
     spiking, model_dir = model_io.load(model)
@@ -100,7 +104,7 @@ def convert_with_report(
     # functions need IR 8; newer than IR_VERSION is what older onnxruntime versions reject
     spiking.ir_version = max(8, min(spiking.ir_version or ops.IR_VERSION, ops.IR_VERSION))
     if portable:
-        spiking = ops.portable(spiking)
+        spiking = ops.portable(spiking, "arithmetic" if portable is True else portable)
     model_io.check(spiking, full_check=True)
 
     replaced, by_kind = count_sites(expanded + sites)

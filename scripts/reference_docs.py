@@ -32,7 +32,7 @@ API: dict[str, tuple[str, list[str]]] = {
     "onnx_snn.runtime": ("onnxruntime sessions with the custom-op library", ["register_library", "newest_opset",
                                                                               "LibraryError"]),
     "onnx_snn.model_io": ("reading and writing models (external data, atomic writes)", ["load", "save", "ModelError"]),
-    "onnx_snn.ops": ("the custom ops' ONNX functions", ["attach_functions", "inline"]),
+    "onnx_snn.ops": ("the custom ops' ONNX functions and their portable form", ["attach_functions", "portable"]),
     "onnx_snn.neurons": ("the neurons the converter chooses", ["DEFAULT_BASES", "identity_bases", "signed_digits",
                                                                "NeuronChoice"]),
     "onnx_snn.timing": ("the benchmarks' timing", ["alternating_medians"]),

@@ -26,7 +26,7 @@ from onnx_snn.calibrate import Probe, calibrate
 from onnx_snn.mbe.neuron import SlotTables
 from onnx_snn.neurons import NeuronChoice
 from onnx_snn.ops.common import single_node_model
-from onnx_snn.ops.portable import portable
+from onnx_snn.ops.portable import STEPS, portable
 from onnx_snn.pipeline import convert_with_report
 
 LOWEST = np.finfo(np.float32).min
@@ -97,10 +97,10 @@ def run_all_ways(model: onnx.ModelProto, feeds: dict, reference_evaluator: bool 
     onnx.reference."""
     results = {"kernel": onnx_snn.session(model).run(None, feeds),
                "function": ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)}
-    for select in (True, False):
-        written_out = portable(model, select=select)
+    for steps in STEPS:
+        written_out = portable(model, steps)
         assert not written_out.functions and all(n.domain == "" for n in written_out.graph.node)
-        results[f"portable (select={select})"] = ort.InferenceSession(
+        results[f"portable ({steps})"] = ort.InferenceSession(
             written_out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
     if reference_evaluator:
         results["onnx.reference"] = ReferenceEvaluator(model).run(None, feeds)

@@ -95,10 +95,10 @@ def test_bad_input_is_one_line_on_stderr_and_loses_nothing(tmp_path, case):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temporary left behind
 
 
-@pytest.mark.parametrize("option", ["--portable", "--inline"])
+@pytest.mark.parametrize("option", [["--portable"], ["--inline"], ["--portable", "select"]])
 def test_portable_writes_standard_onnx_only(tmp_path, option):
     out = tmp_path / "portable.onnx"
-    run = cli("convert", str(small_model(tmp_path / "in.onnx")), "-o", str(out), option)
+    run = cli("convert", str(small_model(tmp_path / "in.onnx")), "-o", str(out), *option)
     assert run.returncode == 0, run.stderr
     model = onnx.load(str(out))
     assert not model.functions

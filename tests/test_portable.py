@@ -21,6 +21,7 @@ from onnx_snn.graph import every_node
 from onnx_snn.neurons import signed_digits
 from onnx_snn.ops import mbe_neuron, portable, spiking_layernorm, spiking_rmsnorm, spiking_softmax
 from onnx_snn.ops.common import single_node_model
+from onnx_snn.ops.portable import STEPS
 
 T = 16
 NEURONS = converter_neurons(T)  # the neurons the converter ships at T=16
@@ -59,13 +60,13 @@ def _ops():
 OPS = {name: (model, spread) for name, model, spread in _ops()}
 
 
-@pytest.mark.parametrize("select", [True, False], ids=["select", "arithmetic"])
+@pytest.mark.parametrize("steps", STEPS)
 @pytest.mark.parametrize("name", OPS)
-def test_each_op_written_out_on_static_shapes_gives_the_kernels_bits(name, select):
+def test_each_op_written_out_on_static_shapes_gives_the_kernels_bits(name, steps):
     model, spread = OPS[name]
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     x = np.random.default_rng(1).normal(0, spread, shape).astype(np.float32)
-    written_out = portable(model, select=select)
+    written_out = portable(model, steps)
     ops = {n.op_type for n in written_out.graph.node}
     assert not ops & REFUSED_OPS
     # static shapes: no shape arithmetic at run time; a Reshape only of gamma or beta to [N], without
@@ -114,5 +115,5 @@ def test_spike_counts_are_written_out_only_where_read():
     for a, e in zip(actual, expected):
         assert_same(a, e, "y and spikes")
     unread, _ = OPS["gelu"]
-    assert "Cast" not in {n.op_type for n in portable(unread, select=True).graph.node}
+    assert "Cast" not in {n.op_type for n in portable(unread, "select").graph.node}
     assert "Cast" in {n.op_type for n in with_counts.graph.node}

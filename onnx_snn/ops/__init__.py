@@ -11,6 +11,7 @@ import onnx
 from onnx import helper as oh
 
 from onnx_snn.ops import mbe_neuron, spiking_layernorm, spiking_rmsnorm, spiking_softmax
+from onnx_snn.ops.portable import STEPS as PORTABLE_STEPS
 from onnx_snn.ops.portable import portable
 from onnx_snn.ops.common import DOMAIN, DOMAIN_VERSION, IR_VERSION, MIN_OPSET
 from onnx_snn.graph import every_node
@@ -20,7 +21,7 @@ FUNCTIONS = {m.OP_TYPE: m.function for m in _MODULES}
 # the onnx_snn functions each op's function body calls
 CALLS: dict[str, tuple[str, ...]] = {m.OP_TYPE: tuple(getattr(m, "CALLS", ())) for m in _MODULES}
 
-__all__ = ["CALLS", "DOMAIN", "DOMAIN_VERSION", "FUNCTIONS", "IR_VERSION", "attach_functions", "mbe_neuron", "portable",
+__all__ = ["CALLS", "DOMAIN", "DOMAIN_VERSION", "FUNCTIONS", "IR_VERSION", "attach_functions", "mbe_neuron", "PORTABLE_STEPS", "portable",
            "spiking_layernorm", "spiking_rmsnorm", "spiking_softmax"]
 
 

@@ -9,7 +9,11 @@ body (each op's `build`, onnx_snn.ops.blocks), specialised by `NodeBody`:
 * the fixed-order halving sums written out, one Slice/Add/Concat level per halving: ceil(log2 n)
   levels where n is known (a norm's width; a softmax's axis when shape inference gives it), else
   MAX_LEVELS levels on lengths read from the shape (a level on a length of 1 changes nothing);
-* spike counts only where the model reads them.
+* spike counts only where the model reads them;
+* a neuron step in one of two STEPS styles, the same values: "arithmetic" (the spike as a float
+  times the tables: runtimes that run one op at a time, onnxruntime and OpenVINO, run it fastest,
+  and OpenVINO fuses a whole neuron) or "select" (Where, as the reference: IREE and tract fuse a
+  neuron's chain into one loop best).
 The operations and their order are the op's, so each node computes the custom op's bits wherever a
 runtime rounds float32 operations as the kernel does (no fused multiply-adds, no lower precision).
 """
@@ -31,6 +35,7 @@ _COMPOSITE = {m.OP_TYPE: m for m in (spiking_softmax, spiking_layernorm, spiking
 # a softmax over an axis of unknown length sums with this many halving levels: the kernel's order for
 # lengths up to 2^16; what is left of a longer axis is summed by ReduceSum (right, in another order)
 MAX_LEVELS = 16
+STEPS = ("arithmetic", "select")
 
 
 class NodeBody(blocks.Body):
@@ -128,10 +133,14 @@ class NodeBody(blocks.Body):
         return self.op("Concat", summed, self.op("Slice", v, pairs, half, along), axis=axis)
 
 
-def portable(model: onnx.ModelProto, select: bool = True) -> onnx.ModelProto:
+def portable(model: onnx.ModelProto, steps: str = "arithmetic") -> onnx.ModelProto:
     """A copy of the spiking `model` in standard ONNX ops only: every onnx_snn node written out (in
-    the main graph and in subgraphs), no onnx_snn functions or domain, every node named, values
-    typed and shaped where shape inference allows. The input is not modified."""
+    the main graph and in subgraphs) with its neurons' steps in the `steps` style (STEPS), no
+    onnx_snn functions or domain, every node named, values typed and shaped where shape inference
+    allows. The input is not modified."""
+    if steps not in STEPS:
+        raise ValueError(f"portable steps {steps!r} is not one of {', '.join(STEPS)}")
+    select = steps == "select"
     out = onnx.ModelProto()
     out.CopyFrom(model)
     opset = next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx"))
