@@ -235,7 +235,8 @@ def energy_report(original: str | os.PathLike | onnx.ModelProto, spiking: str | 
         if any(n.domain == DOMAIN for n in every_node(snn.graph)):
             raise EnergyError(f"{where_s}: its spiking ops are inside If/Loop/Scan bodies, whose spikes energy does "
                               "not count yet (it counts the main graph's)")
-        raise EnergyError(f"{where_s}: has no {DOMAIN} spiking ops: pass the converted model second")
+        raise EnergyError(f"{where_s}: has no {DOMAIN} spiking ops: pass the converted model second (one written "
+                          "with --portable has none left to count: measure the one converted without it)")
     for e_pj, flag in ((e_mac_pj, "--e-mac"), (e_ac_pj, "--e-ac")):
         if not (math.isfinite(e_pj) and e_pj >= 0):
             raise EnergyError(f"{flag} {e_pj}: must be a finite energy >= 0 (pJ)")

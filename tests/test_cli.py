@@ -113,6 +113,13 @@ def test_portable_writes_standard_onnx_only(tmp_path, option):
     assert np.max(np.abs(y - expected)) < 0.02
 
 
+def test_energy_of_a_portable_model_says_to_measure_the_library_form(tmp_path):
+    source, out = str(small_model(tmp_path / "in.onnx")), str(tmp_path / "portable.onnx")
+    assert cli("convert", source, "-o", out, "--portable").returncode == 0
+    run = cli("energy", source, out)
+    assert run.returncode == 1 and "--portable" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
 NEWEST = newest_opset()  # the newest opset the installed onnx and onnxruntime both run
 
 
