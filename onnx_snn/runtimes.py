@@ -142,9 +142,11 @@ def _load_openvino(model: ModelLike, *, device: str = "CPU", config: Mapping[str
         read = core.read_model(_as_file(model, folder))
     compiled = core.compile_model(read, device, {"INFERENCE_PRECISION_HINT": "f32", **(config or {})})
     request = compiled.create_infer_request()
-    names = [port.get_any_name() for port in compiled.inputs]
 
     def run(feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        # a port has every name its tensor has in the model (an input that feeds an Identity also
+        # has the Identity's output name), so ports are matched to the feeds by any of their names
+        names = [next((n for n in sorted(port.get_names()) if n in feeds), port.get_any_name()) for port in compiled.inputs]
         results = request.infer(dict(zip(names, _ordered(names, feeds))))
         return [np.array(results[port]) for port in compiled.outputs]
 
