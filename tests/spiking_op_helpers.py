@@ -12,7 +12,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import onnx
-import onnx.inliner
 import onnxruntime as ort
 import pytest
 from helpers import EDGE_VALUES, extreme_neurons, random_neuron
@@ -24,6 +23,7 @@ from onnx.reference import ReferenceEvaluator
 import onnx_snn
 from onnx_snn.mbe.neuron import SlotTables
 from onnx_snn.ops.common import single_node_model
+from onnx_snn.ops.portable import portable
 
 LOWEST = np.finfo(np.float32).min
 MAX = np.finfo(np.float32).max
@@ -89,14 +89,14 @@ def op_model(node: onnx.NodeProto, inputs: dict[str, int], spikes: bool = True, 
 
 def run_all_ways(model: onnx.ModelProto, feeds: dict, reference_evaluator: bool = True) -> dict[str, list]:
     """Outputs of every implementation: the kernel (library registered), the function in plain
-    onnxruntime, the inlined model in onnxruntime, onnx.reference."""
+    onnxruntime, the portable form (the node written out) in plain onnxruntime, onnx.reference."""
     plain = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    inlined = onnx.inliner.inline_local_functions(model)
-    assert not inlined.functions and all(n.domain == "" for n in inlined.graph.node)
+    written_out = portable(model)
+    assert not written_out.functions and all(n.domain == "" for n in written_out.graph.node)
     results = {
         "kernel": onnx_snn.session(model).run(None, feeds),
         "function": plain.run(None, feeds),
-        "inlined": ort.InferenceSession(inlined.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds),
+        "portable": ort.InferenceSession(written_out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds),
     }
     if reference_evaluator:
         results["onnx.reference"] = ReferenceEvaluator(model).run(None, feeds)

@@ -241,7 +241,7 @@ def test_accuracy_with_the_shipped_presets():
 # ---- the shared blocks -------------------------------------------------------------------------------
 
 def _block_model(build, inputs: dict[str, int], outputs: list[tuple[str, int]], opset: int = 17) -> onnx.ModelProto:
-    b = blocks.Body()
+    b = blocks.Body(opset)
     build(b)
     graph = oh.make_graph(
         b.nodes, "blocks",

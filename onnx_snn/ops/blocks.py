@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 from onnx import helper as oh
+from onnx import numpy_helper
 
 from onnx_snn.mbe.neuron import SlotTables, simulate
 from onnx_snn.ops import mbe_neuron
@@ -147,9 +148,11 @@ def inverse_rms(rsqrt: SlotTables, v: np.ndarray, n: int, epsilon: float) -> tup
 class Body:
     """Collects the nodes of a function body and names the intermediate values."""
 
-    def __init__(self, prefix: str = "") -> None:
+    def __init__(self, opset: int, prefix: str = "") -> None:
+        self.opset = opset
         self.prefix = prefix  # a subgraph's names must not shadow those of the body around it
         self.nodes: list[onnx.NodeProto] = []
+        self._shape = ""  # the shape of the input along_axis or normalised_rows viewed
         self._count = 0
         self._constants: dict[tuple, str] = {}
 
@@ -174,6 +177,16 @@ class Body:
             self._constants[key] = name
         return self._constants[key]
 
+    def array(self, values: np.ndarray) -> str:
+        """A constant tensor of these values (dtype and shape kept), made once per body."""
+        values = np.asarray(values)
+        key = ("array", values.dtype.str, values.shape, values.tobytes())
+        if key not in self._constants:
+            name = self.fresh("table")
+            self.nodes.append(oh.make_node("Constant", [], [name], value=numpy_helper.from_array(values, name)))
+            self._constants[key] = name
+        return self._constants[key]
+
     def ints(self, *values: int) -> str:
         """A constant 1-D int64 tensor."""
         key = ("ints",) + values
@@ -183,9 +196,9 @@ class Body:
             self._constants[key] = name
         return self._constants[key]
 
-    def attribute(self, attribute: str, field: str, out: str | None = None) -> str:
+    def attribute(self, attribute: str, field: str) -> str:
         """A Constant whose `field` (value_int, value_float, ...) is the calling node's `attribute`."""
-        out = out or self.fresh(attribute)
+        out = self.fresh(attribute)
         node = oh.make_node("Constant", [], [out])
         node.attribute.append(onnx.AttributeProto(
             name=field, ref_attr_name=attribute,
@@ -204,12 +217,18 @@ class Body:
                 name=name, ref_attr_name=prefix + name,
                 type=_NEURON_ATTRIBUTE_TYPES.get(name, onnx.AttributeProto.FLOATS)))
         self.nodes.append(node)
-        count64 = self.op("Cast", count, to=TensorProto.INT64)
-        total = self.op("ReduceSum", count64, keepdims=0)  # every axis: no axes input
-        return y, self.op("Reshape", total, self.ints(1))
+        return y, self.spike_total(count)
+
+    def spike_total(self, count: str) -> str:
+        """Spikes per element (int32) summed over the whole tensor, as int64 [1]."""
+        flat = self.op("Reshape", self.op("Cast", count, to=TensorProto.INT64), self.ints(-1))
+        return self.op("ReduceSum", flat, self.ints(0), keepdims=1)
 
     def scaled_neuron(self, prefix: str, x: str, scale: str) -> tuple[str, str]:
-        """blocks.run_scaled_neuron: the embedded neuron on x * scale, its values / scale."""
+        """blocks.run_scaled_neuron: the embedded neuron on x * scale, its values / scale (no scale
+        given: the neuron on x, as a scale of 1 gives)."""
+        if not scale:
+            return self.neuron(prefix, x)
         y, spikes = self.neuron(prefix, self.op("Mul", x, scale))
         return self.op("Div", y, scale), spikes
 
@@ -218,9 +237,9 @@ class Body:
         values = self.attribute("channel_scale", "value_floats")
         return self.op("Reshape", values, self.ints(1, -1, 1))
 
-    def reduce_max(self, x: str, axis: int, opset: int) -> str:
+    def reduce_max(self, x: str, axis: int) -> str:
         """ReduceMax over one axis, keepdims: axes an attribute before opset 18, an input from 18."""
-        if opset >= 18:
+        if self.opset >= 18:
             return self.op("ReduceMax", x, self.ints(axis), keepdims=1)
         return self.op("ReduceMax", x, axes=[axis], keepdims=1)
 
@@ -239,8 +258,10 @@ class Body:
         after = self.op("ReduceProd", self.op("Slice", shape, after_start, self.ints(INT64_MAX)), keepdims=1)
         return shape, before, dim, after
 
-    def tree_sum(self, v: str) -> str:
-        """The fixed-order sum over axis 1 of a 3-D tensor [A, n, B] -> [A, 1, B] (n = 0: [A, 0, B])."""
+    def tree_sum(self, v: str, axis: int = 1) -> str:
+        """The fixed-order sum over axis 1 of a 3-D tensor [A, n, B] -> [A, 1, B] (n = 0: [A, 0, B]),
+        the view along_axis and normalised_rows give."""
+        assert axis == 1, "a function body sums over axis 1 of its 3-D view"
         length = self.op("Gather", self.op("Shape", v), self.const(1, TensorProto.INT64), axis=0)
         go = self.op("Greater", length, self.const(1, TensorProto.INT64))
         return self.op("Loop", "", go, v, body=_halving_step())
@@ -286,13 +307,35 @@ class Body:
         shift = self.pow2(self.op("Mul", e_even, self.const(-0.5)))
         return self.op("Mul", r, shift), spikes
 
-    def normalised_rows(self, x: str) -> tuple[str, str, str, str]:
-        """x viewed as [rows, N, 1] over dims axis..rank-1 (the node's `axis`): (x's shape, N, the
-        view, N as a float)."""
-        shape, before, dim, after = self.axis_view(x, self.attribute("axis", "value_int"))
+    def along_axis(self, x: str) -> tuple[str, int]:
+        """x viewed as [O, L, I] around the node's `axis` (L its length): (the view, the axis of L)."""
+        self._shape, before, dim, after = self.axis_view(x, self.attribute("axis", "value_int"))
+        return self.op("Reshape", x, self.op("Concat", before, dim, after, axis=0), allowzero=1), 1
+
+    def restore(self, value: str, out: str) -> str:
+        """`value` (of the along_axis or normalised_rows view) in the viewed input's shape, as `out`."""
+        return self.op("Reshape", value, self._shape, allowzero=1, out=out)
+
+    def bias(self, beta: str, affine_shape: str) -> str:
+        """The optional input `beta` + 0 (a -0.0 becomes +0.0) as `affine_shape`, or 0 without it.
+        Only an optional input of a standard op may take an absent input: Gemm(A, B, beta) with
+        A = 0 [M, 0], B = 0 [0, K] is exactly 0 + beta ([M, K]: gamma's shape flattened to 2-D), or 0
+        without beta, at every opset."""
+        gamma_shape = self.op("Concat", self.ints(1), self.op("Shape", "gamma"), axis=0)
+        k = self.op("Slice", gamma_shape, self.ints(-1), self.ints(INT64_MAX))
+        m = self.op("ReduceProd", self.op("Slice", gamma_shape, self.ints(0), self.ints(-1)), keepdims=1)
+        zero = oh.make_tensor("", TensorProto.FLOAT, [1], [0.0])
+        a = self.op("ConstantOfShape", self.op("Concat", m, self.ints(0), axis=0), value=zero)
+        z = self.op("ConstantOfShape", self.op("Concat", self.ints(0), k, axis=0), value=zero)
+        return self.op("Reshape", self.op("Add", self.op("Gemm", a, z, beta), self.const(0.0)), affine_shape, allowzero=1)
+
+    def normalised_rows(self, x: str) -> tuple[str, str, str]:
+        """x viewed as [rows, N, 1] over dims axis..rank-1 (the node's `axis`): (N [1], the view,
+        N as a float)."""
+        self._shape, before, dim, after = self.axis_view(x, self.attribute("axis", "value_int"))
         n = self.op("Mul", dim, after)
         rows = self.op("Reshape", x, self.op("Concat", before, n, self.ints(1), axis=0), allowzero=1)
-        return shape, n, rows, self.op("Cast", n, to=TensorProto.FLOAT)
+        return n, rows, self.op("Cast", n, to=TensorProto.FLOAT)
 
     def inverse_rms(self, prefix: str, v: str, count: str) -> tuple[str, str]:
         """1 / sqrt(sum(v * v) / N + epsilon) per row (the node's `epsilon`), as blocks.inverse_rms:
@@ -300,16 +343,15 @@ class Body:
         mean_square = self.op("Div", self.tree_sum(self.op("Mul", v, v)), count)
         return self.rsqrt_scale(prefix, self.op("Add", mean_square, self.attribute("epsilon", "value_float")))
 
-    def function(self, op_type: str, inputs: list[str], outputs: list[str], attributes: list[str],
-                 opset: int) -> onnx.FunctionProto:
+    def function(self, op_type: str, inputs: list[str], outputs: list[str], attributes: list[str]) -> onnx.FunctionProto:
         return oh.make_function(
             DOMAIN, op_type, inputs, outputs, self.nodes,
-            [oh.make_opsetid("", opset), oh.make_opsetid(DOMAIN, DOMAIN_VERSION)], attributes=attributes)
+            [oh.make_opsetid("", self.opset), oh.make_opsetid(DOMAIN, DOMAIN_VERSION)], attributes=attributes)
 
 
 def _halving_step() -> onnx.GraphProto:
     """One step of the fixed-order sum on axis 1: v[:, :h] + (v[:, h:] padded with -0.0 to h)."""
-    b = Body("step_")
+    b = Body(opset=0, prefix="step_")  # a Loop body: its ops do not depend on the opset
     shape = b.op("Shape", "v_in")
     n = b.op("Gather", shape, b.const(1, TensorProto.INT64), axis=0)
     one = b.const(1, TensorProto.INT64)

@@ -17,10 +17,14 @@
 Three implementations, kept bit-identical by tests: the C++ kernel (custom_ops/src/mbe_neuron.h),
 the ONNX function below (standard ops only, so the model runs anywhere) and the numpy reference
 (onnx_snn.mbe.neuron.simulate). The function runs the steps with a Loop over T and sums the bases
-with a Loop over N, in the reference's order.
+with a Loop over N, in the reference's order. `write_out` is the function specialised to one
+neuron's tables (the portable form, onnx_snn.ops.portable): no Loop, the steps written out with the
+tables as constants, the bases along a leading axis; the same operations in the same order.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -30,7 +34,11 @@ from onnx import helper as oh
 from onnx_snn.mbe.neuron import SIGN_OF_INPUT, SIGNED_DIGITS, SlotTables, simulate
 from onnx_snn.ops.common import DOMAIN, attr_ref
 
+if TYPE_CHECKING:
+    from onnx_snn.ops.blocks import Body
+
 OP_TYPE = "MBENeuron"
+INPUTS, OUTPUTS = ("x", "channel_scale"), ("y", "spikes")
 ATTRIBUTES = ("timesteps", "input_scale", "input_offset", "threshold", "reset", "weight", "bias", "signed")
 
 
@@ -199,9 +207,68 @@ def function(opset: int) -> onnx.FunctionProto:
     return oh.make_function(
         DOMAIN,
         OP_TYPE,
-        ["x", "channel_scale"],
-        ["y", "spikes"],
+        list(INPUTS),
+        list(OUTPUTS),
         nodes,
         [oh.make_opsetid("", opset)],
         attributes=list(ATTRIBUTES),
     )
+
+
+def write_out(b: Body, tables: SlotTables, x: str, channel_scale: str | None = None) -> tuple[str, str]:
+    """The neuron on every element of x as nodes of standard ops added to `b`, its tables constants:
+    (the decoded values, the spikes per element as int32), each in x's shape. The reference's
+    operations in its order (onnx_snn.mbe.neuron), written out: one basis works on x's shape with
+    scalar tables; several run side by side on a leading axis of x flattened ([N, elements]: every
+    runtime broadcasts a [N, 1] table along a long row fast)."""
+    n, steps = tables.bases, tables.timesteps
+    digits, sign_of_input = tables.signed == SIGNED_DIGITS, tables.signed == SIGN_OF_INPUT
+
+    def table(values: np.ndarray) -> str:  # per basis: a scalar (one basis) or [N, 1]
+        values = np.asarray(values, np.float32)
+        return b.array(values.reshape(()) if n == 1 else values.reshape(n, 1))
+
+    scaled = b.op("Mul", x, channel_scale) if channel_scale else x
+    flat = scaled if n == 1 else b.op("Reshape", scaled, b.ints(1, -1))
+    u = b.op("Add", b.op("Mul", flat, table(tables.input_scale)), table(tables.input_offset))
+    if sign_of_input:
+        negative = b.op("Less", u, b.const(0.0))
+        u = b.op("Abs", u)
+    zero = b.const(0.0)
+    acc = count = None
+    for t in range(steps):
+        # u >= threshold as u > the float just below it: the same decision for every u (NaN too),
+        # and Greater is in every runtime's op set
+        below = np.nextafter(tables.threshold[:, t], np.float32(-np.inf)).astype(np.float32)
+        reset, weight = tables.reset[:, t], tables.weight[:, t]
+        up = b.op("Greater", u, table(below))
+        down = b.op("Less", u, table(-below)) if digits else None  # u <= -threshold
+        if t < steps - 1:  # the last step's potential is not read
+            lowered = b.op("Sub", u, table(reset))
+            u = b.op("Where", up, lowered, b.op("Where", down, b.op("Add", u, table(reset)), u) if digits else u)
+        if acc is None:  # acc = 0: 0 + w and 0 + -w in float32, as the reference adds them
+            idle = b.op("Where", down, table(np.float32(0) + -weight), zero) if digits else zero
+            acc = b.op("Where", up, table(np.float32(0) + weight), idle)
+        else:
+            idle = b.op("Where", down, b.op("Sub", acc, table(weight)), acc) if digits else acc
+            acc = b.op("Where", up, b.op("Add", acc, table(weight)), idle)
+        fired = b.op("Cast", up, to=TensorProto.INT32)
+        if digits:
+            fired = b.op("Add", fired, b.op("Cast", down, to=TensorProto.INT32))
+        count = fired if count is None else b.op("Add", count, fired)
+    if sign_of_input:
+        acc = b.op("Where", negative, b.op("Neg", acc), acc)
+    if n == 1:
+        y = b.op("Add", b.const(float(tables.bias)), acc)
+    else:
+        y = b.const(float(tables.bias))
+        for basis in range(n):  # the bases one after another, as the reference sums them
+            y = b.op("Add", y, b.op("Slice", acc, b.ints(basis), b.ints(basis + 1), b.ints(0)))
+        shape = b.op("Shape", scaled)
+        y = b.op("Reshape", y, shape, allowzero=1)  # a 0 in the shape is an empty dim, not "keep"
+        count = b.op("Reshape", b.op("ReduceSum", count, b.ints(0), keepdims=0), shape, allowzero=1)
+    if channel_scale:
+        shape = b.op("Shape", x)  # a scalar x times a [1] scale is [1]: back to x's shape
+        y = b.op("Reshape", b.op("Div", y, channel_scale), shape, allowzero=1)
+        count = b.op("Reshape", count, shape, allowzero=1)
+    return b.op("Where", b.op("IsNaN", x), x, y), count

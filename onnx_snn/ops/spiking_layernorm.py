@@ -45,7 +45,6 @@ from typing import Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto
 from onnx import helper as oh
 
 from onnx_snn.mbe.neuron import SlotTables
@@ -53,6 +52,7 @@ from onnx_snn.ops import blocks, mbe_neuron
 from onnx_snn.ops.common import DOMAIN
 
 OP_TYPE = "SpikingLayerNorm"
+INPUTS, OUTPUTS = ("x", "gamma", "beta"), ("y", "spikes")
 NEURONS = ("input", "centered", "rsqrt")  # the embedded neurons, in the order of the spike output
 ATTRIBUTES = ("axis", "epsilon", "channel_scale", *(a for n in NEURONS for a in blocks.neuron_attribute_names(n + "_")))
 CALLS = (mbe_neuron.OP_TYPE,)  # the functions this op's function calls
@@ -72,8 +72,15 @@ def make_node(input: SlotTables, centered: SlotTables, rsqrt: SlotTables, x: str
 
 def function(opset: int) -> onnx.FunctionProto:
     """The op as an ONNX function of standard ops (and MBENeuron calls) at the model's opset (>= 14)."""
-    b = blocks.Body()
-    shape, n, x3, count = b.normalised_rows("x")
+    b = blocks.Body(opset)
+    build(b)
+    return b.function(OP_TYPE, list(INPUTS), list(OUTPUTS), list(ATTRIBUTES))
+
+
+def build(b: blocks.Body) -> None:
+    """The op's nodes, from its inputs x, gamma, beta to its outputs y and spikes: a function body
+    (blocks.Body) or one node written out (onnx_snn.ops.portable)."""
+    n, x3, count = b.normalised_rows("x")
     scale = b.channel_scale()
     xh, input_spikes = b.scaled_neuron("input_", x3, scale)
     mu = b.op("Div", b.tree_sum(xh), count)
@@ -81,20 +88,8 @@ def function(opset: int) -> onnx.FunctionProto:
     rs, rsqrt_spikes = b.inverse_rms("rsqrt_", dh, count)
     affine_shape = b.op("Concat", b.ints(1), n, b.ints(1), axis=0)
     scaled = b.op("Mul", b.op("Mul", dh, rs), b.op("Reshape", "gamma", affine_shape, allowzero=1))
-    # beta is optional: only an optional input of a standard op may take it. Gemm(A, B, beta) with
-    # A = 0 [M, 0], B = 0 [0, K] is exactly 0 + beta ([M, K]: gamma's shape flattened to 2-D), or 0
-    # without beta, at every opset
-    gamma_shape = b.op("Concat", b.ints(1), b.op("Shape", "gamma"), axis=0)
-    k = b.op("Slice", gamma_shape, b.ints(-1), b.ints(blocks.INT64_MAX))
-    m = b.op("ReduceProd", b.op("Slice", gamma_shape, b.ints(0), b.ints(-1)), keepdims=1)
-    zero = oh.make_tensor("", TensorProto.FLOAT, [1], [0.0])
-    a = b.op("ConstantOfShape", b.op("Concat", m, b.ints(0), axis=0), value=zero)
-    z = b.op("ConstantOfShape", b.op("Concat", b.ints(0), k, axis=0), value=zero)
-    bias = b.op("Add", b.op("Gemm", a, z, "beta"), b.const(0.0))
-    y3 = b.op("Add", scaled, b.op("Reshape", bias, affine_shape, allowzero=1))
-    b.op("Reshape", y3, shape, allowzero=1, out="y")
+    b.restore(b.op("Add", scaled, b.bias("beta", affine_shape)), out="y")
     b.op("Concat", input_spikes, centered_spikes, rsqrt_spikes, axis=0, out="spikes")
-    return b.function(OP_TYPE, ["x", "gamma", "beta"], ["y", "spikes"], list(ATTRIBUTES), opset)
 
 
 def reference(input: SlotTables, centered: SlotTables, rsqrt: SlotTables, x: np.ndarray, gamma: np.ndarray,

@@ -41,6 +41,7 @@ from onnx_snn.ops import blocks, mbe_neuron
 from onnx_snn.ops.common import DOMAIN
 
 OP_TYPE = "SpikingRMSNorm"
+INPUTS, OUTPUTS = ("x", "gamma"), ("y", "spikes")
 NEURONS = ("input", "rsqrt")  # the embedded neurons, in the order of the spike output
 ATTRIBUTES = ("axis", "epsilon", "channel_scale", *(a for n in NEURONS for a in blocks.neuron_attribute_names(n + "_")))
 CALLS = (mbe_neuron.OP_TYPE,)  # the functions this op's function calls
@@ -59,15 +60,20 @@ def make_node(input: SlotTables, rsqrt: SlotTables, x: str, gamma: str, y: str, 
 
 def function(opset: int) -> onnx.FunctionProto:
     """The op as an ONNX function of standard ops (and MBENeuron calls) at the model's opset (>= 14)."""
-    b = blocks.Body()
-    shape, n, x3, count = b.normalised_rows("x")
+    b = blocks.Body(opset)
+    build(b)
+    return b.function(OP_TYPE, list(INPUTS), list(OUTPUTS), list(ATTRIBUTES))
+
+
+def build(b: blocks.Body) -> None:
+    """The op's nodes, from its inputs x, gamma to its outputs y and spikes: a function body
+    (blocks.Body) or one node written out (onnx_snn.ops.portable)."""
+    n, x3, count = b.normalised_rows("x")
     xh, input_spikes = b.scaled_neuron("input_", x3, b.channel_scale())
     rs, rsqrt_spikes = b.inverse_rms("rsqrt_", xh, count)
     gamma = b.op("Reshape", "gamma", b.op("Concat", b.ints(1), n, b.ints(1), axis=0), allowzero=1)
-    y3 = b.op("Mul", b.op("Mul", xh, rs), gamma)
-    b.op("Reshape", y3, shape, allowzero=1, out="y")
+    b.restore(b.op("Mul", b.op("Mul", xh, rs), gamma), out="y")
     b.op("Concat", input_spikes, rsqrt_spikes, axis=0, out="spikes")
-    return b.function(OP_TYPE, ["x", "gamma"], ["y", "spikes"], list(ATTRIBUTES), opset)
 
 
 def reference(input: SlotTables, rsqrt: SlotTables, x: np.ndarray, gamma: np.ndarray, axis: int = -1,

@@ -45,6 +45,7 @@ from onnx_snn.ops import blocks, mbe_neuron
 from onnx_snn.ops.common import DOMAIN
 
 OP_TYPE = "SpikingSoftmax"
+INPUTS, OUTPUTS = ("x",), ("y", "spikes")
 NEURONS = ("exp2", "reciprocal")  # the embedded neurons, in the order of the spike output
 ATTRIBUTES = ("axis", *(a for n in NEURONS for a in blocks.neuron_attribute_names(n + "_")))
 CALLS = (mbe_neuron.OP_TYPE,)  # the functions this op's function calls
@@ -62,21 +63,25 @@ def make_node(exp2: SlotTables, reciprocal: SlotTables, x: str, y: str, *, axis:
 
 def function(opset: int) -> onnx.FunctionProto:
     """The op as an ONNX function of standard ops (and MBENeuron calls) at the model's opset (>= 14)."""
-    b = blocks.Body()
-    axis = b.attribute("axis", "value_int")
-    shape, before, dim, after = b.axis_view("x", axis)
-    x3 = b.op("Reshape", "x", b.op("Concat", before, dim, after, axis=0), allowzero=1)  # [O, L, I]
-    mx = b.reduce_max(b.op("Where", b.op("IsNaN", x3), b.const(-math.inf), x3), 1, opset)
-    z = b.op("Mul", b.op("Sub", x3, mx), b.const(float(LOG2E)))
+    b = blocks.Body(opset)
+    build(b)
+    return b.function(OP_TYPE, list(INPUTS), list(OUTPUTS), list(ATTRIBUTES))
+
+
+def build(b: blocks.Body) -> None:
+    """The op's nodes, from its input x to its outputs y and spikes: a function body (blocks.Body)
+    or one node written out (onnx_snn.ops.portable)."""
+    x, axis = b.along_axis("x")
+    mx = b.reduce_max(b.op("Where", b.op("IsNaN", x), b.const(-math.inf), x), axis)
+    z = b.op("Mul", b.op("Sub", x, mx), b.const(float(LOG2E)))
     k = b.op("Floor", z)
     e, exp2_spikes = b.neuron("exp2_", b.op("Sub", z, k))
     t = b.op("Where", b.op("Less", k, b.const(float(MIN_SHIFT))), b.const(0.0), b.op("Mul", e, b.pow2(k)))
-    m, exponent = b.frexp(b.tree_sum(t))
+    m, exponent = b.frexp(b.tree_sum(t, axis))
     r, reciprocal_spikes = b.neuron("reciprocal_", m)
     inv = b.op("Mul", r, b.pow2(b.op("Neg", exponent)))
-    b.op("Reshape", b.op("Mul", t, inv), shape, allowzero=1, out="y")
+    b.restore(b.op("Mul", t, inv), out="y")
     b.op("Concat", exp2_spikes, reciprocal_spikes, axis=0, out="spikes")
-    return b.function(OP_TYPE, ["x"], ["y", "spikes"], list(ATTRIBUTES), opset)
 
 
 def reference(exp2: SlotTables, reciprocal: SlotTables, x: np.ndarray, axis: int = -1
