@@ -12,13 +12,14 @@ and a missing one is a one-line RuntimeMissing naming its install line.
 What each takes (checked with the versions of the `runtimes` extra; the spiking models' portable
 form is written for the intersection):
 - opset: onnx2torch converts nothing past opset 17 (no Constant-19/Cast-19, no reductions with
-  axes as an input) and GreaterOrEqual/LessOrEqual only before opset 16; IREE lowers
-  GreaterOrEqual only from opset 16. No runtime but onnxruntime and onnx.reference runs Loop in
-  tract, IREE (a Loop whose outputs are untyped, or without trip count) or onnx2torch.
-- shapes: dynamic dims run everywhere, but IREE cannot lower ReduceProd over a dynamic dim, and
-  tract rejects a concrete input shape that contradicts the symbolic dims kept in value_info:
-  `dims` ({"batch": 8, ...}) fixes symbolic dims in the model itself (onnxruntime's
-  make_dim_param_fixed), consistently, for any runtime.
+  axes as an input), GreaterOrEqual/LessOrEqual only before opset 16, and no Reshape with
+  allowzero=1; IREE lowers GreaterOrEqual only from opset 16. Loop: onnxruntime and onnx.reference
+  only (tract: unimplemented; IREE: untyped outputs, no while-loops; OpenVINO: not with an empty
+  optional input).
+- shapes: IREE and tract get static shapes (load() fixes the inputs to each call's feed shapes and
+  infers the inner shapes again): IREE miscompiles Reshape over dynamic dims and cannot lower
+  ReduceProd over an unknown length; tract cannot type a Flatten of two symbolic dims. `dims`
+  ({"batch": 8, ...}) fixes symbolic dims by name for any runtime.
 - IREE cannot lower Constant nodes with value_floats/value_ints (tensor values only).
 - OpenVINO and IREE (target cpu "host") fuse Mul->Add into fused multiply-adds, so their results
   differ from onnxruntime's in the last bits; IREE with target_cpu="generic" does not.
@@ -55,26 +56,72 @@ class RuntimeMissing(ImportError):
 
 def load(name: str, model: ModelLike, *, dims: Mapping[str, int] | None = None, **options) -> Run:
     """A callable that runs `model` (a path or a ModelProto) in runtime `name`: feeds by input
-    name -> the outputs in the graph's order. `dims` fixes symbolic dims by name first; other
-    options go to the runtime's adapter (see each _load_*)."""
+    name -> the outputs in the graph's order. `dims` fixes symbolic dims by name first; IREE and
+    tract are given static shapes anyway: a model with dynamic inputs is built for the shapes of
+    each call's feeds, once per shape. Other options go to the runtime's adapter (see each _load_*)."""
     if name not in _LOADERS:
         raise ValueError(f"unknown runtime {name!r}; choose from {', '.join(RUNTIMES)}")
     if dims:
         model = fix_dims(_proto(model), dims)
+    if name in _NEED_STATIC_SHAPES:
+        proto = _proto(model)
+        if not all(_static(value) for value in proto.graph.input):
+            return _per_shape(lambda shapes: _LOADERS[name](fix_shapes(proto, shapes), **options), proto)
     return _LOADERS[name](model, **options)
 
 
 def fix_dims(model: onnx.ModelProto, dims: Mapping[str, int]) -> onnx.ModelProto:
-    """A copy of `model` with the named symbolic dims fixed, in inputs, outputs and value_info
-    (onnxruntime's tool for the same, as `python -m onnxruntime.tools.make_dynamic_shape_fixed`)."""
-    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
+    """A copy of `model` with the named symbolic dims fixed wherever they occur (onnxruntime's tool
+    for it, as `python -m onnxruntime.tools.make_dynamic_shape_fixed` does), the inner shapes inferred again."""
+    from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
 
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
     for param, value in dims.items():
         make_dim_param_fixed(fixed.graph, param, value)
-    fix_output_shapes(fixed)
-    return fixed
+    return _shapes_inferred_again(fixed)
+
+
+def fix_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """A copy of `model` with the named inputs' shapes fixed (onnxruntime's make_input_shape_fixed),
+    the inner shapes inferred again."""
+    from onnxruntime.tools.onnx_model_utils import make_input_shape_fixed
+
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for name, shape in shapes.items():
+        make_input_shape_fixed(fixed.graph, name, list(shape))
+    return _shapes_inferred_again(fixed)
+
+
+def _shapes_inferred_again(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model's value_info and outputs inferred from its inputs' shapes: inner values keep no
+    symbolic dim that a fixed input has made known (tract refuses a symbol where it knows the value)."""
+    from onnxruntime.tools.onnx_model_utils import fix_output_shapes
+
+    del model.graph.value_info[:]
+    fix_output_shapes(model)
+    return onnx.shape_inference.infer_shapes(model, data_prop=True)
+
+
+def _static(value: onnx.ValueInfoProto) -> bool:
+    return all(d.HasField("dim_value") for d in value.type.tensor_type.shape.dim)
+
+
+def _per_shape(build: Callable[[dict[str, tuple[int, ...]]], Run], model: onnx.ModelProto) -> Run:
+    """A Run that builds the model for the input shapes of each call, once per set of shapes."""
+    initializers = {i.name for i in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in initializers]
+    built: dict[tuple, Run] = {}
+
+    def run(feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        shapes = {n: tuple(a.shape) for n, a in zip(names, _ordered(names, feeds))}
+        key = tuple(shapes.values())
+        if key not in built:
+            built[key] = build(shapes)
+        return built[key](feeds)
+
+    return run
 
 
 def _proto(model: ModelLike) -> onnx.ModelProto:
@@ -236,6 +283,10 @@ def _import_onnx2torch() -> types.ModuleType:
     return _require("torch", "onnx2torch")
 
 
+# IREE miscompiles Reshape over dynamic dims (a -1 resolved from the wrong dim, silently) and cannot
+# lower ReduceProd over a length shape inference leaves unknown; tract cannot type some shape
+# arithmetic on symbols (a Flatten of two symbolic dims)
+_NEED_STATIC_SHAPES = {"iree", "tract"}
 _LOADERS: dict[str, Callable[..., Run]] = {
     "onnxruntime": _load_onnxruntime,
     "onnxruntime-portable": _load_onnxruntime_portable,
