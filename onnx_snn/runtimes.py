@@ -41,12 +41,12 @@ ModelLike = Union[str, os.PathLike, onnx.ModelProto]
 
 RUNTIMES = ("onnxruntime", "onnxruntime-portable", "onnx.reference", "openvino", "tract", "iree", "torch")
 _INSTALL = {
-    "openvino": "pip install openvino",
-    "tract": "pip install tract",
-    "iree": "pip install iree-base-compiler iree-base-runtime",
+    "openvino": "pip install onnx-snn[runtimes] (or openvino)",
+    "tract": "pip install onnx-snn[runtimes] (or tract)",
+    "iree": "pip install onnx-snn[runtimes] (or iree-base-compiler iree-base-runtime)",
     # onnx2torch requires torchvision, which it uses only for NMS/RoiAlign; --no-deps keeps a
     # torchvision that does not match the installed torch out
-    "torch": "pip install --no-deps onnx2torch (with torch installed)",
+    "torch": "pip install onnx-snn[pytorch-runtime], or pip install --no-deps onnx2torch beside an installed torch",
 }
 
 

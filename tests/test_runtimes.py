@@ -170,7 +170,7 @@ def test_fix_dims_fixes_every_named_dim_and_leaves_the_input_model(spiking_bert)
 
 def test_a_missing_runtime_names_its_install_line(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "tract", None)  # import tract now raises ImportError
-    with pytest.raises(runtimes.RuntimeMissing, match="pip install tract"):
+    with pytest.raises(runtimes.RuntimeMissing, match=r"pip install onnx-snn\[runtimes\] \(or tract\)"):
         runtimes.load("tract", _identity_model())
     with pytest.raises(ValueError, match="unknown runtime 'tvm'"):
         runtimes.load("tvm", _identity_model())
