@@ -1,4 +1,4 @@
-"""The inputs of the README's energy figures for all-MiniLM-L6-v2, as .npz files for `onnx-snn
+"""The inputs of the energy figures (docs/results.md) for all-MiniLM-L6-v2, as .npz files for `onnx-snn
 convert --calibration` and `onnx-snn energy --inputs`: calibration on the first 64 documents of
 lee_background.cor (one batch, padded to the longest, at most 128 tokens), energy on the first 32
 sentences of pang_lee_polarity.cor padded to 128 tokens.

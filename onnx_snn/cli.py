@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 
 from onnx_snn.neurons import IDENTITY_CODES
 from onnx_snn.rules import rule_set
@@ -44,22 +45,23 @@ def _neurons(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from onnx_snn import model_io, ops
+    from onnx_snn import model_io
     from onnx_snn.pipeline import convert_with_report
 
     if os.path.abspath(args.output) == os.path.abspath(args.input):
         raise UsageError(f"{args.output}: the output would overwrite the input model; choose another path")
     _check_neuron_options(args, (args.timesteps,))
+    start = time.perf_counter()
     model, report = convert_with_report(args.input, timesteps=args.timesteps, calibration=args.calibration,
                                         hybrid=args.hybrid, rules=args.rules, bases=dict(args.bases or []),
                                         identity_code=args.identity_code, op_timesteps=dict(args.op_timesteps or []),
                                         reencode=not args.no_reencode, progress=not args.json and sys.stderr.isatty(),
-                                        check=not args.no_check, strict=args.strict)
-    if args.inline:
-        model = ops.inline(model)
+                                        check=not args.no_check, strict=args.strict, portable=args.portable)
+    seconds = time.perf_counter() - start  # calibration, rewrite, check and writing out, as the demo's "convert s"
     source_dir = os.path.dirname(os.path.abspath(args.input))
     model_io.save(model, args.output, source_dir)
-    print(report.to_json() if args.json else report.format() + f"\nwritten: {args.output}")
+    print(json.dumps({**report.to_dict(), "convert_seconds": seconds}, indent=1) if args.json
+          else report.format() + f"\nconverted in {seconds:.2f} s (wall clock)\nwritten: {args.output}")
     if report.shortfall():
         print(f"onnx-snn: warning: {report.shortfall()}; the model is not fully spiking", file=sys.stderr)
     return 0
@@ -277,7 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--hybrid", action="store_true", help="convert only the nonlinear ops (no encoders on linear layers)")
     convert.add_argument("--rules", nargs="+", metavar="RULE", choices=RULE_NAMES,
                          help=f"apply only these rules: {', '.join(RULE_NAMES)}")
-    convert.add_argument("--inline", action="store_true", help="inline the spiking ops' functions: standard ONNX only")
+    convert.add_argument("--portable", "--inline", action="store_true",
+                         help="write every spiking op out in standard ONNX ops (no custom ops, functions or loops), "
+                              "for other runtimes and compilers: OpenVINO, IREE, tract, PyTorch, onnxruntime "
+                              "without the library (--inline: the former name)")
     convert.add_argument("--no-check", action="store_true", help="skip running both models to compare their outputs")
     convert.add_argument("--json", action="store_true", help="print the report as JSON")
     convert.add_argument("--strict", action="store_true",

@@ -13,7 +13,7 @@ import onnxruntime as ort
 from onnx_snn.pipeline import convert_with_report
 from onnx_snn.data import background_sentences, polarity_sentences
 from onnx_snn.evaluate import cosines, runner, sentence_embeddings, token_batches
-from onnx_snn.export import export_minilm, minilm_tokenizer
+from onnx_snn.export import export_minilm, minilm_export_path, minilm_tokenizer
 from onnx_snn.runtime import session
 
 
@@ -39,11 +39,15 @@ def minilm_fidelity(form: str, timesteps: int, path: Path | None = None, **optio
 
 
 def run(form: str = "legacy17", timesteps: tuple[int, ...] = (16, 12, 8), rules: list[str] | None = None) -> int:
-    print(f"exporting all-MiniLM-L6-v2 ({form}) ...", file=sys.stderr)
-    export_minilm(form)
+    path = minilm_export_path(form)
+    if path.is_file():
+        print(f"using the cached export of all-MiniLM-L6-v2 ({form}): {path}", file=sys.stderr)
+    else:
+        print(f"exporting all-MiniLM-L6-v2 ({form}) to {path} ...", file=sys.stderr)
+        path = export_minilm(form)
     results = []
     for t in timesteps:
-        result = minilm_fidelity(form, t, rules=rules, progress=sys.stderr.isatty())
+        result = minilm_fidelity(form, t, path, rules=rules, progress=sys.stderr.isatty())
         if t == timesteps[0]:
             print(result["report"].format())
             print()

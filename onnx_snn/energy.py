@@ -2,7 +2,7 @@
 every spiking op exposed, count the original model's multiply-accumulates from the shapes on the
 same inputs, and estimate both energies as the paper does (appendix G.4), with synaptic operations.
 
-Definitions (README, "Energy"):
+Definitions (docs/design.md, "Energy accounting"):
 * neurons: for each inner neuron, elements it runs on x bases. An MBENeuron runs on every element of
   its input; inside SpikingSoftmax the exp2 neuron runs on every element and the reciprocal neuron
   once per row, inside SpikingLayerNorm/SpikingRMSNorm the input and centred encoders on every element

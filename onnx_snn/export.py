@@ -60,15 +60,20 @@ def minilm(attention: str = "eager"):
     return AutoModel.from_pretrained(_minilm_path(), attn_implementation=attention).eval(), minilm_tokenizer()
 
 
+def minilm_export_path(form: str, out_dir: Path | None = None) -> Path:
+    """Where export_minilm writes (and finds, cached) MiniLM's export `form`."""
+    if form not in MINILM_FORMS:
+        raise ValueError(f"unknown export form {form!r}; one of {', '.join(MINILM_FORMS)}")
+    return (out_dir or cache_dir() / "models") / f"all-MiniLM-L6-v2.{form}.onnx"
+
+
 def export_minilm(form: str, out_dir: Path | None = None) -> Path:
     """Export MiniLM as users do, unmodified: torch's legacy exporter at opset 14 ("legacy14": LayerNorm
     written out) or 17 ("legacy17": LayerNormalization), or the dynamo exporter ("dynamo", opset 20:
     Gelu; "dynamo23", sdpa attention at opset 23: the ONNX Attention op). Inputs input_ids, attention_mask, token_type_ids ([batch, sequence] int64), output
     last_hidden_state. Cached: an existing export is reused."""
-    if form not in MINILM_FORMS:
-        raise ValueError(f"unknown export form {form!r}; one of {', '.join(MINILM_FORMS)}")
-    out_dir = out_dir or cache_dir() / "models"
-    path = out_dir / f"all-MiniLM-L6-v2.{form}.onnx"
+    path = minilm_export_path(form, out_dir)
+    out_dir = path.parent
     if path.is_file():
         return path
     import torch

@@ -255,7 +255,7 @@ def ramp(start: float, reach: float, timesteps: int) -> MBEParameters:
 # activation neurons whose output a linear layer may read (their bases are DEFAULT_BASES')
 ACTIVATIONS = ("gelu", "silu", "tanh", "sigmoid")
 # spikes per slot expected of a neuron, to weigh choices before any spike is counted: MiniLM at T=16
-# on real sentences, identity encoders 34.7% and GELU 41.3% (README "Energy")
+# on real sentences, identity encoders 34.7% and GELU 41.3% (docs/results.md, "Energy")
 EXPECTED_FIRING_RATE = 0.35
 
 

@@ -36,7 +36,8 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, timesteps: int = 16, 
     identity encoders, or "binary": the identity presets; onnx_snn.neurons), op_timesteps (dict: T per
     neuron function, or "encoder" for the encoders of linear layers and products), reencode (bool:
     re-encode a many-basis activation that feeds wide linear layers with a one-basis encoder where
-    that costs fewer accumulations), progress (bool), check (bool: run
+    that costs fewer accumulations), portable (bool: every spiking op written out in standard ONNX
+    ops, for runtimes without the custom-op library; onnx_snn.ops.portable), progress (bool), check (bool: run
     the spiking model on the first calibration batch and compare it with the original's outputs),
     strict (bool: raise ConversionError if the result is not fully spiking: a nonlinear op left on
     activations or, unless hybrid, MACs not spike-driven; Report.shortfall says which)."""
@@ -64,10 +65,14 @@ def convert_with_report(
     identity_code: str = "digits",
     op_timesteps: dict[str, int] | None = None,
     reencode: bool = True,
+    portable: bool = False,
     progress: bool = False,
     check: bool = True,
     strict: bool = False,
 ) -> tuple[onnx.ModelProto, Report]:
+    """convert() with its Report: (the spiking model, what was replaced, what was left and why, the share
+    of MACs spike-driven, the check). The options are convert()'s; a bad option or model raises
+    ConversionError (or the model_io/calibrate error naming the file)."""
     where = os.fspath(model) if not isinstance(model, onnx.ModelProto) else "model"
     try:  # before the model is read and calibrated: a wrong T, bases or rule choice fails at once
         chosen = check_options(timesteps, bases=bases, op_timesteps=op_timesteps, identity_code=identity_code,
@@ -94,6 +99,8 @@ def convert_with_report(
     ops.attach_functions(spiking)
     # functions need IR 8; newer than IR_VERSION is what older onnxruntime versions reject
     spiking.ir_version = max(8, min(spiking.ir_version or ops.IR_VERSION, ops.IR_VERSION))
+    if portable:
+        spiking = ops.portable(spiking)
     model_io.check(spiking, full_check=True)
 
     replaced, by_kind = count_sites(expanded + sites)

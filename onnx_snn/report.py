@@ -274,17 +274,23 @@ def is_spike_driven(graph: Graph, node: onnx.NodeProto) -> bool:
 
 @dataclass
 class Report:
-    model: str
-    timesteps: int
-    hybrid: bool
+    """What a conversion did, as `onnx-snn convert` prints it (format(), to_json()): replacements by rule
+    and by kind, identity encoders added, every nonlinear op left with its reason (`left`: node, op_type,
+    domain, reason, on_activations), the MACs counted on the calibration inputs and how many are
+    spike-driven (macs_unknown: ops that could not be counted), how calibration ran, warnings, and
+    `check`: each output of the original and the spiking model compared (cosine, max abs error)."""
+
+    model: str  # the input's path, or "model" for a ModelProto
+    timesteps: int  # T of every neuron but those in op_timesteps
+    hybrid: bool  # only the nonlinear ops and products were converted
     replaced: dict[str, int]  # by rule
-    replaced_by_kind: dict[str, int]
-    encoders: int
+    replaced_by_kind: dict[str, int]  # gelu, softmax, layernorm, linear, product, ...
+    encoders: int  # identity encoders added (one per encoded tensor)
     left: list[dict]  # {"node", "op_type", "domain", "reason", "on_activations"}
     macs_total: int  # of the MAC-bearing ops whose MACs were counted
-    macs_spike_driven: int
-    calibration: dict
-    warnings: list[str] = field(default_factory=list)
+    macs_spike_driven: int  # of those, the MACs whose activation inputs all come from MBE neurons
+    calibration: dict  # {"batches", "synthesized", "statistic"}
+    warnings: list[str] = field(default_factory=list)  # a tensor never measured, a range past a neuron's domain
     check: dict = field(default_factory=dict)  # outputs of the original and the spiking model compared
     macs_unknown: list[str] = field(default_factory=list)  # MAC-bearing ops whose shapes were not seen
     op_timesteps: dict[str, int] = field(default_factory=dict)  # neuron functions whose T is not `timesteps`
@@ -313,15 +319,18 @@ class Report:
         return "; ".join(parts) or None
 
     def to_dict(self) -> dict:
+        """The fields, plus spike_driven_mac_share and not_fully_spiking (shortfall())."""
         d = asdict(self)
         d["spike_driven_mac_share"] = self.spike_driven_share
         d["not_fully_spiking"] = self.shortfall()
         return d
 
     def to_json(self) -> str:
+        """to_dict() as JSON: what `onnx-snn convert --json` prints."""
         return json.dumps(self.to_dict(), indent=1)
 
     def format(self) -> str:
+        """The report as `onnx-snn convert` prints it."""
         lines = [f"onnx-snn: {self.model} -> spiking model, T={self.timesteps}" + (" (hybrid)" if self.hybrid else "")]
         cal = self.calibration
         source = "synthesised from the model's input signature (no calibration data given)" if cal.get("synthesized") \

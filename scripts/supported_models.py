@@ -1,4 +1,4 @@
-"""The "Supported models" table of the README, measured: each export path and variant is built
+"""The "Supported models" table (docs/supported-models.md), measured: each export path and variant is built
 in-process (random-weight BERT, GPT-2 and Llama, hidden 64, 2 layers, from onnx_snn.variants; with
 --real also the real all-MiniLM-L6-v2; with --exporters the Transformer blocks tf2onnx, jax2onnx and
 paddle2onnx write, exported in venvs of their own), converted at T=16 by

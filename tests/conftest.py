@@ -7,7 +7,7 @@ from helpers import random_neuron
 from onnx_snn.mbe.neuron import MBEParameters
 
 # hypothesis: the default (CI) profile runs a bounded set of examples, the same in every run; the
-# long one (HYPOTHESIS_PROFILE=long, see the README) many more, new ones each run
+# long one (HYPOTHESIS_PROFILE=long, see docs/design.md) many more, new ones each run
 _SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.data_too_large]
 settings.register_profile("ci", max_examples=50, deadline=None, derandomize=True, print_blob=True,
                           suppress_health_check=_SLOW_IS_FINE)

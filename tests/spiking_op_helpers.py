@@ -4,6 +4,7 @@ attributes and special inputs every op is tried with."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 import re
@@ -21,9 +22,12 @@ from onnx import helper as oh
 from onnx.reference import ReferenceEvaluator
 
 import onnx_snn
+from onnx_snn.calibrate import Probe, calibrate
 from onnx_snn.mbe.neuron import SlotTables
+from onnx_snn.neurons import NeuronChoice
 from onnx_snn.ops.common import single_node_model
 from onnx_snn.ops.portable import portable
+from onnx_snn.pipeline import convert_with_report
 
 LOWEST = np.finfo(np.float32).min
 MAX = np.finfo(np.float32).max
@@ -89,15 +93,15 @@ def op_model(node: onnx.NodeProto, inputs: dict[str, int], spikes: bool = True, 
 
 def run_all_ways(model: onnx.ModelProto, feeds: dict, reference_evaluator: bool = True) -> dict[str, list]:
     """Outputs of every implementation: the kernel (library registered), the function in plain
-    onnxruntime, the portable form (the node written out) in plain onnxruntime, onnx.reference."""
-    plain = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    written_out = portable(model)
-    assert not written_out.functions and all(n.domain == "" for n in written_out.graph.node)
-    results = {
-        "kernel": onnx_snn.session(model).run(None, feeds),
-        "function": plain.run(None, feeds),
-        "portable": ort.InferenceSession(written_out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds),
-    }
+    onnxruntime, the portable form (the node written out, both step styles) in plain onnxruntime,
+    onnx.reference."""
+    results = {"kernel": onnx_snn.session(model).run(None, feeds),
+               "function": ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)}
+    for select in (True, False):
+        written_out = portable(model, select=select)
+        assert not written_out.functions and all(n.domain == "" for n in written_out.graph.node)
+        results[f"portable (select={select})"] = ort.InferenceSession(
+            written_out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
     if reference_evaluator:
         results["onnx.reference"] = ReferenceEvaluator(model).run(None, feeds)
     return results
@@ -221,3 +225,21 @@ def presets_or_skip():
     if not presets.PRESETS_FILE.exists():
         pytest.skip("onnx_snn/mbe/presets.json has not been generated yet")
     return presets.preset
+
+
+def converter_neurons(timesteps: int, ranges: dict | None = None) -> NeuronChoice:
+    """The neurons the converter chooses at `timesteps` with its default options (the defaults of
+    convert_with_report, which the CLI's also are), for the calibrated `ranges`: as the pipeline
+    makes its NeuronChoice."""
+    default = {name: p.default for name, p in inspect.signature(convert_with_report).parameters.items()}
+    return NeuronChoice(timesteps, dict(ranges or {}), dict(default["bases"] or {}), default["identity_code"],
+                        op_timesteps=dict(default["op_timesteps"] or {}))
+
+
+def calibrated_ranges(x: np.ndarray, probes: list[Probe]) -> dict:
+    """The ranges calibration measures for `probes` of a tensor "x" when the calibration data is x
+    (one batch): onnx_snn.calibrate run on a model that reads x."""
+    value = oh.make_tensor_value_info("x", TensorProto.FLOAT, [f"x{i}" for i in range(x.ndim)])
+    model = single_node_model(oh.make_node("Identity", ["x"], ["y"]), [value],
+                              [oh.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    return calibrate(model, None, probes, [{"x": x}], progress=False).ranges

@@ -58,7 +58,20 @@ def test_convert_writes_model_and_report(tmp_path, timesteps):
     report = json.loads(run.stdout)
     assert report["replaced_by_kind"] == {"linear": 1, "tanh": 1}
     assert report["spike_driven_mac_share"] == 1.0
+    assert 0 < report["convert_seconds"] < 60  # the conversion's wall time
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+
+
+def test_convert_prints_its_wall_time(tmp_path, monkeypatch, capsys):
+    """The time around the conversion (a clock that advances 2.5 s per reading), in the text output."""
+    from types import SimpleNamespace
+
+    from onnx_snn import cli as command
+
+    clock = iter(np.arange(100.0, 200.0, 2.5))
+    monkeypatch.setattr(command, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    assert command.main(["convert", str(small_model(tmp_path / "in.onnx")), "-o", str(tmp_path / "out.onnx")]) == 0
+    assert "\nconverted in 2.50 s (wall clock)\n" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("case", ["missing", "directory", "empty", "garbage", "output_is_input", "bad_calibration"])
@@ -82,9 +95,10 @@ def test_bad_input_is_one_line_on_stderr_and_loses_nothing(tmp_path, case):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temporary left behind
 
 
-def test_inline_writes_standard_onnx_only(tmp_path):
-    out = tmp_path / "inlined.onnx"
-    run = cli("convert", str(small_model(tmp_path / "in.onnx")), "-o", str(out), "--inline")
+@pytest.mark.parametrize("option", ["--portable", "--inline"])
+def test_portable_writes_standard_onnx_only(tmp_path, option):
+    out = tmp_path / "portable.onnx"
+    run = cli("convert", str(small_model(tmp_path / "in.onnx")), "-o", str(out), option)
     assert run.returncode == 0, run.stderr
     model = onnx.load(str(out))
     assert not model.functions
@@ -325,3 +339,19 @@ def test_version():
 
     run = cli("--version")
     assert run.returncode == 0 and run.stdout.strip() == f"onnx-snn {onnx_snn.__version__}"
+
+
+def test_convert_defaults_are_the_python_apis():
+    """`onnx-snn convert` with no neuron option converts as convert_with_report's defaults do (the op
+    tests build the ops with those: tests/spiking_op_helpers.converter_neurons)."""
+    import inspect
+
+    from onnx_snn.cli import build_parser
+    from onnx_snn.pipeline import convert_with_report
+
+    args = build_parser().parse_args(["convert", "in.onnx", "-o", "out.onnx"])
+    default = {name: p.default for name, p in inspect.signature(convert_with_report).parameters.items()}
+    assert args.timesteps == default["timesteps"] and args.identity_code == default["identity_code"]
+    assert dict(args.bases or []) == dict(default["bases"] or {})
+    assert dict(args.op_timesteps or []) == dict(default["op_timesteps"] or {})
+    assert (not args.no_reencode) == default["reencode"] and args.hybrid == default["hybrid"]

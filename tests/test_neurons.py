@@ -35,15 +35,23 @@ def test_identity_encoder_covers_the_calibrated_magnitude():
 
 @pytest.mark.parametrize("function", ["gelu", "silu"])
 def test_activation_beyond_its_domain_continues_as_x(function):
+    """Inside the preset's domain the neuron is the preset (the ramp is silent); beyond it, within the
+    preset's error at the edge, plus what f(x) - f(edge) differs from the ramp's x - hi, plus the
+    ramp's T-bit truncation (test_ramp_is_a_binary_search_of_x_minus_start)."""
     choice = NeuronChoice(16, {Probe("h"): Range(-20.0, 30.0)})
     tables = choice.for_tensor(function, "h")
     assert tables.bases == choice.bases[function] + 1  # the preset and one ramp basis
+    params = preset(function, bases=choice.bases[function], timesteps=16)
+    (lo, hi), f = params.domain, target(function).fn
     x = np.linspace(-20, 30, 20001)
     y, _ = simulate(tables, x)
-    error = np.abs(y - target(function).fn(x))
-    inside = np.abs(x) <= 8
-    assert np.sqrt(np.mean(error[inside] ** 2)) < 0.01
-    assert np.max(error[~inside]) < 0.02
+    edge = np.clip(x, lo, hi)
+    at_edge = simulate(params.tables, edge)[0]
+    inside = x == edge
+    assert np.array_equal(y[inside], at_edge[inside])
+    ramp_error = (30.0 - hi) * RANGE_MARGIN * 2.0 ** -15
+    bound = np.abs(at_edge - f(edge)) + np.abs(f(x) - f(edge) - np.maximum(x - hi, 0)) + ramp_error + 1e-6
+    assert np.all(np.abs(y - f(x)) <= bound)
     assert not choice.warnings
 
 

@@ -108,7 +108,7 @@ def test_dynamo_export_converts(exports, kind, opset):
 @pytest.mark.slow
 def test_real_minilm_with_onnx_attention_converts():
     """all-MiniLM-L6-v2 exported with sdpa attention at opset 23 (ONNX Attention), on the 200 sentences:
-    as close as the legacy export (README: mean cosine 0.99981, min 0.99955 at T = 16)."""
+    as close as the legacy export (docs/results.md: mean cosine 0.99981, min 0.99955 at T = 16)."""
     from onnx_snn.demo import minilm_fidelity
 
     result = minilm_fidelity("dynamo23", 16)

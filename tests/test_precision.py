@@ -97,10 +97,10 @@ def assert_float16_conversion(model32: onnx.ModelProto, error32: float, model: o
     rounding16 = relative_error(original_outputs(model32, feeds32), expected)
     assert relative_error(expected, actual) <= error32 + 2 * rounding16
 
-    # without the library (onnxruntime inlines the ops' functions) and inlined into standard ONNX,
+    # without the library (onnxruntime inlines the ops' functions) and written out in standard ONNX,
     # the same outputs: the ops are bit-identical but for the order of long sums, as in
     # tests/test_convert_minilm.py (measured here: identical)
-    for other in (original_outputs(spiking, feeds), original_outputs(ops.inline(spiking), feeds)):
+    for other in (original_outputs(spiking, feeds), original_outputs(ops.portable(spiking), feeds)):
         a, b = actual.astype(np.float64).ravel(), other.astype(np.float64).ravel()
         assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.99999
         assert np.max(np.abs(a - b)) < 0.05

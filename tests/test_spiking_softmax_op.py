@@ -1,7 +1,8 @@
 """SpikingSoftmax: C++ kernel == ONNX function (onnxruntime without the library, and inlined) ==
 onnx.reference == numpy reference, on random neurons, inputs, shapes, axes and opsets 14 to the
 newest and on edge values; the blocks the composite ops share (fixed-order sum, frexp, pow2); accuracy with the
-shipped presets; validation, threading, the optional spike output.
+converter's neurons at every shipped T, within the error they allow (tests/error_bounds.py); validation,
+threading, the optional spike output.
 
 Bit for bit, not within a tolerance: every implementation runs the same float32 operations in the
 same order. That includes the sums: all three use the fixed-order halving sum of
@@ -21,10 +22,11 @@ from hypothesis import strategies as st
 from onnx import TensorProto
 from onnx import helper as oh
 from onnx.reference import ReferenceEvaluator
+from error_bounds import SHIPPED_TIMESTEPS, softmax_bound
 from spiking_op_helpers import (AXES_OUT_OF_RANGE, BAD_AXIS, LOWEST, assert_all_ways_equal,
                                 assert_concurrent_runs_identical, assert_rejected_at_session_creation, assert_same,
-                                bad_attribute_params, neuron_sets, omitted_spikes, op_model, presets_or_skip,
-                                shapes_with_axis, special_rows, with_attribute)
+                                bad_attribute_params, converter_neurons, neuron_sets, omitted_spikes, op_model,
+                                presets_or_skip, shapes_with_axis, special_rows, with_attribute)
 
 import onnx_snn
 from onnx_snn.mbe.neuron import simulate
@@ -204,22 +206,17 @@ def test_exp2_spikes_count_only_unmasked_entries():
     assert np.all(y[0, 1:] == 0)
 
 
-# ---- accuracy with the shipped presets --------------------------------------------------------------
+# ---- accuracy of the converter's neurons --------------------------------------------------------------
 
-# measured with the presets of exp2 and reciprocal (N=8, T=16) on the inputs below: max abs error
-# 5.8e-4, max relative error 1.1e-3 (entries above 1e-6; the presets' own worst relative errors are
-# 5.0e-4 for exp2 and 8.9e-4 for reciprocal); asserted with ~2x headroom
-MAX_ABS_ERROR = 1.2e-3
-MAX_REL_ERROR = 2e-3
-
-
-def test_accuracy_with_the_shipped_presets():
-    preset = presets_or_skip()
-    exp2 = preset("exp2", bases=8, timesteps=16).tables
-    reciprocal = preset("reciprocal", bases=8, timesteps=16).tables
+@pytest.mark.parametrize("timesteps", SHIPPED_TIMESTEPS)
+def test_accuracy_of_the_converters_neurons_within_the_derived_bound(timesteps):
+    """The op with the neurons the converter gives it (rules/softmax.py: NeuronChoice.fixed with the
+    default options, DEFAULT_BASES) at every shipped T, against the exact softmax: per element within
+    softmax_bound, the exp2 and reciprocal neurons' largest relative errors carried through the op;
+    masked entries exactly 0."""
+    neurons = converter_neurons(timesteps)
+    session = onnx_snn.session(softmax_model(neurons.fixed("exp2"), neurons.fixed("reciprocal"), 2))
     rng = np.random.default_rng(0)
-    session = onnx_snn.session(softmax_model(exp2, reciprocal, 2))
-    worst_abs = worst_rel = 0.0
     for length in (1, 2, 7, 64, 128, 512):
         for scale in (0.1, 1.0, 3.0, 10.0, 30.0):
             x = rng.normal(0, scale, (32, length)).astype(np.float32)
@@ -231,11 +228,10 @@ def test_accuracy_with_the_shipped_presets():
             exact = np.exp(x64 - x64.max(-1, keepdims=True))
             exact /= exact.sum(-1, keepdims=True)
             assert np.all(y[mask] == 0)
-            worst_abs = max(worst_abs, float(np.abs(y - exact).max()))
-            big = exact > 1e-6
-            worst_rel = max(worst_rel, float((np.abs(y - exact)[big] / exact[big]).max()))
-    assert worst_abs <= MAX_ABS_ERROR, worst_abs
-    assert worst_rel <= MAX_REL_ERROR, worst_rel
+            error, bound = np.abs(y - exact), softmax_bound(timesteps, x, exact, -1)
+            worst = np.unravel_index(np.argmax(error - bound), error.shape)
+            assert np.all(error <= bound), (f"length {length}, scale {scale}: error {error[worst]:.3g} > bound "
+                                            f"{bound[worst]:.3g} at {worst}")
 
 
 # ---- the shared blocks -------------------------------------------------------------------------------

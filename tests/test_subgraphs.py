@@ -84,11 +84,12 @@ def test_merged_decoder_runs_either_branch_as_close_as_the_plain_conversion(deco
     error = np.abs(actual - original)
     assert error.max() <= plain_error.max() * (1 + 1e-4)
     np.testing.assert_allclose(error.mean(), plain_error.mean(), rtol=1e-3)
-    # without the library (the ops' functions, called from inside the branches) and inlined
+    # without the library (the ops' functions, called from inside the branches) and written out
     feeds["use_cache_branch"] = np.array([use_cache_branch])
-    inlined = ops.inline(spiking)
-    assert {n.domain for n in every_node(inlined.graph)} == {""} and not inlined.functions
-    for model in (spiking, inlined):
+    written_out = ops.portable(spiking)
+    assert {n.domain for n in every_node(written_out.graph)} == {""} and not written_out.functions
+    assert not {n.op_type for n in every_node(written_out.graph)} & {"Loop", "Scan"}
+    for model in (spiking, written_out):
         other = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
         # as in test_convert_minilm: the same ops, up to the order of long sums
         assert np.abs(other - actual).max() < 0.05

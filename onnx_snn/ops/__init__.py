@@ -2,7 +2,8 @@
 
 attach_functions() gives a model the function of every custom op it uses, and of every op those
 functions call (the composite ops run their neurons through the MBENeuron function), so the model
-also runs in runtimes that lack the custom-op library (they inline the functions)."""
+also runs in runtimes that lack the custom-op library (they inline the functions); portable() writes
+every spiking node out in standard ops, for runtimes that read no functions (onnx_snn.ops.portable)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import onnx
 from onnx import helper as oh
 
 from onnx_snn.ops import mbe_neuron, spiking_layernorm, spiking_rmsnorm, spiking_softmax
+from onnx_snn.ops.portable import portable
 from onnx_snn.ops.common import DOMAIN, DOMAIN_VERSION, IR_VERSION, MIN_OPSET
 from onnx_snn.graph import every_node
 
@@ -18,7 +20,7 @@ FUNCTIONS = {m.OP_TYPE: m.function for m in _MODULES}
 # the onnx_snn functions each op's function body calls
 CALLS: dict[str, tuple[str, ...]] = {m.OP_TYPE: tuple(getattr(m, "CALLS", ())) for m in _MODULES}
 
-__all__ = ["CALLS", "DOMAIN", "DOMAIN_VERSION", "FUNCTIONS", "IR_VERSION", "attach_functions", "inline", "mbe_neuron",
+__all__ = ["CALLS", "DOMAIN", "DOMAIN_VERSION", "FUNCTIONS", "IR_VERSION", "attach_functions", "mbe_neuron", "portable",
            "spiking_layernorm", "spiking_rmsnorm", "spiking_softmax"]
 
 
@@ -55,16 +57,3 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     if used and not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(oh.make_opsetid(DOMAIN, DOMAIN_VERSION))
     return model
-
-
-def inline(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with every function inlined: standard ONNX ops only, for runtimes that do not
-    read functions (the onnx_snn domain import goes too)."""
-    import onnx.inliner
-
-    inlined = onnx.inliner.inline_local_functions(model)
-    if not any(n.domain == DOMAIN for n in every_node(inlined.graph)):
-        kept = [o for o in inlined.opset_import if o.domain != DOMAIN]
-        del inlined.opset_import[:]
-        inlined.opset_import.extend(kept)
-    return inlined

@@ -215,60 +215,62 @@ def function(opset: int) -> onnx.FunctionProto:
     )
 
 
-def write_out(b: Body, tables: SlotTables, x: str, channel_scale: str | None = None) -> tuple[str, str]:
+def write_out(b: Body, tables: SlotTables, x: str, channel_scale: str | None = None, select: bool = True
+              ) -> tuple[str, str]:
     """The neuron on every element of x as nodes of standard ops added to `b`, its tables constants:
     (the decoded values, the spikes per element as int32), each in x's shape. The reference's
-    operations in its order (onnx_snn.mbe.neuron), written out: one basis works on x's shape with
-    scalar tables; several run side by side on a leading axis of x flattened ([N, elements]: every
-    runtime broadcasts a [N, 1] table along a long row fast)."""
-    n, steps = tables.bases, tables.timesteps
+    operations in its order (onnx_snn.mbe.neuron), written out, each basis a chain of element-wise
+    ops with scalar constants (compilers fuse such a chain into one loop; a basis axis would
+    broadcast small tables, which they vectorise badly).
+
+    A step selects (select=True: u = u >= threshold ? u - reset : u, a Where, as the reference) or
+    computes with its spike s as a float (1, 0, or -1 for a signed digit): u = u - s * reset,
+    acc = acc + s * weight. Both give the reference's values: s * table is the table's value, its
+    negation or a zero, and adding a zero changes neither u's comparisons nor acc (never -0.0: it
+    starts at 0.0 + s * weight). Runtimes that run one op at a time run arithmetic faster than Where."""
     digits, sign_of_input = tables.signed == SIGNED_DIGITS, tables.signed == SIGN_OF_INPUT
-
-    def table(values: np.ndarray) -> str:  # per basis: a scalar (one basis) or [N, 1]
-        values = np.asarray(values, np.float32)
-        return b.array(values.reshape(()) if n == 1 else values.reshape(n, 1))
-
     scaled = b.op("Mul", x, channel_scale) if channel_scale else x
-    flat = scaled if n == 1 else b.op("Reshape", scaled, b.ints(1, -1))
-    u = b.op("Add", b.op("Mul", flat, table(tables.input_scale)), table(tables.input_offset))
-    if sign_of_input:
-        negative = b.op("Less", u, b.const(0.0))
-        u = b.op("Abs", u)
-    zero = b.const(0.0)
-    acc = count = None
-    for t in range(steps):
-        # u >= threshold as u > the float just below it: the same decision for every u (NaN too),
-        # and Greater is in every runtime's op set
-        below = np.nextafter(tables.threshold[:, t], np.float32(-np.inf)).astype(np.float32)
-        reset, weight = tables.reset[:, t], tables.weight[:, t]
-        up = b.op("Greater", u, table(below))
-        down = b.op("Less", u, table(-below)) if digits else None  # u <= -threshold
-        if t < steps - 1:  # the last step's potential is not read
-            lowered = b.op("Sub", u, table(reset))
-            u = b.op("Where", up, lowered, b.op("Where", down, b.op("Add", u, table(reset)), u) if digits else u)
-        if acc is None:  # acc = 0: 0 + w and 0 + -w in float32, as the reference adds them
-            idle = b.op("Where", down, table(np.float32(0) + -weight), zero) if digits else zero
-            acc = b.op("Where", up, table(np.float32(0) + weight), idle)
-        else:
-            idle = b.op("Where", down, b.op("Sub", acc, table(weight)), acc) if digits else acc
-            acc = b.op("Where", up, b.op("Add", acc, table(weight)), idle)
-        fired = b.op("Cast", up, to=TensorProto.INT32)
-        if digits:
-            fired = b.op("Add", fired, b.op("Cast", down, to=TensorProto.INT32))
-        count = fired if count is None else b.op("Add", count, fired)
-    if sign_of_input:
-        acc = b.op("Where", negative, b.op("Neg", acc), acc)
-    if n == 1:
-        y = b.op("Add", b.const(float(tables.bias)), acc)
-    else:
-        y = b.const(float(tables.bias))
-        for basis in range(n):  # the bases one after another, as the reference sums them
-            y = b.op("Add", y, b.op("Slice", acc, b.ints(basis), b.ints(basis + 1), b.ints(0)))
-        shape = b.op("Shape", scaled)
-        y = b.op("Reshape", y, shape, allowzero=1)  # a 0 in the shape is an empty dim, not "keep"
-        count = b.op("Reshape", b.op("ReduceSum", count, b.ints(0), keepdims=0), shape, allowzero=1)
+    y, count = b.const(float(tables.bias)), None
+    for basis in range(tables.bases):  # the bases one after another, as the reference sums them
+        def const(values: np.ndarray, t: int) -> str:
+            return b.const(float(np.float32(values[basis, t])))
+
+        u = b.op("Add", b.op("Mul", scaled, b.const(float(tables.input_scale[basis]))),
+                 b.const(float(tables.input_offset[basis])))
+        if sign_of_input:
+            negative = b.op("Less", u, b.const(0.0))
+            u = b.op("Abs", u)
+        acc = b.const(0.0)
+        for t in range(tables.timesteps):
+            # u >= threshold as u > the float just below it: the same decision for every u (NaN
+            # too), and Greater is in every runtime's op set
+            below = np.nextafter(tables.threshold[basis, t], np.float32(-np.inf)).astype(np.float32)
+            up = b.op("Greater", u, b.const(float(below)))
+            down = b.op("Less", u, b.const(float(-below))) if digits else None  # u <= -threshold
+            spike = b.op("Cast", up, to=TensorProto.FLOAT)
+            if digits:
+                negative_spike = b.op("Cast", down, to=TensorProto.FLOAT)
+                fired, spike = b.op("Add", spike, negative_spike), b.op("Sub", spike, negative_spike)
+            else:
+                fired = spike
+            last = t == tables.timesteps - 1  # the last step's potential is not read
+            if select:
+                reset, weight = const(tables.reset, t), const(tables.weight, t)
+                if not last:
+                    kept = b.op("Where", down, b.op("Add", u, reset), u) if digits else u
+                    u = b.op("Where", up, b.op("Sub", u, reset), kept)
+                kept = b.op("Where", down, b.op("Sub", acc, weight), acc) if digits else acc
+                acc = b.op("Where", up, b.op("Add", acc, weight), kept)
+            else:
+                if not last:
+                    u = b.op("Sub", u, b.op("Mul", spike, const(tables.reset, t)))
+                acc = b.op("Add", acc, b.op("Mul", spike, const(tables.weight, t)))
+            count = fired if count is None else b.op("Add", count, fired)
+        if sign_of_input:
+            acc = b.op("Where", negative, b.op("Neg", acc), acc)
+        y = b.op("Add", y, acc)
     if channel_scale:
         shape = b.op("Shape", x)  # a scalar x times a [1] scale is [1]: back to x's shape
         y = b.op("Reshape", b.op("Div", y, channel_scale), shape, allowzero=1)
         count = b.op("Reshape", count, shape, allowzero=1)
-    return b.op("Where", b.op("IsNaN", x), x, y), count
+    return b.op("Where", b.op("IsNaN", x), x, y), b.op("Cast", count, to=TensorProto.INT32)

@@ -37,9 +37,10 @@ class NodeBody(blocks.Body):
     """A Body that writes out one node: attributes as constants, neurons and sums written out."""
 
     def __init__(self, node: onnx.NodeProto, opset: int, prefix: str, shapes: dict[str, list | None],
-                 sizes: dict[str, int]) -> None:
+                 sizes: dict[str, int], select: bool) -> None:
         super().__init__(opset, prefix)
         self.node = node
+        self.select = select  # the neurons' steps as Where or as arithmetic (mbe_neuron.write_out)
         self.values = {a.name: oh.get_attribute_value(a) for a in node.attribute}
         self.shapes = shapes  # the static dims (int, or None if unknown) of each formal input known
         self.sizes = sizes  # the number of values of each formal input that is a constant
@@ -52,7 +53,7 @@ class NodeBody(blocks.Body):
 
     def neuron(self, prefix: str, x: str) -> tuple[str, str]:
         tables = SlotTables.from_attributes({name: self.values[prefix + name] for name in mbe_neuron.ATTRIBUTES})
-        y, count = mbe_neuron.write_out(self, tables, x)
+        y, count = mbe_neuron.write_out(self, tables, x, select=self.select)
         return y, self.spike_total(count)
 
     def channel_scale(self) -> str:
@@ -116,7 +117,7 @@ class NodeBody(blocks.Body):
         return self.op("Concat", summed, self.op("Slice", v, pairs, half, along), axis=axis)
 
 
-def portable(model: onnx.ModelProto) -> onnx.ModelProto:
+def portable(model: onnx.ModelProto, select: bool = True) -> onnx.ModelProto:
     """A copy of the spiking `model` in standard ONNX ops only: every onnx_snn node written out (in
     the main graph and in subgraphs), no onnx_snn functions or domain, every node named, values
     typed and shaped where shape inference allows. The input is not modified."""
@@ -130,7 +131,7 @@ def portable(model: onnx.ModelProto) -> onnx.ModelProto:
     for graph in _graphs(out.graph):
         written: list[onnx.NodeProto] = []
         for node in graph.node:
-            written.extend(_write_out(node, opset, names, shapes, sizes) if node.domain == DOMAIN else [_copy(node)])
+            written.extend(_write_out(node, opset, names, shapes, sizes, select) if node.domain == DOMAIN else [_copy(node)])
         del graph.node[:]
         graph.node.extend(written)
     kept = [f for f in out.functions if f.domain != DOMAIN]
@@ -146,19 +147,21 @@ def portable(model: onnx.ModelProto) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(out, data_prop=True)
 
 
-def _write_out(node: onnx.NodeProto, opset: int, names: "_Names", shapes: dict, sizes: dict) -> list[onnx.NodeProto]:
+def _write_out(node: onnx.NodeProto, opset: int, names: "_Names", shapes: dict, sizes: dict, select: bool
+               ) -> list[onnx.NodeProto]:
     """The standard nodes that compute `node`, wired to its inputs and outputs."""
     module = _COMPOSITE.get(node.op_type, mbe_neuron)
     formal_inputs = dict(zip(module.INPUTS, node.input))
     formal_outputs = dict(zip(module.OUTPUTS, node.output))
     body = NodeBody(node, opset, names.fresh(node.name or node.op_type) + "/",
                     {f: shapes.get(a) for f, a in formal_inputs.items() if a},
-                    {f: sizes[a] for f, a in formal_inputs.items() if a in sizes})
+                    {f: sizes[a] for f, a in formal_inputs.items() if a in sizes}, select)
     if node.op_type in _COMPOSITE:
         module.build(body)
     else:
         tables = SlotTables.from_attributes(body.values)
-        y, count = mbe_neuron.write_out(body, tables, "x", "channel_scale" if formal_inputs.get("channel_scale") else None)
+        y, count = mbe_neuron.write_out(body, tables, "x", "channel_scale" if formal_inputs.get("channel_scale") else None,
+                                        select=select)
         formal_outputs = {y: formal_outputs["y"], count: formal_outputs.get("spikes", "")}
     wanted = {f for f, a in formal_outputs.items() if a}
     rename = {**formal_inputs, **formal_outputs}

@@ -7,7 +7,7 @@ V. Expanding every Attention node into that function (onnx's inliner, which buil
 rules run lets the softmax rule make its Softmax spiking, the activation-product rule put identity
 encoders on both products' operands, and the tanh rule take a softcap: the op's meaning is the
 standard's, defined once, not written again here. Why this rather than a composite spiking attention
-op: README ("ONNX Attention").
+op: docs/design.md ("ONNX Attention").
 """
 
 from __future__ import annotations

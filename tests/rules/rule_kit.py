@@ -18,12 +18,15 @@ from onnx import TensorProto
 from onnx import helper as oh
 from onnx import numpy_helper
 
+import error_bounds
+from error_bounds import normalisation_bound, softmax_bound
+
 import onnx_snn
 from onnx_snn.pipeline import convert_with_report
 from onnx_snn.graph import Graph
 from onnx_snn.mbe.neuron import simulate
 from onnx_snn.mbe.presets import preset
-from onnx_snn.neurons import LINEAR_CHANNEL_MARGIN, RANGE_MARGIN, signed_digits
+from onnx_snn.neurons import LINEAR_CHANNEL_MARGIN, RANGE_MARGIN
 from onnx_snn.ops.common import IR_VERSION
 from onnx_snn.rewrite import find_sites
 from onnx_snn.rules import rule_set
@@ -44,10 +47,8 @@ TIMESTEPS = 16
 # error against the original graph is at most the neuron's error against the function plus the
 # gap between the function and what the original computes: float32 rounding (1e-5), and for
 # GELU's tanh forms the tanh approximation itself (max 4.7e-4, RMS 1.7e-4 on [-8, 8]). Those
-# bounds are computed at test time from the preset; the MSE ceilings below are fixed, about 1.5x
-# the values above, so a refitted preset that converts worse fails here.
+# bounds are computed at test time from the preset (how good the presets are is tests/test_fit.py's).
 NEURON_DOMAIN = {"gelu": (-8.0, 8.0), "silu": (-8.0, 8.0), "tanh": (-4.0, 4.0), "sigmoid": (-8.0, 8.0)}
-NEURON_MSE_CEILING = {"gelu": 1.25e-5, "silu": 5.5e-5, "tanh": 1.25e-5, "sigmoid": 3e-6}
 FLOAT32_GAP = 1e-5  # the spiking kernel vs the reference, and the original's float32 rounding
 
 
@@ -207,7 +208,6 @@ def assert_elementwise_conversion(model: onnx.ModelProto, function: str, rule: s
     rms = lambda e: float(np.sqrt(np.mean(e ** 2)))  # noqa: E731
     assert np.max(np.abs(error)) <= np.max(np.abs(neuron_error)) + np.max(np.abs(gap)) + FLOAT32_GAP
     assert rms(error) <= rms(neuron_error) + rms(gap) + FLOAT32_GAP
-    assert rms(error) <= np.sqrt(NEURON_MSE_CEILING[function]) + rms(gap) + FLOAT32_GAP
 
 
 def gelu_product(b: "Builder", x: str, one_plus: str, half: str) -> str:
@@ -514,23 +514,6 @@ def write_rmsnorm(b: Builder, x: str, opset: int = 17, axes=(-1,), keepdims: int
 
 # ---- composite ops (SpikingSoftmax, SpikingLayerNorm, SpikingRMSNorm) ---------------------------------
 
-# Largest error against the original, measured on torch exports (softmax over 8 values; LayerNorm /
-# RMSNorm over 8 with gamma in [0.5, 1.5], beta in [-0.5, 0.5]) for inputs N(mu, s^2) with s from
-# 0.1 to 100, T=16 with the default bases (N=8 exp2, reciprocal, rsqrt; N=4 identity encoders then):
-#     softmax    5.5e-4 absolute (on probabilities)   (4.9e-4 with the presets refitted since; 6.7e-4
-#                with exp2 on 4 bases, 2.3e-3 on 2, the default since, s to 100 and mu from -50 to 50)
-#     layernorm  9.2e-4 x max|y|                      (5.7e-4)
-#     rmsnorm    8.9e-4 x max|y|                      (5.6e-4)
-# It does not depend on the input's scale (the encoders are scaled to the calibrated range, the
-# rsqrt and reciprocal neurons see mantissas). The bounds are about 1.5x the worst measured. The
-# spiking op must also equal its numpy reference run with the expected axis, epsilon, gamma, beta.
-COMPOSITE_ERROR = {  # op kind: (max abs error bound, relative to max|y| unless softmax)
-    "softmax": 3.5e-3,
-    "layernorm": 1.5e-3,
-    "rmsnorm": 1.5e-3,
-}
-
-
 def composite_node(spiking: onnx.ModelProto, op_type: str) -> onnx.NodeProto:
     (node,) = [n for n in spiking.graph.node if n.op_type == op_type]
     return node
@@ -550,12 +533,31 @@ def composite_reference(spiking: onnx.ModelProto, module, x: np.ndarray, **argum
     return module.reference(*tables, x, **arguments)[0]
 
 
+def composite_bound(spiking: onnx.ModelProto, kind: str, x: np.ndarray, expected: np.ndarray,
+                    **arguments) -> np.ndarray:
+    """The error, per element, the converter's neurons on the spiking op allow against the original's
+    `expected` (tests/error_bounds.py); `arguments` as for composite_reference (axis and epsilon, if
+    not given, the node's; gamma, and LayerNorm's beta, the original's)."""
+    from onnx_snn.ops import spiking_layernorm, spiking_rmsnorm, spiking_softmax
+
+    module = {"softmax": spiking_softmax, "layernorm": spiking_layernorm, "rmsnorm": spiking_rmsnorm}[kind]
+    attributes = {a.name: oh.get_attribute_value(a) for a in composite_node(spiking, module.OP_TYPE).attribute}
+    axis = arguments.get("axis", attributes["axis"])
+    if kind == "softmax":
+        return softmax_bound(TIMESTEPS, x, expected, axis)
+    beta = arguments.get("beta")
+    return normalisation_bound(TIMESTEPS, x, expected, np.asarray(arguments["gamma"]),
+                               None if beta is None else np.asarray(beta), axis,
+                               arguments.get("epsilon", attributes["epsilon"]), kind == "layernorm",
+                               attributes.get("channel_scale", [1.0]))
+
+
 def assert_composite_conversion(model: onnx.ModelProto, kind: str, rule: str, x: np.ndarray, kept=(),
                                 **arguments) -> None:
     """Convert a model y = op(x0) and check: one site of `rule`, nothing nonlinear left, the nodes
     (Constants aside) are the spiking op and the op types `kept` ahead of it, the spiking op computes
     its reference with the expected arguments (x0 is its input up to float32 Casts), and it is within
-    the measured error of the original."""
+    the error its neurons allow (composite_bound) of the original."""
     from onnx_snn.ops import spiking_layernorm, spiking_rmsnorm, spiking_softmax
 
     module = {"softmax": spiking_softmax, "layernorm": spiking_layernorm, "rmsnorm": spiking_rmsnorm}[kind]
@@ -566,26 +568,17 @@ def assert_composite_conversion(model: onnx.ModelProto, kind: str, rule: str, x:
     actual = run_spiking(spiking, {"x0": x})[0]
     np.testing.assert_allclose(actual, composite_reference(spiking, module, x, **arguments), rtol=0, atol=1e-6)
     expected = run(model, {"x0": x})[0]
-    scale = 1.0 if kind == "softmax" else float(np.max(np.abs(expected)))
-    assert np.max(np.abs(actual - expected)) <= COMPOSITE_ERROR[kind] * scale
+    error, bound = np.abs(actual - expected), composite_bound(spiking, kind, x, expected, **arguments)
+    assert np.all(error <= bound), f"error {np.max(error):.3g}, {np.max(error / bound):.3g} x its bound"
 
 
 # ---- identity encoders ---------------------------------------------------------------------------------
 
-def _largest_encoder_error() -> float:
-    """The encoder the converter puts on linear layers and products at T=16 (signed digits, one
-    basis, 16 steps), of reach 1: its largest error on [-1/1.1, 1/1.1],
-    the part of its range a calibrated range maps to, on 100,001 points."""
-    x = np.linspace(-1 / RANGE_MARGIN, 1 / RANGE_MARGIN, 100_001).astype(np.float32)
-    return float(np.max(np.abs(simulate(signed_digits(1.0, 16), x)[0] - x)))
-
-
-IDENTITY_MAX_ERROR = _largest_encoder_error()
 # the converter scales an encoder to RANGE_MARGIN x the calibrated magnitude, or, ranging each input
 # feature, to LINEAR_CHANNEL_MARGIN x the widest feature's (each narrower feature decoded finer)
 ENCODER_MARGIN = max(RANGE_MARGIN, LINEAR_CHANNEL_MARGIN)
 
 
 def encoder_error(x: np.ndarray) -> float:
-    """The largest error an identity encoder calibrated on x makes on x."""
-    return ENCODER_MARGIN * float(np.max(np.abs(x))) * IDENTITY_MAX_ERROR
+    """The largest error an identity encoder the converter calibrates on x (at T=16) makes on x."""
+    return error_bounds.encoder_error(TIMESTEPS, x, ENCODER_MARGIN)

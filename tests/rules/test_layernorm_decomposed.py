@@ -8,8 +8,9 @@ chain. -> SpikingLayerNorm, checked end to end against its reference and the ori
 import numpy as np
 import pytest
 import torch
-from rule_kit import (COMPOSITE_ERROR, HIDDEN, Builder, assert_composite_conversion, bert_block, convert, export, gamma_beta,
-                      init, near_misses_of, rules_found, run, run_spiking, search, sites_of, weights, write_layernorm)
+from rule_kit import (HIDDEN, Builder, assert_composite_conversion, bert_block, composite_bound, convert, export,
+                      gamma_beta, init, near_misses_of, rules_found, run, run_spiking, search, sites_of, weights,
+                      write_layernorm)
 
 from onnx_snn.calibrate import Probe
 
@@ -285,8 +286,10 @@ def test_beta_that_only_broadcasts_stays_an_add_after_the_spiking_op():
     assert report.replaced == {RULE: 1}
     assert [n.op_type for n in spiking.graph.node if n.op_type != "Constant"] == ["SpikingLayerNorm", "Add"]
     expected = run(model, {"x0": x})[0]
-    assert np.max(np.abs(run_spiking(spiking, {"x0": x})[0] - expected)) <= COMPOSITE_ERROR["layernorm"] * np.max(
-        np.abs(expected))
+    w = weights(model)
+    bound = composite_bound(spiking, "layernorm", x, expected, gamma=w["gamma"],
+                            beta=np.broadcast_to(w["beta"], HIDDEN))
+    assert np.all(np.abs(run_spiking(spiking, {"x0": x})[0] - expected) <= bound)
 
 
 @pytest.mark.parametrize("rank_declared", [True, False], ids=["rank-declared", "rank-unknown"])

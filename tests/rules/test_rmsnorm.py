@@ -383,9 +383,10 @@ def test_qoperator_near_miss_is_not_rewritten_and_says_why(form, reason):
 
 
 def test_qoperator_rmsnorm_converts_within_the_op_error_and_the_originals_rounding():
-    """Bound: the spiking op's error (COMPOSITE_ERROR x max|y|) plus the quantized original's own gap
-    to the exact RMSNorm of the same x, plus one output step (8/127)."""
-    from rule_kit import COMPOSITE_ERROR, run, run_spiking
+    """Bound: the error the spiking op's neurons allow (rule_kit.composite_bound, against the exact
+    RMSNorm) plus the quantized original's own gap to the exact RMSNorm of the same x, plus one
+    output step (8/127)."""
+    from rule_kit import composite_bound, run, run_spiking
 
     model = qoperator_rmsnorm_graph()
     x0 = np.random.default_rng(0).uniform(-4, 4, (64, HIDDEN)).astype(np.float32)
@@ -395,5 +396,5 @@ def test_qoperator_rmsnorm_converts_within_the_op_error_and_the_originals_roundi
     x = x0.astype(np.float64)
     gamma = np.round(np.linspace(0.5, 1.5, HIDDEN) / (1.5 / 127)) * (1.5 / 127)  # as quantized
     exact = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + 1e-5) * gamma
-    bound = COMPOSITE_ERROR["rmsnorm"] * np.abs(exact).max() + np.abs(original - exact).max() + 8 / 127
-    assert np.abs(actual - original).max() <= bound, (np.abs(actual - original).max(), bound)
+    bound = composite_bound(spiking, "rmsnorm", x0, exact, gamma=gamma) + np.abs(original - exact).max() + 8 / 127
+    assert np.all(np.abs(actual - original) <= bound), np.max(np.abs(actual - original) - bound)

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 from onnx import helper as oh
-from rule_kit import (assert_composite_conversion, bert_block, convert, export, graph_model, init, rules_found, run,
-                      run_spiking, search, sites_of)
+from error_bounds import ULP
+from rule_kit import (assert_composite_conversion, bert_block, composite_bound, convert, export, graph_model, init,
+                      rules_found, run, run_spiking, search, sites_of)
 
 RULE = "softmax"
 
@@ -71,7 +72,12 @@ def test_masked_positions_are_exactly_zero_after_conversion():
     y = run_spiking(spiking, feeds)[0]
     assert np.all(y[1, :, 4:] == 0)
     assert np.all(y[1, :, :4] > 0)
-    np.testing.assert_allclose(y.sum(-1), 1.0, atol=2e-3)
+    # within the error its neurons allow, each entry and so each row's sum (the original's is 1)
+    logits = scores + (1.0 - mask) * np.finfo(np.float32).min
+    expected = run(model, feeds)[0]
+    bound = composite_bound(spiking, "softmax", logits, expected, axis=-1)
+    assert np.all(np.abs(y - expected) <= bound)
+    assert np.all(np.abs(y.sum(-1, dtype=np.float64) - 1.0) <= bound.sum(-1) + 8 * ULP)
 
 
 # ---- QOperator: com.microsoft QLinearSoftmax -------------------------------------------------------
@@ -94,9 +100,17 @@ def test_qlinear_softmax_becomes_spiking_softmax_between_dequantize_and_quantize
     assert report.replaced == {RULE: 1} and report.left == []
     ops = [n.op_type for n in spiking.graph.node]
     assert ops == ["QuantizeLinear", "DequantizeLinear", "SpikingSoftmax", "QuantizeLinear", "DequantizeLinear"]
-    # the probabilities come back as uint8 steps of 1/256: the spiking softmax's error (~1e-3) moves
-    # a value by at most one step
-    np.testing.assert_allclose(run_spiking(spiking, {"x0": x})[0], run(model, {"x0": x})[0], rtol=0, atol=1 / 256 + 1e-7)
+    # the probabilities come back as uint8 steps of 1/256: the spiking softmax's error, at most b (its
+    # bound on the dequantized scores), moves a value by at most floor(b / step) + 1 steps from the
+    # rounded exact softmax; the original is that up to its own rounding (gap)
+    step = 1 / 256
+    scores = ((np.clip(np.round(x / 0.05) + 128, 0, 255) - 128) * 0.05).astype(np.float32)  # xs, xz
+    exact = np.exp(scores - scores.max(-1, keepdims=True).astype(np.float64))
+    exact /= exact.sum(-1, keepdims=True)
+    original = run(model, {"x0": x})[0]
+    gap = np.abs(original - np.round(exact / step) * step)
+    bound = step * np.floor(composite_bound(spiking, "softmax", scores, exact, axis=-1) / step + 1) + gap + 1e-7
+    assert np.all(np.abs(run_spiking(spiking, {"x0": x})[0] - original) <= bound)
 
 
 def test_qlinear_softmax_of_old_semantics_on_another_axis_is_a_near_miss():
