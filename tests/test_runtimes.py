@@ -18,7 +18,7 @@ from onnx import helper as oh
 from spiking_op_helpers import assert_same
 
 import onnx_snn
-from onnx_snn import runtimes
+from onnx_snn import ops, runtimes
 from onnx_snn.ops.common import DOMAIN, KIND_KEY, single_node_model, tags
 
 pytest.importorskip("torch")
@@ -29,15 +29,9 @@ OTHERS = [r for r in runtimes.RUNTIMES if r != "onnxruntime"]
 # (no FMA instructions); OpenVINO's CPU plugin fuses Mul->Add whatever it is told
 EXACT = {"onnxruntime-portable": {}, "onnx.reference": {}, "tract": {}, "torch": {}, "iree": {"target_cpu": "generic"}}
 KINDS = ("layernorm", "softmax", "gelu", "encoder", "product-encoder")
+STEPS = {"select": True, "arithmetic": False}  # the portable form's two ways of writing a neuron's steps
 COSINE = 0.9995
 INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
-
-
-def standard_form(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model in standard ONNX ops, written for other runtimes."""
-    from onnx_snn.ops.portable import portable
-
-    return portable(model)
 
 
 def available(runtime: str) -> None:
@@ -103,8 +97,8 @@ def spiking_bert() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
 
 @pytest.fixture(scope="module")
 def spiking_ops(spiking_bert) -> dict[str, tuple[onnx.ModelProto, dict, list]]:
-    """kind -> (the first spiking node of that kind as a one-node model in standard form, the
-    activations it meets in the model, the library's outputs on them)."""
+    """kind -> (the first spiking node of that kind as a one-node model, the activations it meets in
+    the model, the library's outputs on them)."""
     model, feeds = spiking_bert
     nodes = {}
     for node in model.graph.node:
@@ -127,23 +121,25 @@ def spiking_ops(spiking_bert) -> dict[str, tuple[onnx.ModelProto, dict, list]]:
                                [oh.make_tensor_value_info(node.output[0], TensorProto.FLOAT, None)])
         op.graph.initializer.extend(initializers[i] for i in node.input[1:] if i)
         op_feeds = {node.input[0]: values[node.input[0]]}
-        result[kind] = (standard_form(op), op_feeds, onnx_snn.session(op).run(None, op_feeds))
+        result[kind] = (op, op_feeds, onnx_snn.session(op).run(None, op_feeds))
     return result
 
 
+@pytest.mark.parametrize("steps", STEPS)
 @pytest.mark.parametrize("runtime", EXACT)
 @pytest.mark.parametrize("kind", KINDS)
-def test_each_spiking_op_gives_the_library_bits(spiking_ops, kind, runtime):
+def test_each_spiking_op_gives_the_library_bits(spiking_ops, kind, runtime, steps):
     available(runtime)
     model, feeds, expected = spiking_ops[kind]
-    outputs = runtimes.load(runtime, model, **EXACT[runtime])(feeds)
-    assert_same(outputs[0], expected[0], f"{kind} in {runtime}")
+    outputs = runtimes.load(runtime, ops.portable(model, select=STEPS[steps]), **EXACT[runtime])(feeds)
+    assert_same(outputs[0], expected[0], f"{kind} in {runtime}, {steps} steps")
 
 
+@pytest.mark.parametrize("steps", STEPS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_openvino_fuses_multiply_adds_but_stays_close(spiking_ops, kind):
+def test_openvino_fuses_multiply_adds_but_stays_close(spiking_ops, kind, steps):
     model, feeds, expected = spiking_ops[kind]
-    y = runtimes.load("openvino", model)(feeds)[0]
+    y = runtimes.load("openvino", ops.portable(model, select=STEPS[steps]))(feeds)[0]
     assert y.shape == expected[0].shape and cosine(y, expected[0]) >= COSINE
 
 
@@ -152,7 +148,7 @@ def test_whole_model_close_to_the_library(spiking_bert, runtime):
     model, feeds = spiking_bert
     available(runtime)
     expected = onnx_snn.session(model).run(None, feeds)[0]
-    y = runtimes.load(runtime, standard_form(model))(feeds)[0]
+    y = runtimes.load(runtime, ops.portable(model))(feeds)[0]
     assert y.shape == expected.shape
     assert cosine(y, expected) >= COSINE, runtime
 
@@ -190,5 +186,5 @@ def test_minilm_in_every_runtime(runtime):
     feeds = next(token_batches(minilm_tokenizer(), ["A spiking network reads this sentence.", "And this one."]))
     dims = {"batch": feeds["input_ids"].shape[0], "sequence": feeds["input_ids"].shape[1]}
     expected = onnx_snn.session(model).run(None, feeds)[0]
-    y = runtimes.load(runtime, standard_form(model), dims=dims)(feeds)[0]
+    y = runtimes.load(runtime, ops.portable(model), dims=dims)(feeds)[0]
     assert cosine(y, expected) >= COSINE, runtime
