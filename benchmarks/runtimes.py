@@ -60,7 +60,7 @@ def main() -> None:
 
     path = export_minilm("legacy17")
     spiking = onnx_snn.convert(path, timesteps=args.timesteps, calibration=calibration_batches(), check=False)
-    forms = {steps: ops.portable(spiking, select=steps == "select") for steps in args.steps}
+    forms = {steps: ops.portable(spiking, steps) for steps in args.steps}
     dims = None if args.dynamic else {"batch": args.batch, "sequence": args.sequence}
     rng = np.random.default_rng(0)
     shape = (args.batch, args.sequence)

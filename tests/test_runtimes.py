@@ -29,7 +29,7 @@ OTHERS = [r for r in runtimes.RUNTIMES if r != "onnxruntime"]
 # (no FMA instructions); OpenVINO's CPU plugin fuses Mul->Add whatever it is told
 EXACT = {"onnxruntime-portable": {}, "onnx.reference": {}, "tract": {}, "torch": {}, "iree": {"target_cpu": "generic"}}
 KINDS = ("layernorm", "softmax", "gelu", "encoder", "product-encoder")
-STEPS = {"select": True, "arithmetic": False}  # the portable form's two ways of writing a neuron's steps
+STEPS = ops.PORTABLE_STEPS  # the portable form's two ways of writing a neuron's steps
 COSINE = 0.9995
 INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 
@@ -131,7 +131,7 @@ def spiking_ops(spiking_bert) -> dict[str, tuple[onnx.ModelProto, dict, list]]:
 def test_each_spiking_op_gives_the_library_bits(spiking_ops, kind, runtime, steps):
     available(runtime)
     model, feeds, expected = spiking_ops[kind]
-    outputs = runtimes.load(runtime, ops.portable(model, select=STEPS[steps]), **EXACT[runtime])(feeds)
+    outputs = runtimes.load(runtime, ops.portable(model, steps), **EXACT[runtime])(feeds)
     assert_same(outputs[0], expected[0], f"{kind} in {runtime}, {steps} steps")
 
 
@@ -139,7 +139,7 @@ def test_each_spiking_op_gives_the_library_bits(spiking_ops, kind, runtime, step
 @pytest.mark.parametrize("kind", KINDS)
 def test_openvino_fuses_multiply_adds_but_stays_close(spiking_ops, kind, steps):
     model, feeds, expected = spiking_ops[kind]
-    y = runtimes.load("openvino", ops.portable(model, select=STEPS[steps]))(feeds)[0]
+    y = runtimes.load("openvino", ops.portable(model, steps))(feeds)[0]
     assert y.shape == expected[0].shape and cosine(y, expected[0]) >= COSINE
 
 
