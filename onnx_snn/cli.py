@@ -57,7 +57,8 @@ def _convert(args: argparse.Namespace) -> int:
                                         hybrid=args.hybrid, rules=args.rules, bases=dict(args.bases or []),
                                         identity_code=args.identity_code, op_timesteps=dict(args.op_timesteps or []),
                                         reencode=not args.no_reencode, progress=not args.json and sys.stderr.isatty(),
-                                        check=not args.no_check, strict=args.strict, portable=args.portable)
+                                        check=not args.no_check, strict=args.strict, portable=args.portable,
+                                        fix_dims=dict(args.fix_dims or []))
     seconds = time.perf_counter() - start  # calibration, rewrite, check and writing out, as the demo's "convert s"
     source_dir = os.path.dirname(os.path.abspath(args.input))
     model_io.save(model, args.output, source_dir)
@@ -182,11 +183,17 @@ def _triton_repo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bases(text: str) -> tuple[str, int]:
-    function, _, count = text.partition("=")
-    if not count.isdigit() or int(count) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected FUNCTION=N, e.g. gelu=8")
-    return function, int(count)
+def _name_equals_count(what: str, example: str):
+    """An argparse type for WHAT=N (N >= 1), e.g. gelu=8."""
+    def parse(text: str) -> tuple[str, int]:
+        name, _, count = text.partition("=")
+        if not name or not count.isdigit() or int(count) < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {what}=N, e.g. {example}")
+        return name, int(count)
+    return parse
+
+
+_bases = _name_equals_count("FUNCTION", "gelu=8")
 
 
 def _bases_option(command: argparse.ArgumentParser) -> None:
@@ -280,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--hybrid", action="store_true", help="convert only the nonlinear ops (no encoders on linear layers)")
     convert.add_argument("--rules", nargs="+", metavar="RULE", choices=RULE_NAMES,
                          help=f"apply only these rules: {', '.join(RULE_NAMES)}")
+    convert.add_argument("--fix-dims", nargs="+", type=_name_equals_count("DIM", "batch=8"), metavar="DIM=N",
+                         action="extend", help="give the model's symbolic input dims fixed sizes, e.g. batch=8 "
+                                               "sequence=128, after the check: for runtimes that compile for static "
+                                               "shapes (IREE, tract); --portable then writes static sums")
     convert.add_argument("--portable", "--inline", nargs="?", const="arithmetic", choices=PORTABLE_STEPS,
                          help="write every spiking op out in standard ONNX ops (no custom ops, functions or loops) "
                               "for other runtimes and compilers, its neuron steps as arithmetic (the default: "

@@ -7,6 +7,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Mapping
 
 import onnx
 
@@ -173,3 +174,42 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, source_dir: str | None
         for name in tmp_files:
             if os.path.exists(name):
                 os.unlink(name)
+
+
+def input_dim_params(model: onnx.ModelProto) -> set[str]:
+    """The names of the symbolic dims of the model's inputs."""
+    return {d.dim_param for i in model.graph.input for d in i.type.tensor_type.shape.dim if d.dim_param}
+
+
+def fix_dims(model: onnx.ModelProto, dims: Mapping[str, int]) -> onnx.ModelProto:
+    """A copy of `model` with the named symbolic dims fixed wherever they occur (onnxruntime's tool
+    for it, as `python -m onnxruntime.tools.make_dynamic_shape_fixed` does), the inner shapes inferred again."""
+    from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
+
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for param, value in dims.items():
+        make_dim_param_fixed(fixed.graph, param, value)
+    return _shapes_inferred_again(fixed)
+
+
+def fix_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """A copy of `model` with the named inputs' shapes fixed (onnxruntime's make_input_shape_fixed),
+    the inner shapes inferred again."""
+    from onnxruntime.tools.onnx_model_utils import make_input_shape_fixed
+
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for name, shape in shapes.items():
+        make_input_shape_fixed(fixed.graph, name, list(shape))
+    return _shapes_inferred_again(fixed)
+
+
+def _shapes_inferred_again(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model's value_info and outputs inferred from its inputs' shapes: inner values keep no
+    symbolic dim that a fixed input has made known (tract refuses a symbol where it knows the value)."""
+    from onnxruntime.tools.onnx_model_utils import fix_output_shapes
+
+    del model.graph.value_info[:]
+    fix_output_shapes(model)
+    return onnx.shape_inference.infer_shapes(model, data_prop=True)

@@ -38,7 +38,9 @@ def convert(model: str | os.PathLike | onnx.ModelProto, *, timesteps: int = 16, 
     re-encode a many-basis activation that feeds wide linear layers with a one-basis encoder where
     that costs fewer accumulations), portable (None, or "arithmetic" or "select" (True: "arithmetic"):
     every spiking op written out in standard ONNX ops with its neuron steps in that style, for
-    runtimes without the custom-op library; onnx_snn.ops.portable), progress (bool), check (bool: run
+    runtimes without the custom-op library; onnx_snn.ops.portable), fix_dims (dict: symbolic input
+    dims given fixed sizes, e.g. {"batch": 8}, after the check; for compilers that want static
+    shapes), progress (bool), check (bool: run
     the spiking model on the first calibration batch and compare it with the original's outputs),
     strict (bool: raise ConversionError if the result is not fully spiking: a nonlinear op left on
     activations or, unless hybrid, MACs not spike-driven; Report.shortfall says which)."""
@@ -70,6 +72,7 @@ def convert_with_report(
     op_timesteps: dict[str, int] | None = None,
     reencode: bool = True,
     portable: bool | str | None = None,
+    fix_dims: dict[str, int] | None = None,
     progress: bool = False,
     check: bool = True,
     strict: bool = False,
@@ -85,6 +88,10 @@ def convert_with_report(
         raise ConversionError(f"{where}: {e}") from None
     spiking, model_dir = model_io.load(model)
     validate(spiking, model_dir, where)
+    unknown_dims = set(fix_dims or {}) - model_io.input_dim_params(spiking)
+    if unknown_dims:
+        raise ConversionError(f"{where}: no input has a dim named {', '.join(sorted(unknown_dims))} (its symbolic "
+                              f"dims: {', '.join(sorted(model_io.input_dim_params(spiking))) or 'none'})")
     graph, types, expanded, fused_left = normalise(spiking)
     batches, synthesized = cal.iter_batches(spiking, calibration, model_dir=model_dir)
 
@@ -103,8 +110,6 @@ def convert_with_report(
     ops.attach_functions(spiking)
     # functions need IR 8; newer than IR_VERSION is what older onnxruntime versions reject
     spiking.ir_version = max(8, min(spiking.ir_version or ops.IR_VERSION, ops.IR_VERSION))
-    if portable:
-        spiking = ops.portable(spiking, "arithmetic" if portable is True else portable)
     model_io.check(spiking, full_check=True)
 
     replaced, by_kind = count_sites(expanded + sites)
@@ -121,6 +126,13 @@ def convert_with_report(
         raise ConversionError(f"{where}: {report.shortfall()}; the model is not fully spiking (strict)")
     if check:
         report.check = compare(calibration_result.first_outputs, spiking, model_dir, calibration_result.first_batch)
+    # after the check, which runs the calibration batch's shapes; written out, the ops compute the
+    # kernels' bits in onnxruntime (tests/test_portable.py)
+    if fix_dims:
+        spiking = model_io.fix_dims(spiking, fix_dims)
+    if portable:
+        spiking = ops.portable(spiking, "arithmetic" if portable is True else portable)
+        model_io.check(spiking, full_check=True)
     return spiking, report
 
 

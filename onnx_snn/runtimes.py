@@ -36,6 +36,8 @@ from typing import Callable, Mapping, Union
 import numpy as np
 import onnx
 
+from onnx_snn.model_io import fix_dims, fix_shapes
+
 Run = Callable[[Mapping[str, np.ndarray]], list]
 ModelLike = Union[str, os.PathLike, onnx.ModelProto]
 
@@ -68,40 +70,6 @@ def load(name: str, model: ModelLike, *, dims: Mapping[str, int] | None = None, 
         if not all(_static(value) for value in proto.graph.input):
             return _per_shape(lambda shapes: _LOADERS[name](fix_shapes(proto, shapes), **options), proto)
     return _LOADERS[name](model, **options)
-
-
-def fix_dims(model: onnx.ModelProto, dims: Mapping[str, int]) -> onnx.ModelProto:
-    """A copy of `model` with the named symbolic dims fixed wherever they occur (onnxruntime's tool
-    for it, as `python -m onnxruntime.tools.make_dynamic_shape_fixed` does), the inner shapes inferred again."""
-    from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
-
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
-    for param, value in dims.items():
-        make_dim_param_fixed(fixed.graph, param, value)
-    return _shapes_inferred_again(fixed)
-
-
-def fix_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> onnx.ModelProto:
-    """A copy of `model` with the named inputs' shapes fixed (onnxruntime's make_input_shape_fixed),
-    the inner shapes inferred again."""
-    from onnxruntime.tools.onnx_model_utils import make_input_shape_fixed
-
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
-    for name, shape in shapes.items():
-        make_input_shape_fixed(fixed.graph, name, list(shape))
-    return _shapes_inferred_again(fixed)
-
-
-def _shapes_inferred_again(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model's value_info and outputs inferred from its inputs' shapes: inner values keep no
-    symbolic dim that a fixed input has made known (tract refuses a symbol where it knows the value)."""
-    from onnxruntime.tools.onnx_model_utils import fix_output_shapes
-
-    del model.graph.value_info[:]
-    fix_output_shapes(model)
-    return onnx.shape_inference.infer_shapes(model, data_prop=True)
 
 
 def _static(value: onnx.ValueInfoProto) -> bool:

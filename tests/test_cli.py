@@ -113,6 +113,19 @@ def test_portable_writes_standard_onnx_only(tmp_path, option):
     assert np.max(np.abs(y - expected)) < 0.02
 
 
+def test_fix_dims_gives_a_static_portable_model(tmp_path):
+    source, out = str(small_model(tmp_path / "in.onnx")), tmp_path / "static.onnx"
+    run = cli("convert", source, "-o", str(out), "--portable", "--fix-dims", "b=5")
+    assert run.returncode == 0, run.stderr
+    model = onnx.load(str(out))
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [5, 4]
+    assert "Shape" not in {n.op_type for n in model.graph.node}  # nothing left to compute at run time
+    unknown = cli("convert", source, "-o", str(tmp_path / "x.onnx"), "--fix-dims", "batch=5")
+    assert unknown.returncode == 1 and "no input has a dim named batch (its symbolic dims: b)" in unknown.stderr
+    assert not (tmp_path / "x.onnx").exists()
+    assert cli("convert", source, "-o", str(tmp_path / "x.onnx"), "--fix-dims", "b=0").returncode == 2
+
+
 def test_energy_of_a_portable_model_says_to_measure_the_library_form(tmp_path):
     source, out = str(small_model(tmp_path / "in.onnx")), str(tmp_path / "portable.onnx")
     assert cli("convert", source, "-o", out, "--portable").returncode == 0

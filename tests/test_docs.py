@@ -138,7 +138,7 @@ def concrete(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
                 token = "16"
             elif action.type is float:
                 token = "1.0"
-            elif action.type is not None and action.type.__name__ == "_bases":
+            elif action.metavar and "=" in action.metavar:  # NAME=N
                 token = "gelu=4"
         out.append(token)
     return out
