@@ -5,10 +5,11 @@ runtimes and compilers that run neither the custom-op library nor functions, Loo
 Each node is written out from its own attributes, with the same code that writes the op's function
 body (each op's `build`, onnx_snn.ops.blocks), specialised by `NodeBody`:
 * the node's attributes are constant tensors, its neurons' T steps written out with the tables as
-  constants (onnx_snn.ops.mbe_neuron.write_out), the bases on a leading axis;
+  constants (onnx_snn.ops.mbe_neuron.write_out), each basis a chain of element-wise ops;
 * the fixed-order halving sums written out, one Slice/Add/Concat level per halving: ceil(log2 n)
   levels where n is known (a norm's width; a softmax's axis when shape inference gives it), else
   MAX_LEVELS levels on lengths read from the shape (a level on a length of 1 changes nothing);
+* a norm over x's last axis works on x itself, with no Reshape;
 * spike counts only where the model reads them;
 * a neuron step in one of two STEPS styles, the same values: "arithmetic" (the spike as a float
   times the tables: runtimes that run one op at a time, onnxruntime and OpenVINO, run it fastest,
