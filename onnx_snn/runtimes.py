@@ -20,7 +20,8 @@ form is written for the intersection):
   infers the inner shapes again): IREE miscompiles Reshape over dynamic dims and cannot lower
   ReduceProd over an unknown length; tract cannot type a Flatten of two symbolic dims. `dims`
   ({"batch": 8, ...}) fixes symbolic dims by name for any runtime.
-- IREE cannot lower Constant nodes with value_floats/value_ints (tensor values only).
+- constants: IREE cannot lower Constant(value_floats=...); onnx2torch's ReduceSum fails on axes from a
+  Constant(value_ints=...). Tensor values (`value=`, initializers) work everywhere.
 - OpenVINO and IREE (target cpu "host") fuse Mul->Add into fused multiply-adds, so their results
   differ from onnxruntime's in the last bits; IREE with target_cpu="generic" does not.
 """
