@@ -150,7 +150,7 @@ def portable(model: onnx.ModelProto, steps: str = "arithmetic") -> onnx.ModelPro
     out = onnx.ModelProto()
     out.CopyFrom(model)
     opset = next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx"))
-    inferred = onnx.shape_inference.infer_shapes(out)
+    inferred = _shapes_inferred(out, data_prop=False)
     shapes = {v.name: _dims(v) for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
     sizes = {t.name: math.prod(t.dims) for t in _constant_tensors(out)}
     names = _Names(out)
@@ -173,7 +173,7 @@ def portable(model: onnx.ModelProto, steps: str = "arithmetic") -> onnx.ModelPro
         if not node.name:
             node.name = names.fresh(node.op_type)
     del out.graph.value_info[:]
-    return onnx.shape_inference.infer_shapes(out, data_prop=True)
+    return _shapes_inferred(out, data_prop=True)
 
 
 def _write_out(node: onnx.NodeProto, opset: int, names: "_Names", shapes: dict, sizes: dict, select: bool
@@ -222,6 +222,15 @@ def _widely_supported(node: onnx.NodeProto, names: "_Names", shapes: dict) -> li
                              value=numpy_helper.from_array(np.array([-1, 1], np.int64), target)),
                 oh.make_node("Reshape", [node.input[0], target], list(node.output), name=name)]
     return [_copy(node)]
+
+
+def _shapes_inferred(model: onnx.ModelProto, data_prop: bool) -> onnx.ModelProto:
+    """The model with the shapes onnx infers; as it is where the model is too large to infer in memory
+    (2 GiB: the ops are then written for unknown shapes, still right)."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=data_prop)
+    except ValueError:
+        return model
 
 
 def _axis(node: onnx.NodeProto, default: int) -> int:
