@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--runtimes", nargs="+", default=DEFAULT, choices=[r for r in runtimes.RUNTIMES if r != LIBRARY])
-    parser.add_argument("--steps", nargs="+", choices=["select", "arithmetic"], default=["select"])
+    parser.add_argument("--steps", nargs="+", choices=list(ops.PORTABLE_STEPS), default=list(ops.PORTABLE_STEPS))
     parser.add_argument("--dynamic", action="store_true", help="keep the batch and sequence dims symbolic")
     args = parser.parse_args()
 

@@ -2,8 +2,8 @@
 BERT (hidden 64, 2 layers) converted at T=16 and written in standard ONNX runs in onnxruntime without
 the library, onnx.reference, OpenVINO (f32), tract, IREE (llvm-cpu) and PyTorch (onnx2torch):
 - each spiking op of it (one of each kind: layer norm, softmax, GELU, encoder, product encoder), on
-  the activations it meets in the model, gives the library's bits wherever the runtime does not fuse
-  multiply-adds (OpenVINO and IREE on the host CPU do: there, the same values to a few float32 ulps);
+  the activations it meets in the model, in both ways of writing the steps, gives the library's bits
+  in every runtime (IREE compiled without FMA instructions: it fuses multiply-adds for the host CPU);
 - the whole model's output is within cosine 0.9995 of the library's.
 The runtimes of the `test` extra must be installed; onnx2torch (not in it) is skipped when absent,
 with its install line. The real MiniLM in each runtime is slow (-m slow)."""
@@ -25,9 +25,11 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 OTHERS = [r for r in runtimes.RUNTIMES if r != "onnxruntime"]
-# the runtimes that round as the kernels do, with their options: IREE compiled for a generic x86-64
-# (no FMA instructions); OpenVINO's CPU plugin fuses Mul->Add whatever it is told
-EXACT = {"onnxruntime-portable": {}, "onnx.reference": {}, "tract": {}, "torch": {}, "iree": {"target_cpu": "generic"}}
+# the runtimes that round as the kernels do, with their options: IREE compiled for a generic x86-64 (for
+# the host CPU it fuses the norms' affine Mul->Add into FMAs: 64 of 3072 layer-norm values differ);
+# OpenVINO fuses Mul->Add into FMAs too, but in none of these ops (measured)
+EXACT = {"onnxruntime-portable": {}, "onnx.reference": {}, "openvino": {}, "tract": {}, "torch": {},
+         "iree": {"target_cpu": "generic"}}
 KINDS = ("layernorm", "softmax", "gelu", "encoder", "product-encoder")
 STEPS = ops.PORTABLE_STEPS  # the portable form's two ways of writing a neuron's steps
 COSINE = 0.9995
@@ -133,14 +135,6 @@ def test_each_spiking_op_gives_the_library_bits(spiking_ops, kind, runtime, step
     model, feeds, expected = spiking_ops[kind]
     outputs = runtimes.load(runtime, ops.portable(model, steps), **EXACT[runtime])(feeds)
     assert_same(outputs[0], expected[0], f"{kind} in {runtime}, {steps} steps")
-
-
-@pytest.mark.parametrize("steps", STEPS)
-@pytest.mark.parametrize("kind", KINDS)
-def test_openvino_fuses_multiply_adds_but_stays_close(spiking_ops, kind, steps):
-    model, feeds, expected = spiking_ops[kind]
-    y = runtimes.load("openvino", ops.portable(model, steps))(feeds)[0]
-    assert y.shape == expected[0].shape and cosine(y, expected[0]) >= COSINE
 
 
 @pytest.mark.parametrize("runtime", OTHERS)
