@@ -117,3 +117,23 @@ def test_spike_counts_are_written_out_only_where_read():
     unread, _ = OPS["gelu"]
     assert "Cast" not in {n.op_type for n in portable(unread, "select").graph.node}
     assert "Cast" in {n.op_type for n in with_counts.graph.node}
+
+
+def test_ops_some_runtimes_mistake_become_their_equivalents():
+    """GreaterOrEqual, LessOrEqual (onnx2torch, IREE) and a Flatten at the last axis (onnx2torch) of
+    the model itself: the same outputs, NaN and infinities included."""
+    nodes = [oh.make_node("GreaterOrEqual", ["a", "b"], ["ge"], name="ge"),
+             oh.make_node("LessOrEqual", ["a", "b"], ["le"], name="le"),
+             oh.make_node("Flatten", ["a"], ["flat"], axis=2, name="flat")]
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info(n, TensorProto.FLOAT, ["r", 4]) for n in "ab"],
+                          [oh.make_tensor_value_info(n, t, None) for n, t in
+                           (("ge", TensorProto.BOOL), ("le", TensorProto.BOOL), ("flat", TensorProto.FLOAT))])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+    written_out = portable(model)
+    assert not {n.op_type for n in written_out.graph.node} & {"GreaterOrEqual", "LessOrEqual", "Flatten"}
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, 2.0, -1.0], np.float32)
+    a, b = np.meshgrid(special, special)
+    feeds = {"a": a.reshape(-1, 4), "b": b.reshape(-1, 4)}
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    for actual, wanted in zip(ort.InferenceSession(written_out.SerializeToString()).run(None, feeds), expected):
+        assert_same(actual, wanted, "rewritten op")

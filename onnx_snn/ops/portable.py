@@ -10,6 +10,10 @@ body (each op's `build`, onnx_snn.ops.blocks), specialised by `NodeBody`:
   levels where n is known (a norm's width; a softmax's axis when shape inference gives it), else
   MAX_LEVELS levels on lengths read from the shape (a level on a length of 1 changes nothing);
 * a norm over x's last axis works on x itself, with no Reshape;
+* two of the model's own ops that some runtimes mistake become their equivalents: GreaterOrEqual
+  and LessOrEqual are Greater or Less, Or Equal (the same for every input, NaN too: onnx2torch and
+  IREE take neither at opset 16 and later), and a Flatten at the last axis is a Reshape to [-1, 1]
+  (onnx2torch fails on it; BERT's export has one);
 * spike counts only where the model reads them;
 * a neuron step in one of two STEPS styles, the same values: "arithmetic" (the spike as a float
   times the tables: runtimes that run one op at a time, onnxruntime and OpenVINO, run it fastest,
@@ -26,6 +30,7 @@ import math
 import numpy as np
 import onnx
 from onnx import helper as oh
+from onnx import numpy_helper
 
 from onnx_snn.graph import every_node
 from onnx_snn.mbe.neuron import SlotTables
@@ -145,14 +150,17 @@ def portable(model: onnx.ModelProto, steps: str = "arithmetic") -> onnx.ModelPro
     out = onnx.ModelProto()
     out.CopyFrom(model)
     opset = next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx"))
-    inferred = onnx.shape_inference.infer_shapes(out)
+    inferred = _shapes_inferred(out, data_prop=False)
     shapes = {v.name: _dims(v) for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
     sizes = {t.name: math.prod(t.dims) for t in _constant_tensors(out)}
     names = _Names(out)
     for graph in _graphs(out.graph):
         written: list[onnx.NodeProto] = []
         for node in graph.node:
-            written.extend(_write_out(node, opset, names, shapes, sizes, select) if node.domain == DOMAIN else [_copy(node)])
+            if node.domain == DOMAIN:
+                written.extend(_write_out(node, opset, names, shapes, sizes, select))
+            else:
+                written.extend(_widely_supported(node, names, shapes))
         del graph.node[:]
         graph.node.extend(written)
     kept = [f for f in out.functions if f.domain != DOMAIN]
@@ -165,7 +173,7 @@ def portable(model: onnx.ModelProto, steps: str = "arithmetic") -> onnx.ModelPro
         if not node.name:
             node.name = names.fresh(node.op_type)
     del out.graph.value_info[:]
-    return onnx.shape_inference.infer_shapes(out, data_prop=True)
+    return _shapes_inferred(out, data_prop=True)
 
 
 def _write_out(node: onnx.NodeProto, opset: int, names: "_Names", shapes: dict, sizes: dict, select: bool
@@ -192,6 +200,41 @@ def _write_out(node: onnx.NodeProto, opset: int, names: "_Names", shapes: dict, 
         n.output[:] = [rename.get(v, v) for v in n.output]
         n.name = f"{body.prefix}{n.op_type}_{i}"
     return nodes
+
+
+_OR_EQUAL = {"GreaterOrEqual": "Greater", "LessOrEqual": "Less"}
+
+
+def _widely_supported(node: onnx.NodeProto, names: "_Names", shapes: dict) -> list[onnx.NodeProto]:
+    """A standard node as nodes every runtime takes, the same values: a >= b as (a > b) or (a == b)
+    (a <= b likewise), a Flatten at the input's last axis as a Reshape to [-1, 1]; else the node."""
+    standard = node.domain in ("", "ai.onnx")
+    if standard and node.op_type in _OR_EQUAL:
+        name = names.fresh(node.name or node.op_type)
+        strict, equal = f"{name}/strict", f"{name}/equal"
+        return [oh.make_node(_OR_EQUAL[node.op_type], list(node.input), [strict], name=strict),
+                oh.make_node("Equal", list(node.input), [equal], name=equal),
+                oh.make_node("Or", [strict, equal], list(node.output), name=name)]
+    if standard and node.op_type == "Flatten" and len(shapes.get(node.input[0]) or ()) == _axis(node, default=1):
+        name = names.fresh(node.name or node.op_type)
+        target = f"{name}/shape"
+        return [oh.make_node("Constant", [], [target], name=target,
+                             value=numpy_helper.from_array(np.array([-1, 1], np.int64), target)),
+                oh.make_node("Reshape", [node.input[0], target], list(node.output), name=name)]
+    return [_copy(node)]
+
+
+def _shapes_inferred(model: onnx.ModelProto, data_prop: bool) -> onnx.ModelProto:
+    """The model with the shapes onnx infers; as it is where the model is too large to infer in memory
+    (2 GiB: the ops are then written for unknown shapes, still right)."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=data_prop)
+    except ValueError:
+        return model
+
+
+def _axis(node: onnx.NodeProto, default: int) -> int:
+    return next((a.i for a in node.attribute if a.name == "axis"), default)
 
 
 def _needed(nodes: list[onnx.NodeProto], wanted: set[str]) -> list[onnx.NodeProto]:
