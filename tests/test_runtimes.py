@@ -137,7 +137,8 @@ def test_each_spiking_op_gives_the_library_bits(spiking_ops, kind, runtime, step
     assert_same(outputs[0], expected[0], f"{kind} in {runtime}, {steps} steps")
 
 
-@pytest.mark.parametrize("runtime", OTHERS)
+# IREE compiles the whole tiny BERT in ~40 s: slow (its ops are compiled in the op tests)
+@pytest.mark.parametrize("runtime", [pytest.param(r, marks=pytest.mark.slow) if r == "iree" else r for r in OTHERS])
 def test_whole_model_close_to_the_library(spiking_bert, runtime):
     model, feeds = spiking_bert
     available(runtime)
