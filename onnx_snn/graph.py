@@ -80,6 +80,16 @@ def node_name(node: onnx.NodeProto) -> str:
     return node.name or (node.output[0] if node.output else node.op_type)
 
 
+def unique_name(base: str, used: set[str]) -> str:
+    """base, or base_1, base_2, ...: the first not in `used`, which it joins."""
+    name, i = base, 0
+    while name in used:
+        i += 1
+        name = f"{base}_{i}"
+    used.add(name)
+    return name
+
+
 class Graph:
     def __init__(self, model: onnx.ModelProto, graph: onnx.GraphProto | None = None, outer: Graph | None = None,
                  where: str = ""):
@@ -253,12 +263,7 @@ class Graph:
         return default
 
     def fresh_name(self, base: str) -> str:
-        name, i = base, 0
-        while name in self._names:
-            i += 1
-            name = f"{base}_{i}"
-        self._names.add(name)
-        return name
+        return unique_name(base, self._names)
 
     def removed(self, node: onnx.NodeProto) -> bool:
         return id(node) in self._removed

@@ -32,7 +32,7 @@ import onnx
 from onnx import helper as oh
 from onnx import numpy_helper
 
-from onnx_snn.graph import every_node
+from onnx_snn.graph import every_node, unique_name
 from onnx_snn.mbe.neuron import SlotTables
 from onnx_snn.ops import blocks, mbe_neuron, spiking_layernorm, spiking_rmsnorm, spiking_softmax
 from onnx_snn.ops.common import DOMAIN
@@ -255,12 +255,7 @@ class _Names:
         self.used.update(v for n in every_node(model.graph) for v in n.output)
 
     def fresh(self, hint: str) -> str:
-        name, k = hint, 0
-        while name in self.used:
-            k += 1
-            name = f"{hint}_{k}"
-        self.used.add(name)
-        return name
+        return unique_name(hint, self.used)
 
 
 def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
