@@ -45,7 +45,7 @@ from onnx import TensorProto
 
 from onnx_snn import calibrate as cal
 from onnx_snn import model_io
-from onnx_snn.graph import Graph, every_node
+from onnx_snn.graph import Graph, every_node, unique_name
 from onnx_snn.ops import DOMAIN, spiking_layernorm, spiking_rmsnorm, spiking_softmax
 from onnx_snn.ops.common import KIND_KEY, LAYER_KEY, layer_of, tags
 from onnx_snn.report import PASS_THROUGH, activation_operands, is_spike_driven, mac_op, node_macs
@@ -392,13 +392,13 @@ def _run(model: onnx.ModelProto, model_dir: str | None, where: str, batches: lis
         while len(node.output) < 2:
             node.output.append("")
         if not node.output[1]:
-            node.output[1] = _fresh(f"{node_name(node)}/spike_count", names)
+            node.output[1] = unique_name(f"{node_name(node)}/spike_count", names)
         spike_outputs[id(original)] = node.output[1]
         dtype = TensorProto.INT32 if node.op_type == "MBENeuron" else TensorProto.INT64
         probe.graph.output.append(onnx.helper.make_tensor_value_info(node.output[1], dtype, None))
     shape_outputs = {}
     for tensor in dict.fromkeys(shape_of):
-        shape_outputs[tensor] = _fresh(f"{tensor}/energy_shape", names)
+        shape_outputs[tensor] = unique_name(f"{tensor}/energy_shape", names)
         probe.graph.node.append(onnx.helper.make_node("Shape", [tensor], [shape_outputs[tensor]]))
         probe.graph.output.append(onnx.helper.make_tensor_value_info(shape_outputs[tensor], TensorProto.INT64, None))
     if not probe.graph.output:  # nothing to measure: the model's own outputs keep the session valid
@@ -423,15 +423,6 @@ def _run(model: onnx.ModelProto, model_dir: str | None, where: str, batches: lis
             raise EnergyError(cannot_run(where, e, feeds, synthesized, "--inputs")) from None
         shapes = {t: tuple(int(d) for d in values[s]) for t, s in shape_outputs.items()}
         yield shapes, {key: values[name] for key, name in spike_outputs.items()}
-
-
-def _fresh(base: str, names: set[str]) -> str:
-    name, i = base, 0
-    while name in names:
-        i += 1
-        name = f"{base}_{i}"
-    names.add(name)
-    return name
 
 
 def _first_line(e: Exception) -> str:

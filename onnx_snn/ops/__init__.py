@@ -7,17 +7,20 @@ every spiking node out in standard ops, for runtimes that read no functions (onn
 
 from __future__ import annotations
 
+from functools import partial
+
 import onnx
 from onnx import helper as oh
 
-from onnx_snn.ops import mbe_neuron, spiking_layernorm, spiking_rmsnorm, spiking_softmax
+from onnx_snn.ops import blocks, mbe_neuron, spiking_layernorm, spiking_rmsnorm, spiking_softmax
 from onnx_snn.ops.portable import STEPS as PORTABLE_STEPS
 from onnx_snn.ops.portable import portable
 from onnx_snn.ops.common import DOMAIN, DOMAIN_VERSION, IR_VERSION, MIN_OPSET
 from onnx_snn.graph import every_node
 
 _MODULES = (mbe_neuron, spiking_softmax, spiking_layernorm, spiking_rmsnorm)
-FUNCTIONS = {m.OP_TYPE: m.function for m in _MODULES}
+# MBENeuron's function is its own; a composite op's is its `build` on a function body
+FUNCTIONS = {m.OP_TYPE: m.function if m is mbe_neuron else partial(blocks.composite_function, m) for m in _MODULES}
 # the onnx_snn functions each op's function body calls
 CALLS: dict[str, tuple[str, ...]] = {m.OP_TYPE: tuple(getattr(m, "CALLS", ())) for m in _MODULES}
 

@@ -349,6 +349,14 @@ class Body:
             [oh.make_opsetid("", self.opset), oh.make_opsetid(DOMAIN, DOMAIN_VERSION)], attributes=attributes)
 
 
+def composite_function(module, opset: int) -> onnx.FunctionProto:
+    """A composite op's ONNX function (standard ops and MBENeuron calls) at the model's opset (>= 14):
+    its module's `build` on a Body."""
+    b = Body(opset)
+    module.build(b)
+    return b.function(module.OP_TYPE, list(module.INPUTS), list(module.OUTPUTS), list(module.ATTRIBUTES))
+
+
 def _halving_step() -> onnx.GraphProto:
     """One step of the fixed-order sum on axis 1: v[:, :h] + (v[:, h:] padded with -0.0 to h)."""
     b = Body(opset=0, prefix="step_")  # a Loop body: its ops do not depend on the opset

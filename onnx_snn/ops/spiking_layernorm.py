@@ -35,7 +35,7 @@ NaN in a row makes the row NaN; infinities saturate the input encoder (its outpu
 empty tensors give empty outputs and zero spikes.
 
 Three implementations, kept bit-identical by tests: the C++ kernel (custom_ops/src/spiking_norm.h),
-the ONNX function below (standard ops; the neurons run through the MBENeuron function) and the numpy
+the ONNX function of `build` below (blocks.composite_function: standard ops; the neurons run through the MBENeuron function) and the numpy
 `reference` (onnx_snn.mbe.neuron.simulate for every neuron).
 """
 
@@ -68,13 +68,6 @@ def make_node(input: SlotTables, centered: SlotTables, rsqrt: SlotTables, x: str
                         **blocks.neuron_attributes("input_", input),
                         **blocks.neuron_attributes("centered_", centered),
                         **blocks.neuron_attributes("rsqrt_", rsqrt))
-
-
-def function(opset: int) -> onnx.FunctionProto:
-    """The op as an ONNX function of standard ops (and MBENeuron calls) at the model's opset (>= 14)."""
-    b = blocks.Body(opset)
-    build(b)
-    return b.function(OP_TYPE, list(INPUTS), list(OUTPUTS), list(ATTRIBUTES))
 
 
 def build(b: blocks.Body) -> None:

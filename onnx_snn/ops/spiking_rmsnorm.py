@@ -24,7 +24,7 @@ NaN in a row makes the row NaN; infinities saturate the input encoder (its outpu
 empty tensors give empty outputs and zero spikes.
 
 Three implementations, kept bit-identical by tests: the C++ kernel (custom_ops/src/spiking_norm.h),
-the ONNX function below (standard ops; the neurons run through the MBENeuron function) and the numpy
+the ONNX function of `build` below (blocks.composite_function: standard ops; the neurons run through the MBENeuron function) and the numpy
 `reference` (onnx_snn.mbe.neuron.simulate for every neuron).
 """
 
@@ -56,13 +56,6 @@ def make_node(input: SlotTables, rsqrt: SlotTables, x: str, gamma: str, y: str, 
                         axis=int(axis), epsilon=float(epsilon), channel_scale=[float(s) for s in channel_scale],
                         **blocks.neuron_attributes("input_", input),
                         **blocks.neuron_attributes("rsqrt_", rsqrt))
-
-
-def function(opset: int) -> onnx.FunctionProto:
-    """The op as an ONNX function of standard ops (and MBENeuron calls) at the model's opset (>= 14)."""
-    b = blocks.Body(opset)
-    build(b)
-    return b.function(OP_TYPE, list(INPUTS), list(OUTPUTS), list(ATTRIBUTES))
 
 
 def build(b: blocks.Body) -> None:

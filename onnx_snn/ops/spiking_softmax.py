@@ -28,7 +28,7 @@ finite value is uniform, like onnxruntime's Softmax; a row of -inf only, or with
 NaN throughout (also like onnxruntime). Empty tensors give empty outputs and zero spikes.
 
 Three implementations, kept bit-identical by tests: the C++ kernel (custom_ops/src/spiking_softmax.h),
-the ONNX function below (standard ops; the neurons run through the MBENeuron function) and the numpy
+the ONNX function of `build` below (blocks.composite_function: standard ops; the neurons run through the MBENeuron function) and the numpy
 `reference` (onnx_snn.mbe.neuron.simulate for both neurons).
 """
 
@@ -59,13 +59,6 @@ def make_node(exp2: SlotTables, reciprocal: SlotTables, x: str, y: str, *, axis:
     return oh.make_node(OP_TYPE, [x], [y, spikes or ""], name=name, domain=DOMAIN, axis=int(axis),
                         **blocks.neuron_attributes("exp2_", exp2),
                         **blocks.neuron_attributes("reciprocal_", reciprocal))
-
-
-def function(opset: int) -> onnx.FunctionProto:
-    """The op as an ONNX function of standard ops (and MBENeuron calls) at the model's opset (>= 14)."""
-    b = blocks.Body(opset)
-    build(b)
-    return b.function(OP_TYPE, list(INPUTS), list(OUTPUTS), list(ATTRIBUTES))
 
 
 def build(b: blocks.Body) -> None:
